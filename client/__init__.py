@@ -1,0 +1,1 @@
+"""fedtl ClientApp: one site of the federation."""

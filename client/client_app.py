@@ -1,0 +1,120 @@
+"""fedtl's Flower ClientApp: unpack the Message, call the site's code, pack the reply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common import protocol
+from common.config import RunConfig
+from common.data import check_same_classes, list_dataset
+from common.errors import BudgetExhaustedError, FedtlError
+from common.ledger import PrivacyLedger
+from common.model import base_fingerprint
+from common.site import SiteData, base_spec, evaluate, load_site, partition_listing, train_round
+
+
+def _open_site(cfg: RunConfig, context: Context) -> tuple[SiteData, Path, str]:
+    """The site's data and state folder, from the node config (simulated or real site)."""
+    node = context.node_config
+    fingerprint = base_fingerprint(base_spec(cfg))
+    if "partition-id" in node:  # a virtual site of a simulation
+        index = int(node["partition-id"])
+        listing = list_dataset(cfg.dataset, cfg.max_per_class)
+        check_same_classes(cfg.classes, listing.classes, f"dataset {cfg.dataset}")
+        name = f"site-{index}"
+        share = partition_listing(cfg, listing)[index]
+        state_dir = Path(cfg.out) / "sites" / name
+        data = load_site(cfg, name, share, fingerprint, Path(cfg.cache_dir) / "features",
+                         holdout_seed=(cfg.seed, index))
+    else:  # a real site: its own folder and state, set when its SuperNode starts
+        name = str(node.get("site-name", f"node-{context.node_id}"))
+        listing = list_dataset(str(node["data"]))
+        check_same_classes(cfg.classes, listing.classes, f"site {name} ({node['data']})")
+        state_dir = Path(str(node["state"]))
+        data = load_site(cfg, name, listing, fingerprint, state_dir / "features",
+                         holdout_seed=(cfg.seed,))
+    return data, state_dir, fingerprint
+
+
+def _refuse(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def _check_federation(msg: Message, cfg: RunConfig, fingerprint: str, site: str) -> None:
+    server = msg.content[protocol.CONFIG]
+    if server.get(protocol.FINGERPRINT) != fingerprint:
+        raise FedtlError(
+            f"site {site}: its VGG16 base fingerprint {fingerprint[:12]} differs from the "
+            f"federation's {str(server.get(protocol.FINGERPRINT))[:12]}; use the same "
+            "--weights, --image-size and --base-layer as the server")
+    if server.get(protocol.CLASSES_DIGEST) != protocol.classes_digest(cfg.classes):
+        raise FedtlError(f"site {site}: its class list differs from the federation's")
+
+
+def _site_record(data: SiteData, fingerprint: str) -> ConfigRecord:
+    return ConfigRecord({protocol.SITE_NAME: data.name, protocol.FINGERPRINT: fingerprint})
+
+
+def make_client_app(config: RunConfig | None = None) -> ClientApp:
+    """A ClientApp using ``config``, or parsing Flower's run config when it is None."""
+    app = ClientApp()
+
+    def settings(context: Context) -> RunConfig:
+        return config if config is not None else RunConfig.from_flower(context.run_config)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = settings(context)
+        try:
+            data, state_dir, fingerprint = _open_site(cfg, context)
+            _check_federation(msg, cfg, fingerprint, data.name)
+            weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()
+            result = train_round(cfg, data, weights, PrivacyLedger(state_dir),
+                                 str(context.run_id), _rng(cfg))
+        except BudgetExhaustedError as exc:
+            return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
+        except FedtlError as exc:
+            return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
+        metrics = MetricRecord({
+            protocol.NUM_EXAMPLES: result.num_examples,
+            protocol.TRAIN_LOSS: result.train_loss,
+            protocol.EPSILON: result.epsilon,
+            protocol.EXTRACT_SECONDS: data.extraction_seconds,
+            protocol.SKIPPED_IMAGES: len(data.skipped),
+        })
+        content = RecordDict({
+            protocol.ARRAYS: ArrayRecord(result.weights),
+            protocol.METRICS: metrics,
+            protocol.SITE: _site_record(data, fingerprint),
+        })
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_global(msg: Message, context: Context) -> Message:
+        cfg = settings(context)
+        try:
+            data, _, fingerprint = _open_site(cfg, context)
+            _check_federation(msg, cfg, fingerprint, data.name)
+        except FedtlError as exc:
+            return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
+        weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()
+        accuracy = evaluate(cfg, data, weights)
+        metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.test_y),
+                                protocol.ACCURACY: accuracy})
+        content = RecordDict({protocol.METRICS: metrics,
+                              protocol.SITE: _site_record(data, fingerprint)})
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def _rng(cfg: RunConfig) -> np.random.Generator:
+    # Secret randomness for DP sampling: a seeded, guessable draw would void amplification.
+    return np.random.default_rng() if cfg.dp else np.random.default_rng(cfg.seed)
+
+
+app = make_client_app()

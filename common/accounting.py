@@ -1,0 +1,96 @@
+"""Record-level (epsilon, delta) of DP-SGD with Poisson subsampling, via dp-accounting."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dp_accounting
+
+from common.errors import ConfigError
+
+ACCOUNTANTS = ("rdp", "pld")
+
+
+class _DropConvergenceNoise(logging.Filter):
+    # dp-accounting warns for every fractional RDP order it cannot evaluate at high sampling
+    # rates; it drops those orders, which only loosens the bound, so the warning is noise.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to converge" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropConvergenceNoise())
+
+
+@dataclass(frozen=True)
+class SgdPlan:
+    """What a site's DP-SGD does: ``steps`` Poisson-sampled Gaussian steps."""
+
+    sampling_rate: float
+    noise_multiplier: float
+    steps: int
+
+
+def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(
+            sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
+        ),
+        steps,
+    )
+
+
+def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
+    if kind == "rdp":
+        return dp_accounting.rdp.RdpAccountant()
+    if kind == "pld":
+        return dp_accounting.pld.PLDAccountant()
+    raise ConfigError(f"accountant must be one of {ACCOUNTANTS}. Found {kind!r}.")
+
+
+def epsilon(*, sampling_rate: float, noise_multiplier: float, steps: int, delta: float,
+            accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` after ``steps`` DP-SGD steps (0 steps spend nothing)."""
+    _check_rate(sampling_rate)
+    if steps < 0:
+        raise ConfigError(f"steps must be non-negative. Found {steps}.")
+    if steps == 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return float("inf")
+    acc = _accountant(accountant)
+    acc.compose(_event(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier,
+                       steps=steps))
+    return float(acc.get_epsilon(delta))
+
+
+def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: float, steps: int,
+                     accountant: str = "rdp") -> float:
+    """The smallest noise multiplier that keeps ``steps`` steps within ``target_epsilon``."""
+    if target_epsilon <= 0:
+        raise ConfigError(f"target epsilon must be positive. Found {target_epsilon}.")
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta must be in (0, 1). Found {delta}.")
+    if steps <= 0:
+        raise ConfigError(f"planned steps must be positive. Found {steps}.")
+    _check_rate(sampling_rate)
+    upper = 500.0
+    if epsilon(sampling_rate=sampling_rate, noise_multiplier=upper, steps=steps, delta=delta,
+               accountant=accountant) > target_epsilon:
+        raise ConfigError(
+            f"target epsilon {target_epsilon} at delta {delta} cannot be met with {steps} "
+            f"steps at sampling rate {sampling_rate:.4g} even with noise multiplier {upper}: "
+            "raise the budget, or lower rounds, local epochs or the batch size"
+        )
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: _accountant(accountant),
+        lambda sigma: _event(sampling_rate=sampling_rate, noise_multiplier=sigma, steps=steps),
+        target_epsilon, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, upper),
+        tol=1e-4,
+    ))
+
+
+def _check_rate(sampling_rate: float) -> None:
+    if not 0 < sampling_rate <= 1:
+        raise ConfigError(f"sampling rate must be in (0, 1]. Found {sampling_rate}.")

@@ -1,0 +1,149 @@
+"""The one run configuration: parsed and checked once at the edge, then passed down frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from common.accounting import ACCOUNTANTS
+from common.errors import ConfigError
+from common.model import POOL_LAYERS
+
+PARTITIONS = ("iid", "dirichlet")
+
+
+def default_cache_dir() -> str:
+    """Per-user folder for simulated sites' feature caches (warm across runs)."""
+    return str(Path("~/.cache/fedtl").expanduser())
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a federated run.
+
+    Defaults were chosen by measurement (README, "Choosing the defaults"). Flower's run
+    config carries the same fields in kebab case (``target-epsilon``); `from_flower` parses it.
+    """
+
+    # data and federation
+    dataset: str = "digits"
+    max_per_class: int = 0
+    clients: int = 4
+    rounds: int = 10
+    partition: str = "iid"
+    alpha: float = 0.5
+    holdout: float = 0.2
+    skip_bad_images: bool = False
+    classes: tuple[str, ...] = ()
+    # model
+    weights: str = "imagenet-pypi"
+    image_size: int = 32
+    base_layer: str = "block4_pool"
+    head_width: int = 0
+    # local training
+    batch_size: int = 256
+    local_epochs: int = 1
+    learning_rate: float = 2.0
+    momentum: float = 0.9
+    # privacy
+    dp: bool = True
+    target_epsilon: float = 3.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0
+    clip_norm: float = 1.0
+    accountant: str = "rdp"
+    # server-side checks
+    max_update_norm: float = 1000.0
+    # where things go
+    seed: int = 0
+    out: str = "runs/latest"
+    cache_dir: str = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.clients >= 1, f"clients must be at least 1. Found {self.clients}."),
+            (self.rounds >= 1, f"rounds must be at least 1. Found {self.rounds}."),
+            (self.max_per_class >= 0, f"max-per-class must be >= 0. Found {self.max_per_class}."),
+            (self.partition in PARTITIONS,
+             f"partition must be one of {PARTITIONS}. Found {self.partition!r}."),
+            (self.alpha > 0, f"alpha must be positive. Found {self.alpha}."),
+            (0 < self.holdout < 1, f"holdout must be in (0, 1). Found {self.holdout}."),
+            (self.image_size >= 32, f"image-size must be at least 32 (VGG16's minimum). "
+                                    f"Found {self.image_size}."),
+            (self.base_layer in POOL_LAYERS,
+             f"base-layer must be one of {POOL_LAYERS}. Found {self.base_layer!r}."),
+            (self.head_width >= 0, f"head-width must be >= 0. Found {self.head_width}."),
+            (self.batch_size >= 1, f"batch-size must be at least 1. Found {self.batch_size}."),
+            (self.local_epochs >= 1, f"local-epochs must be at least 1. Found {self.local_epochs}."),
+            (self.learning_rate > 0, f"learning-rate must be positive. Found {self.learning_rate}."),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1). Found {self.momentum}."),
+            (self.target_epsilon > 0,
+             f"target-epsilon must be positive. Found {self.target_epsilon}."),
+            (0 < self.delta < 1, f"delta must be in (0, 1). Found {self.delta}."),
+            (self.noise_multiplier >= 0,
+             f"noise-multiplier must be >= 0 (0 derives it from the budget). "
+             f"Found {self.noise_multiplier}."),
+            (self.clip_norm > 0, f"clip-norm must be positive. Found {self.clip_norm}."),
+            (self.accountant in ACCOUNTANTS,
+             f"accountant must be one of {ACCOUNTANTS}. Found {self.accountant!r}."),
+            (self.max_update_norm > 0,
+             f"max-update-norm must be positive. Found {self.max_update_norm}."),
+            (len(set(self.classes)) == len(self.classes),
+             f"classes must be distinct. Found {list(self.classes)}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied (and checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_flower(self) -> dict[str, bool | int | float | str]:
+        """Kebab-case scalars, the form of Flower's run config and of ``report.json``."""
+        out: dict[str, bool | int | float | str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name.replace("_", "-")] = ",".join(value) if f.name == "classes" else value
+        return out
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse a Flower run config; missing keys keep their defaults, unknown keys fail."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown setting {key!r}; known: "
+                                  f"{sorted(k.replace('_', '-') for k in known)}")
+            kwargs[name] = _coerce(name, value, known[name].type)
+        return cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    kind = str(annotation)
+    key = name.replace("_", "-")
+    if name == "classes":
+        if isinstance(value, str):
+            return tuple(c for c in value.split(",") if c) if value else ()
+        return tuple(str(c) for c in value)
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {key!r} must be a {kind}. Found {value!r}.") from exc

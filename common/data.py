@@ -1,0 +1,181 @@
+"""A site's labelled images: scikit-learn's bundled digits or a folder with one subfolder per class."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from common.errors import DataError
+
+DIGITS = "digits"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Which images a dataset holds, without decoding them.
+
+    ``items`` identify each image: a path relative to ``root`` for a folder, the sample
+    index for digits. ``stamps`` change whenever an image's bytes may have changed, so
+    they key caches without reading every file.
+    """
+
+    source: str
+    classes: tuple[str, ...]
+    items: tuple[str, ...]
+    labels: np.ndarray
+    stamps: tuple[str, ...]
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: np.ndarray) -> Listing:
+        return Listing(
+            source=self.source, classes=self.classes,
+            items=tuple(self.items[i] for i in indices),
+            labels=self.labels[indices],
+            stamps=tuple(self.stamps[i] for i in indices), root=self.root,
+        )
+
+
+@dataclass(frozen=True)
+class Images:
+    """Decoded images (uint8, N x size x size x 3), their labels, and what was skipped."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    kept: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+
+
+def list_dataset(source: str, max_per_class: int = 0) -> Listing:
+    """List ``source`` (``"digits"`` or a class-folder path), optionally the first K per class."""
+    if source == DIGITS:
+        listing = _list_digits()
+    else:
+        listing = _list_folder(Path(source).expanduser())
+    if max_per_class > 0:
+        keep = np.concatenate([
+            np.flatnonzero(listing.labels == c)[:max_per_class]
+            for c in range(len(listing.classes))
+        ])
+        listing = listing.subset(np.sort(keep))
+    return listing
+
+
+def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False) -> Images:
+    """Decode ``listing``'s images as RGB at ``image_size`` x ``image_size``.
+
+    A file that cannot be decoded raises `DataError` naming it, unless ``skip_bad``, in
+    which case it is left out and named in ``Images.skipped``.
+    """
+    if listing.source == DIGITS:
+        return _load_digits(listing, image_size)
+    assert listing.root is not None
+    pixels = np.empty((len(listing), image_size, image_size, 3), dtype=np.uint8)
+    kept: list[int] = []
+    skipped: list[str] = []
+    for i, item in enumerate(listing.items):
+        path = listing.root / item
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+                if rgb.size != (image_size, image_size):
+                    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                pixels[len(kept)] = np.asarray(rgb, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            if not skip_bad:
+                raise DataError(
+                    f"cannot read image {path}: {exc}. Remove or replace it, or pass "
+                    "--skip-bad-images to leave unreadable images out."
+                ) from exc
+            skipped.append(str(path))
+            continue
+        kept.append(i)
+    kept_arr = np.asarray(kept, dtype=np.int64)
+    if kept_arr.size == 0:
+        raise DataError(f"no readable image in {listing.root}")
+    return Images(pixels=pixels[: len(kept)], labels=listing.labels[kept_arr],
+                  kept=kept_arr, skipped=skipped)
+
+
+def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], where: str) -> None:
+    """Raise `DataError` unless a site's classes are the federation's, in the same order."""
+    if tuple(expected) != tuple(found):
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        raise DataError(
+            f"{where} has classes {list(found)} but the federation trains on "
+            f"{list(expected)} (missing: {missing}, unexpected: {extra}); every site needs "
+            "the same class folder names"
+        )
+
+
+def _list_folder(root: Path) -> Listing:
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} is not a directory")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"data folder {root} has no class subfolders (expected {root}/<class>/*.jpg)")
+    if len(class_dirs) < 2:
+        raise DataError(f"data folder {root} has only one class ({class_dirs[0].name}); need two or more")
+    items: list[str] = []
+    labels: list[int] = []
+    stamps: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(
+            (entry for entry in os.scandir(class_dir)
+             if entry.is_file() and not entry.name.startswith(".")),
+            key=lambda e: e.name,
+        )
+        if not files:
+            raise DataError(f"class folder {class_dir} is empty")
+        for entry in files:
+            if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(
+                    f"{entry.path} is not an image (allowed: {', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            stat = entry.stat()
+            items.append(f"{class_dir.name}/{entry.name}")
+            labels.append(label)
+            stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    return Listing(source=str(root), classes=tuple(p.name for p in class_dirs),
+                   items=tuple(items), labels=np.asarray(labels, dtype=np.int64),
+                   stamps=tuple(stamps), root=root)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target.astype(np.int64)
+
+
+def _list_digits() -> Listing:
+    import sklearn
+
+    images, labels = _digits_arrays()
+    stamp = f"sklearn-{sklearn.__version__}"
+    return Listing(source=DIGITS, classes=tuple(str(d) for d in range(10)),
+                   items=tuple(str(i) for i in range(len(labels))), labels=labels,
+                   stamps=(stamp,) * len(labels))
+
+
+def _load_digits(listing: Listing, image_size: int) -> Images:
+    images, _ = _digits_arrays()
+    index = np.asarray([int(i) for i in listing.items], dtype=np.int64)
+    # 8x8 grey levels 0..16 -> 0..255 RGB, upscaled like a folder image would be.
+    grey = (images[index] * (255.0 / 16.0)).round().astype(np.uint8)
+    pixels = np.stack([
+        np.asarray(Image.fromarray(g).resize((image_size, image_size), Image.Resampling.BILINEAR))
+        for g in grey
+    ])
+    rgb = np.repeat(pixels[..., None], 3, axis=-1)
+    return Images(pixels=rgb, labels=listing.labels, kept=np.arange(len(listing)))

@@ -1,0 +1,146 @@
+"""The Keras model of the design: a frozen, truncated VGG16 base and a small trainable head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from common.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
+
+PREPROCESSING = "vgg16-caffe-bgr-mean|gap|l2"
+POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
+_FEATURE_DIM = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256,
+                "block4_pool": 512, "block5_pool": 512}
+# ImageNet channel means of Keras' "caffe" preprocessing, in BGR order.
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """What determines the frozen feature extractor."""
+
+    weights: str
+    image_size: int
+    base_layer: str
+
+    @property
+    def feature_dim(self) -> int:
+        return _FEATURE_DIM[self.base_layer]
+
+
+@dataclass(frozen=True)
+class FrozenBase:
+    """A built feature extractor and the fingerprint every update must carry."""
+
+    spec: BaseSpec
+    model: tf.keras.Model
+    fingerprint: str
+
+
+def layers_up_to(base_layer: str) -> list[str]:
+    """The conv layers that feed ``base_layer`` (the rest of VGG16 is never built)."""
+    block = int(base_layer[len("block")])
+    return [name for name in VGG16_CONV_LAYERS if int(name[len("block")]) <= block]
+
+
+def base_fingerprint(spec: BaseSpec, weights: dict[str, list[np.ndarray]] | None = None) -> str:
+    """The fingerprint of ``spec``'s base, without building the Keras model."""
+    weights = load_conv_weights(spec.weights) if weights is None else weights
+    return fingerprint(
+        weights, layers_up_to(spec.base_layer), preprocessing=PREPROCESSING,
+        image_size=spec.image_size, base_layer=spec.base_layer,
+    )
+
+
+def build_base(spec: BaseSpec) -> FrozenBase:
+    """Image (RGB, 0..255, ``image_size`` square) -> L2-normalised pooled VGG16 features."""
+    weights = load_conv_weights(spec.weights)
+    vgg = tf.keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(spec.image_size, spec.image_size, 3)
+    )
+    for name in layers_up_to(spec.base_layer):
+        vgg.get_layer(name).set_weights(weights[name])
+    truncated = tf.keras.Model(vgg.input, vgg.get_layer(spec.base_layer).output, name="vgg16")
+    inputs = tf.keras.Input((spec.image_size, spec.image_size, 3), name="image")
+    x = _caffe_preprocessing()(inputs)
+    x = truncated(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    # Per-example normalisation: scales features without statistics from private data.
+    x = tf.keras.layers.UnitNormalization(name="l2_normalize")(x)
+    model = tf.keras.Model(inputs, x, name="frozen_base")
+    model.trainable = False
+    return FrozenBase(spec=spec, model=model, fingerprint=base_fingerprint(spec, weights))
+
+
+def _caffe_preprocessing() -> tf.keras.layers.Layer:
+    # Keras' preprocess_input is a Python function, not a layer; a frozen 1x1 convolution
+    # does the same (RGB->BGR, minus the ImageNet mean) and survives saving to .keras.
+    kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
+    for out_channel in range(3):
+        kernel[0, 0, 2 - out_channel, out_channel] = 1.0
+    layer = tf.keras.layers.Conv2D(
+        3, 1, name="vgg16_preprocess", trainable=False,
+        kernel_initializer=tf.keras.initializers.Constant(kernel),
+        bias_initializer=tf.keras.initializers.Constant(-_CAFFE_MEAN_BGR),
+    )
+    return layer
+
+
+def head_layers(num_classes: int, head_width: int, seed: int) -> list[tf.keras.layers.Layer]:
+    """Dense(head_width, relu) + Dense(num_classes) logits; a linear head if width is 0."""
+    init = tf.keras.initializers.GlorotUniform(seed=seed)
+    layers: list[tf.keras.layers.Layer] = []
+    if head_width > 0:
+        layers.append(tf.keras.layers.Dense(head_width, activation="relu",
+                                            kernel_initializer=init, name="head_hidden"))
+    layers.append(tf.keras.layers.Dense(num_classes, kernel_initializer=init, name="head_logits"))
+    return layers
+
+
+def initial_head_weights(feature_dim: int, num_classes: int, head_width: int,
+                         seed: int) -> list[np.ndarray]:
+    """The head's starting weights, the same on every machine for the same seed."""
+    head = tf.keras.Sequential([tf.keras.Input((feature_dim,)),
+                                *head_layers(num_classes, head_width, seed)])
+    return [w.astype(np.float32) for w in head.get_weights()]
+
+
+def head_shapes(feature_dim: int, num_classes: int, head_width: int) -> list[tuple[int, ...]]:
+    """Shapes of the head's weight arrays, in the order the model lists them."""
+    shapes: list[tuple[int, ...]] = []
+    width_in = feature_dim
+    for width_out in ([head_width] if head_width > 0 else []) + [num_classes]:
+        shapes += [(width_in, width_out), (width_out,)]
+        width_in = width_out
+    return shapes
+
+
+def full_model(base: FrozenBase, head_weights: Sequence[np.ndarray], num_classes: int,
+               head_width: int) -> tf.keras.Model:
+    """Base + head + softmax taking RGB images of any size, as saved for users."""
+    inputs = tf.keras.Input((None, None, 3), name="image")
+    size = base.spec.image_size
+    x = tf.keras.layers.Resizing(size, size, name="resize")(inputs)
+    x = base.model(x)
+    head = head_layers(num_classes, head_width, seed=0)
+    for layer in head:
+        x = layer(x)
+    outputs = tf.keras.layers.Softmax(name="probabilities")(x)
+    model = tf.keras.Model(inputs, outputs, name="fedtl_vgg16")
+    weights_iter = iter(head_weights)
+    for layer in head:
+        layer.set_weights([next(weights_iter), next(weights_iter)])
+    return model
+
+
+def predict_classes(features: np.ndarray, weights: Sequence[np.ndarray], *, num_classes: int,
+                    head_width: int) -> np.ndarray:
+    """Class index per feature row under the head ``weights``."""
+    head = tf.keras.Sequential([tf.keras.Input((features.shape[1],)),
+                                *head_layers(num_classes, head_width, seed=0)])
+    head.set_weights(list(weights))
+    logits = head.predict(features, batch_size=4096, verbose=0)
+    return np.argmax(logits, axis=1)

@@ -1,0 +1,67 @@
+"""What travels between server and sites, and the checks every update must pass.
+
+Flower checks only a reply's structure; values, shapes, dtypes, norms and the base they were
+computed on are checked here, on plain numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from common.errors import UpdateRejectedError
+
+# Record keys in Messages.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"
+
+# Keys of the server's ConfigRecord and of the site's reply.
+FINGERPRINT = "fingerprint"
+CLASSES_DIGEST = "classes-digest"
+SITE_NAME = "site-name"
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EPSILON = "epsilon"
+ACCURACY = "accuracy"
+EXTRACT_SECONDS = "extract-seconds"
+SKIPPED_IMAGES = "skipped-images"
+
+# Error codes of replies in which a site declines or refuses a round.
+BUDGET_EXHAUSTED = 4001
+INCOMPATIBLE = 4002
+
+
+def classes_digest(classes: Sequence[str]) -> str:
+    """Short digest of the ordered class list, so sites can compare without listing names."""
+    return hashlib.sha256("\x1f".join(classes).encode()).hexdigest()[:16]
+
+
+def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray], *,
+                 max_norm: float, who: str) -> float:
+    """Reject an update unless it has the reference's shapes and dtypes and sane values.
+
+    Returns the L2 norm of ``arrays - reference``, which must not exceed ``max_norm``.
+    """
+    if len(arrays) != len(reference):
+        raise UpdateRejectedError(
+            f"{who}: update has {len(arrays)} arrays, the head has {len(reference)}")
+    squared = 0.0
+    for i, (got, want) in enumerate(zip(arrays, reference, strict=True)):
+        if got.shape != want.shape:
+            raise UpdateRejectedError(
+                f"{who}: array {i} has shape {got.shape}, the head needs {want.shape}")
+        if got.dtype != want.dtype:
+            raise UpdateRejectedError(
+                f"{who}: array {i} has dtype {got.dtype}, the head needs {want.dtype}")
+        if not np.all(np.isfinite(got)):
+            raise UpdateRejectedError(f"{who}: array {i} holds NaN or Inf")
+        squared += float(np.sum((got.astype(np.float64) - want) ** 2))
+    norm = float(np.sqrt(squared))
+    if norm > max_norm:
+        raise UpdateRejectedError(
+            f"{who}: update norm {norm:.4g} exceeds the limit {max_norm:.4g}")
+    return norm

@@ -1,0 +1,67 @@
+"""The run report (``report.json``) and its plots, written only when a run completes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.storage import write_atomically, write_json_atomically
+
+_PACKAGES = ("fedtl", "flwr", "tensorflow", "tf-keras", "tensorflow-privacy", "dp-accounting",
+             "numpy", "ray")
+
+
+def versions() -> dict[str, str]:
+    """Python and the installed versions of the packages a result depends on."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def write_report(out: Path, report: dict[str, Any]) -> Path:
+    """Plots first, then ``report.json`` last, so a report always has its plots beside it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rounds = report["rounds"]
+    numbers = [r["round"] for r in rounds]
+    plot_series(out / "accuracy.png", numbers, {"global accuracy (held-out, mean over sites)":
+                [r["accuracy"] for r in rounds]}, "accuracy", "Accuracy per round")
+    plot_series(out / "epsilon.png", numbers, {"max epsilon over sites":
+                [r["epsilon_max"] for r in rounds]}, "epsilon",
+                f"Privacy spent per round (delta={report['final']['delta']})",
+                hline=report["settings"].get("target-epsilon") if report["settings"].get("dp") else None)
+    path = out / "report.json"
+    write_json_atomically(path, report, mode=0o644)
+    return path
+
+
+def plot_series(path: Path, x: Sequence[int], series: dict[str, Sequence[float | None]],
+                ylabel: str, title: str, hline: float | None = None) -> None:
+    """A line plot of one or more per-round series, saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, ys in series.items():
+        points = [(a, b) for a, b in zip(x, ys, strict=True) if b is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", label="budget")
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    write_atomically(path, lambda handle: fig.savefig(handle, format="png"), mode=0o644)
+    plt.close(fig)

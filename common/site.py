@@ -1,0 +1,139 @@
+"""What one site does, free of Flower: load its features, train the head with DP, evaluate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.accounting import epsilon, noise_for_budget
+from common.config import RunConfig
+from common.data import Listing
+from common.dp import SgdSettings, train_head
+from common.errors import BudgetExhaustedError, ConfigError
+from common.features import site_features
+from common.ledger import PrivacyLedger, RunSpending
+from common.model import BaseSpec, predict_classes
+from common.partition import dirichlet_partition, holdout_split, iid_partition
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's features split into training and held-out parts."""
+
+    name: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    skipped: tuple[str, ...]
+    extraction_seconds: float
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What a site's training round produced; only ``weights`` and the figures leave it."""
+
+    weights: list[np.ndarray]
+    train_loss: float
+    num_examples: int
+    epsilon: float
+    steps: int
+    settings: SgdSettings
+
+
+def base_spec(cfg: RunConfig) -> BaseSpec:
+    return BaseSpec(weights=cfg.weights, image_size=cfg.image_size, base_layer=cfg.base_layer)
+
+
+def partition_listing(cfg: RunConfig, listing: Listing) -> list[Listing]:
+    """The simulated sites' shares of ``listing``, deterministic in ``cfg.seed``."""
+    if cfg.partition == "iid":
+        parts = iid_partition(len(listing), cfg.clients, cfg.seed)
+    else:
+        parts = dirichlet_partition(listing.labels, cfg.clients, cfg.alpha, cfg.seed)
+    return [listing.subset(p) for p in parts]
+
+
+def load_site(cfg: RunConfig, name: str, listing: Listing, fingerprint: str,
+              cache_dir: Path | None, holdout_seed: tuple[int, ...]) -> SiteData:
+    """Features of the site's images (cached), split into train and held-out parts."""
+    feats = site_features(base_spec(cfg), fingerprint, listing, cache_dir,
+                          skip_bad=cfg.skip_bad_images)
+    train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
+    return SiteData(
+        name=name, train_x=feats.features[train], train_y=feats.labels[train],
+        test_x=feats.features[test], test_y=feats.labels[test], skipped=feats.skipped,
+        extraction_seconds=feats.seconds, cache_hit=feats.cache_hit,
+    )
+
+
+def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0) -> SgdSettings:
+    """Per-round DP-SGD settings.
+
+    The noise multiplier is ``noise_multiplier`` (a value already in the ledger), else
+    ``cfg.noise_multiplier``, else calibrated so that training in all ``cfg.rounds`` rounds
+    spends exactly the target epsilon.
+    """
+    rate = min(1.0, cfg.batch_size / num_train)
+    steps = cfg.local_epochs * math.ceil(1.0 / rate)
+    if not cfg.dp:
+        return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=cfg.learning_rate,
+                           momentum=cfg.momentum, private=False)
+    if cfg.delta >= 1.0 / num_train:
+        raise ConfigError(f"delta {cfg.delta} is not below 1/n = 1/{num_train} for a site with "
+                          f"{num_train} training examples; lower --delta")
+    sigma = noise_multiplier or cfg.noise_multiplier or noise_for_budget(
+        target_epsilon=cfg.target_epsilon, delta=cfg.delta, sampling_rate=rate,
+        steps=steps * cfg.rounds, accountant=cfg.accountant,
+    )
+    return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=cfg.learning_rate,
+                       momentum=cfg.momentum, private=True, clip_norm=cfg.clip_norm,
+                       noise_multiplier=sigma)
+
+
+def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
+                ledger: PrivacyLedger, run_key: str,
+                rng: np.random.Generator) -> RoundResult:
+    """One round of local training, charged to the ledger *before* it runs.
+
+    Raises `BudgetExhaustedError` (and trains nothing) if the round would take the site past
+    its target epsilon.
+    """
+    n = len(data.train_y)
+    spent = ledger.get(run_key)
+    settings = sgd_settings(cfg, n, spent.noise_multiplier if spent else 0.0)
+    eps = 0.0
+    total_steps = settings.steps + (spent.steps if spent else 0)
+    if settings.private:
+        eps = epsilon(sampling_rate=settings.sampling_rate,
+                      noise_multiplier=settings.noise_multiplier, steps=total_steps,
+                      delta=cfg.delta, accountant=cfg.accountant)
+        if eps > cfg.target_epsilon * (1 + 1e-6):
+            already = spent.epsilon if spent else 0.0
+            raise BudgetExhaustedError(
+                f"site {data.name}: another round would raise epsilon from {already:.3f} to "
+                f"{eps:.3f}, past its budget of {cfg.target_epsilon} (delta {cfg.delta}); "
+                "it declines to train"
+            )
+        ledger.record(run_key, RunSpending(
+            sampling_rate=settings.sampling_rate, noise_multiplier=settings.noise_multiplier,
+            steps=total_steps, epsilon=eps, delta=cfg.delta,
+            target_epsilon=cfg.target_epsilon, accountant=cfg.accountant,
+        ))
+    new_weights, loss = train_head(
+        data.train_x, data.train_y, weights, num_classes=len(cfg.classes),
+        head_width=cfg.head_width, settings=settings, rng=rng,
+    )
+    return RoundResult(weights=new_weights, train_loss=loss, num_examples=n, epsilon=eps,
+                       steps=total_steps, settings=settings)
+
+
+def evaluate(cfg: RunConfig, data: SiteData, weights: list[np.ndarray]) -> float:
+    """Accuracy of the head ``weights`` on the site's held-out features."""
+    predicted = predict_classes(data.test_x, weights, num_classes=len(cfg.classes),
+                                head_width=cfg.head_width)
+    return float(np.mean(predicted == data.test_y))

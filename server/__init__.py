@@ -1,0 +1,1 @@
+"""fedtl ServerApp: averages head weights and writes the run report."""

@@ -1,0 +1,123 @@
+"""The server's side of a run: FedAvg over the heads, then the Keras model and the report."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from common import protocol
+from common.config import RunConfig
+from common.errors import FedtlError
+from common.model import PREPROCESSING, build_base, full_model, initial_head_weights
+from common.report import versions, write_report
+from common.site import base_spec
+from server.strategy import RoundRecord, ValidatingFedAvg
+
+
+@dataclass(frozen=True)
+class PreRun:
+    """What happened before Flower started (a simulation extracts features up front)."""
+
+    feature_extraction_seconds: float = 0.0
+    skipped_images: int = 0
+    started: float = 0.0
+
+
+class RoundTable:
+    """Prints one table row per round as the run goes."""
+
+    HEADER = f"{'round':>5} | {'train loss':>10} | {'accuracy':>8} | {'max eps':>8} | sites"
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        print(self.HEADER, file=stream)
+        print("-" * len(self.HEADER), file=stream, flush=True)
+
+    def __call__(self, r: RoundRecord) -> None:
+        def fmt(value: float | None, spec: str) -> str:
+            return "-" if value is None else format(value, spec)
+
+        note = f"{len(r.sites_trained)} trained"
+        if r.declined:
+            note += f", {len(r.declined)} declined (budget)"
+        if r.rejected:
+            note += f", {len(r.rejected)} rejected"
+        print(f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | {fmt(r.accuracy, '8.4f')} | "
+              f"{fmt(r.epsilon_max, '8.3f')} | {note}", file=self.stream, flush=True)
+
+
+def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None) -> Path:
+    """Run ``cfg.rounds`` rounds on ``grid``; write model.keras and report.json to ``cfg.out``."""
+    prerun = prerun or PreRun(started=time.time())
+    if not cfg.classes:
+        raise FedtlError("the run config names no classes; set 'classes' (comma-separated)")
+    base = build_base(base_spec(cfg))
+    initial = initial_head_weights(base.spec.feature_dim, len(cfg.classes), cfg.head_width,
+                                   cfg.seed)
+    strategy = ValidatingFedAvg(
+        fingerprint=base.fingerprint, max_update_norm=cfg.max_update_norm,
+        on_round=RoundTable(),
+        min_available_nodes=cfg.clients, min_train_nodes=1, min_evaluate_nodes=1,
+        weighted_by_key=protocol.NUM_EXAMPLES,
+        arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG,
+    )
+    federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
+                               protocol.CLASSES_DIGEST: protocol.classes_digest(cfg.classes)})
+    result = strategy.start(grid, ArrayRecord(initial), num_rounds=cfg.rounds,
+                            train_config=federation, evaluate_config=ConfigRecord(dict(federation)))
+    if not any(r.sites_trained for r in strategy.history):
+        raise FedtlError("no site contributed an accepted update in any round; nothing to save "
+                         "(see the warnings above for why sites declined or were rejected)")
+    weights = result.arrays.to_numpy_ndarrays()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(full_model(base, weights, len(cfg.classes), cfg.head_width), out / "model.keras")
+    report = build_report(cfg, base.fingerprint, strategy, prerun)
+    return write_report(out, report)
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save a Keras model to ``path`` through a temporary file, so no half-written model stays."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_report(cfg: RunConfig, fingerprint: str, strategy: ValidatingFedAvg,
+                 prerun: PreRun) -> dict[str, Any]:
+    last = strategy.history[-1]
+    return {
+        "settings": cfg.to_flower(),
+        "base": {"weights": cfg.weights, "fingerprint": fingerprint,
+                 "base_layer": cfg.base_layer, "image_size": cfg.image_size,
+                 "preprocessing": PREPROCESSING},
+        "versions": versions(),
+        "rounds": [asdict(r) for r in strategy.history],
+        "final": {
+            "accuracy": last.accuracy,
+            "per_site_accuracy": last.site_accuracy,
+            "epsilon": strategy.epsilon_by_site if cfg.dp else {},
+            "delta": cfg.delta,
+            "target_epsilon": cfg.target_epsilon if cfg.dp else None,
+            "private": cfg.dp,
+        },
+        "data": {"skipped_images": prerun.skipped_images + strategy.skipped_images},
+        "timing": {
+            "total_seconds": time.time() - prerun.started,
+            "feature_extraction_seconds": prerun.feature_extraction_seconds
+            + strategy.extract_seconds,
+        },
+    }

@@ -1,0 +1,36 @@
+"""fedtl's Flower ServerApp: parse the run config, then hand over to `server.federation`."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from common.data import list_dataset
+from server.federation import PreRun, run_server
+
+
+def make_server_app(config: RunConfig | None = None, prerun: PreRun | None = None,
+                    failures: list[BaseException] | None = None) -> ServerApp:
+    """A ServerApp using ``config``, or parsing Flower's run config when it is None.
+
+    Exceptions are appended to ``failures`` (Flower's simulation only logs them) and raised.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            cfg = config if config is not None else RunConfig.from_flower(context.run_config)
+            if not cfg.classes:  # `flwr run` on a local dataset: take its class folders
+                cfg = cfg.replace(classes=list_dataset(cfg.dataset).classes)
+            run_server(grid, cfg, prerun)
+        except BaseException as exc:
+            if failures is not None:
+                failures.append(exc)
+            raise
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,1 @@
+"""Whole-federation simulations in one process."""

@@ -1,0 +1,87 @@
+"""`fedtl simulate`: a whole federation in one process on Flower's simulation engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.data import list_dataset
+from common.errors import ConfigError, FedtlError
+from common.model import base_fingerprint
+from common.site import base_spec, load_site, partition_listing, sgd_settings
+
+
+def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, int]:
+    """Check the data and budget and warm every site's feature cache before Flower starts.
+
+    Returns the config with the dataset's classes, the extraction seconds and the number of
+    skipped images. Every data or budget error surfaces here, before any training.
+    """
+    listing = list_dataset(cfg.dataset, cfg.max_per_class)
+    cfg = cfg.replace(classes=listing.classes)
+    fingerprint = base_fingerprint(base_spec(cfg))
+    seconds, skipped = 0.0, 0
+    for index, share in enumerate(partition_listing(cfg, listing)):
+        name = f"site-{index}"
+        print(f"[prepare] {name}: {len(share)} images, extracting features...", end="",
+              file=sys.stderr, flush=True)
+        data = load_site(cfg, name, share, fingerprint, Path(cfg.cache_dir) / "features",
+                         holdout_seed=(cfg.seed, index))
+        note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
+        print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
+              file=sys.stderr, flush=True)
+        seconds += data.extraction_seconds
+        skipped += len(data.skipped)
+        settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
+        if settings.private:
+            print(f"[prepare] {name}: sampling rate {settings.sampling_rate:.3f}, "
+                  f"{settings.steps} steps/round, noise multiplier "
+                  f"{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
+    return cfg, seconds, skipped
+
+
+def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
+    """Run the federation described by ``cfg``; return the report written to ``cfg.out``."""
+    started = time.time()
+    out = Path(cfg.out)
+    if (out / "report.json").exists():
+        raise ConfigError(f"{out} already holds a finished run; choose another --out")
+    cfg, seconds, skipped = prepare_sites(cfg)
+
+    from flwr.simulation import run_simulation
+
+    from client.client_app import make_client_app
+    from server.federation import PreRun
+    from server.server_app import make_server_app
+
+    failures: list[BaseException] = []
+    server_app = make_server_app(
+        cfg, PreRun(feature_extraction_seconds=seconds, skipped_images=skipped,
+                    started=started), failures)
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    run_simulation(
+        server_app=server_app,
+        client_app=make_client_app(cfg),
+        num_supernodes=cfg.clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose,
+                          "num_cpus": os.cpu_count() or 1},
+        },
+        verbose_logging=verbose,
+    )
+    if failures:
+        raise failures[0]
+    report_path = out / "report.json"
+    if not report_path.exists():
+        raise FedtlError("the simulation ended without a report; rerun with --verbose to see "
+                         "Flower's log")
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    return report
