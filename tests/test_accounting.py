@@ -1,0 +1,60 @@
+"""The accountant against published settings, and the budget calibration."""
+
+import math
+
+import pytest
+
+from common.accounting import epsilon, noise_for_budget
+from common.errors import ConfigError
+
+
+def test_tensorflow_privacy_test_setting_gives_its_pinned_epsilon() -> None:
+    # 60,000 examples, batch 150, noise 1.3, 15 epochs, delta 1e-5 (tensorflow-privacy tests).
+    eps = epsilon(sampling_rate=150 / 60000, noise_multiplier=1.3, steps=15 * 400, delta=1e-5)
+    assert eps == pytest.approx(0.7242234026, abs=1e-6)
+
+
+def test_opacus_accountant_test_setting_gives_its_pinned_epsilon() -> None:
+    eps = epsilon(sampling_rate=0.04, noise_multiplier=1.5, steps=2250, delta=1e-5)
+    assert eps == pytest.approx(7.32911, abs=5e-3)
+
+
+@pytest.mark.parametrize(("accountant", "expected"), [("rdp", 2.5966), ("pld", 2.3817)])
+def test_abadi_mnist_setting_with_poisson_sampling(accountant: str, expected: float) -> None:
+    eps = epsilon(sampling_rate=256 / 60000, noise_multiplier=1.1, steps=14062, delta=1e-5,
+                  accountant=accountant)
+    assert eps == pytest.approx(expected, abs=1e-3)
+
+
+def test_epsilon_grows_with_steps_and_shrinks_with_noise() -> None:
+    base = dict(sampling_rate=0.1, delta=1e-5)
+    assert epsilon(noise_multiplier=1.0, steps=10, **base) < epsilon(
+        noise_multiplier=1.0, steps=100, **base)
+    assert epsilon(noise_multiplier=2.0, steps=100, **base) < epsilon(
+        noise_multiplier=1.0, steps=100, **base)
+
+
+def test_no_steps_spend_nothing_and_no_noise_spends_everything() -> None:
+    assert epsilon(sampling_rate=0.5, noise_multiplier=1.0, steps=0, delta=1e-5) == 0.0
+    assert math.isinf(epsilon(sampling_rate=0.5, noise_multiplier=0.0, steps=1, delta=1e-5))
+
+
+def test_calibrated_noise_meets_the_target_and_no_less_noise_would() -> None:
+    sigma = noise_for_budget(target_epsilon=3.0, delta=1e-5, sampling_rate=0.25, steps=40)
+    spent = epsilon(sampling_rate=0.25, noise_multiplier=sigma, steps=40, delta=1e-5)
+    assert spent <= 3.0 + 1e-9
+    assert spent > 2.98
+    assert epsilon(sampling_rate=0.25, noise_multiplier=sigma * 0.98, steps=40,
+                   delta=1e-5) > 3.0
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(target_epsilon=0.0, delta=1e-5, sampling_rate=0.1, steps=10),
+    dict(target_epsilon=1.0, delta=0.0, sampling_rate=0.1, steps=10),
+    dict(target_epsilon=1.0, delta=1e-5, sampling_rate=1.5, steps=10),
+    dict(target_epsilon=1.0, delta=1e-5, sampling_rate=0.1, steps=0),
+    dict(target_epsilon=1e-6, delta=1e-12, sampling_rate=1.0, steps=10**6),
+])
+def test_impossible_or_malformed_budgets_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        noise_for_budget(**kwargs)

@@ -1,0 +1,43 @@
+"""The run configuration is parsed and checked once, from CLI values or Flower's run config."""
+
+import pytest
+
+from common.config import RunConfig
+from common.errors import ConfigError
+
+
+def test_flower_run_config_round_trips() -> None:
+    cfg = RunConfig(clients=3, target_epsilon=2.5, dp=False, classes=("a", "b"))
+    assert RunConfig.from_flower(cfg.to_flower()) == cfg
+
+
+def test_empty_flower_run_config_gives_the_defaults() -> None:
+    assert RunConfig.from_flower({}) == RunConfig()
+
+
+def test_flower_values_are_coerced_from_strings() -> None:
+    cfg = RunConfig.from_flower({"rounds": "7", "dp": "false", "delta": "1e-6",
+                                 "classes": "x,y"})
+    assert (cfg.rounds, cfg.dp, cfg.delta, cfg.classes) == (7, False, 1e-6, ("x", "y"))
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("rounds", 0, "rounds must be at least 1"),
+    ("target-epsilon", -1.0, "target-epsilon must be positive"),
+    ("delta", 1.5, "delta must be in"),
+    ("partition", "zipf", "partition must be one of"),
+    ("base-layer", "block9_pool", "base-layer must be one of"),
+    ("image-size", 16, "image-size must be at least 32"),
+    ("rounds", "many", "'rounds' must be a int"),
+    ("dp", "maybe", "'dp' must be a bool"),
+    ("colour", "red", "unknown setting 'colour'"),
+])
+def test_bad_settings_are_refused_naming_the_setting(key: str, value: object,
+                                                     message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_flower({key: value})
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        RunConfig().rounds = 3  # type: ignore[misc]
