@@ -1,0 +1,89 @@
+"""The three standard DP-SGD tests, on the head fedtl trains."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.dp import SgdSettings, padded_batch_size, train_head
+from common.model import head_layers, initial_head_weights
+
+RNG = np.random.default_rng(0)
+X = (RNG.normal(size=(40, 6)) * 3).astype(np.float32)
+Y = RNG.integers(0, 3, 40).astype(np.int64)
+
+
+def settings(**changes) -> SgdSettings:
+    base = dict(sampling_rate=0.3, steps=6, learning_rate=0.5, momentum=0.0, private=True,
+                clip_norm=1.0, noise_multiplier=0.0)
+    return SgdSettings(**{**base, **changes})
+
+
+def run(weights, s: SgdSettings, x=X, y=Y, width=4, seed=1):
+    return train_head(x, y, weights, num_classes=3, head_width=width, settings=s,
+                      rng=np.random.default_rng(seed))[0]
+
+
+def test_without_noise_and_with_a_huge_clip_dp_training_equals_plain_training() -> None:
+    start = initial_head_weights(6, 3, 4, seed=0)
+    private = run(start, settings(clip_norm=1e9))
+    plain = run(start, settings(private=False))
+    for a, b in zip(private, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(private[0], start[0])  # it did train
+
+
+def _reference_clipped_sum(weights, x, y, clip: float, width: int) -> list[np.ndarray]:
+    """Slow reference: one gradient per example, each clipped, then summed."""
+    head = tf.keras.Sequential([tf.keras.Input((x.shape[1],)), *head_layers(3, width, 0)])
+    head.set_weights(weights)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    total = [np.zeros_like(w) for w in weights]
+    for i in range(len(y)):
+        with tf.GradientTape() as tape:
+            value = loss(y[i:i + 1], head(x[i:i + 1]))
+        grads = [g.numpy() for g in tape.gradient(value, head.trainable_variables)]
+        norm = np.sqrt(sum(np.sum(g ** 2) for g in grads))
+        factor = min(1.0, clip / norm)
+        total = [t + g * factor for t, g in zip(total, grads)]
+    return total
+
+
+@pytest.mark.parametrize("width", [0, 4])
+def test_each_example_contributes_at_most_the_clip_norm(width: int) -> None:
+    start = initial_head_weights(6, 3, width, seed=0)
+    x = X.copy()
+    x[0] *= 1000.0  # one example with an enormous gradient
+    clip, n = 0.1, len(Y)
+    # One full-batch step (sampling rate 1), lr 1: the update is minus the clipped sum / n.
+    step = settings(sampling_rate=1.0, steps=1, learning_rate=1.0, clip_norm=clip)
+    after = run(start, step, x=x, width=width)
+    update = [(a - b) * -n for a, b in zip(after, start)]
+    expected = _reference_clipped_sum(start, x, Y, clip, width)
+    for got, want in zip(update, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    single = run(start, step, x=x[:1], y=Y[:1], width=width)
+    moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(single, start)))
+    assert moved <= clip * (1 + 1e-5)
+    plain = run(start, settings(sampling_rate=1.0, steps=1, learning_rate=1.0, private=False),
+                x=x[:1], y=Y[:1], width=width)
+    assert np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(plain, start))) > 10 * clip
+
+
+def test_noise_has_standard_deviation_noise_multiplier_times_clip() -> None:
+    start = initial_head_weights(64, 3, 0, seed=0)
+    x = np.random.default_rng(3).normal(size=(50, 64)).astype(np.float32)
+    y = np.random.default_rng(4).integers(0, 3, 50).astype(np.int64)
+    step = dict(sampling_rate=1.0, steps=1, learning_rate=1.0, clip_norm=0.5)
+    clean = run(start, settings(**step), x=x, y=y, width=0)
+    noisy = run(start, settings(noise_multiplier=2.0, **step), x=x, y=y, width=0)
+    noise = np.concatenate([((a - b) * -50).ravel() for a, b in zip(noisy, clean)])
+    assert noise.size == 64 * 3 + 3
+    assert np.std(noise) == pytest.approx(2.0 * 0.5, rel=0.12)
+    assert abs(np.mean(noise)) < 0.2
+
+
+def test_padded_batch_capacity_covers_poisson_samples() -> None:
+    for n, q in [(10, 0.5), (1000, 0.05), (600, 1.0), (5, 0.01)]:
+        cap = padded_batch_size(n, q)
+        assert cap <= n
+        assert cap >= min(n, n * q + 6 * np.sqrt(n * q * (1 - q)))

