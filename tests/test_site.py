@@ -1,0 +1,96 @@
+"""A site's rounds: charged to its ledger before training, declined once the budget is spent."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.config import RunConfig
+from common.errors import BudgetExhaustedError, ConfigError, DataError
+from common.ledger import PrivacyLedger
+from common.model import initial_head_weights
+from common.site import SiteData, evaluate, sgd_settings, train_round
+
+RNG = np.random.default_rng(0)
+
+
+def site(n: int = 200) -> SiteData:
+    centers = RNG.normal(size=(3, 8)) * 3
+    y = RNG.integers(0, 3, n)
+    x = (centers[y] + RNG.normal(size=(n, 8))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return SiteData(name="site-a", train_x=x[: n // 2], train_y=y[: n // 2],
+                    test_x=x[n // 2:], test_y=y[n // 2:], skipped=(),
+                    extraction_seconds=0.0, cache_hit=True)
+
+
+CFG = RunConfig(classes=("a", "b", "c"), rounds=3, batch_size=50, target_epsilon=2.0,
+                learning_rate=1.0)
+
+
+def start() -> list[np.ndarray]:
+    return initial_head_weights(8, 3, 0, seed=0)
+
+
+def test_planned_rounds_spend_exactly_the_budget_and_one_more_is_declined(
+        tmp_path: Path) -> None:
+    data, ledger = site(), PrivacyLedger(tmp_path)
+    weights = start()
+    spent = []
+    for _ in range(CFG.rounds):
+        result = train_round(CFG, data, weights, ledger, "run-1", RNG)
+        weights = result.weights
+        spent.append(result.epsilon)
+    assert spent == sorted(spent) and spent[-1] == pytest.approx(2.0, abs=1e-3)
+    assert spent[-1] <= 2.0 + 1e-6
+    with pytest.raises(BudgetExhaustedError, match="past its budget of 2.0"):
+        train_round(CFG, data, weights, ledger, "run-1", RNG)
+    assert ledger.get("run-1").steps == 3 * sgd_settings(CFG, 100).steps
+
+
+def test_spending_is_on_disk_before_the_update_is_returned(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    import common.site
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(common.site, "train_head", crash)
+    with pytest.raises(RuntimeError):
+        train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+    saved = json.loads((tmp_path / "privacy-ledger.json").read_text())
+    assert saved["runs"]["run-1"]["epsilon"] > 0
+
+
+def test_ledger_is_per_run_and_survives_a_new_ledger_object(tmp_path: Path) -> None:
+    train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+    again = PrivacyLedger(tmp_path)
+    assert again.get("run-1").steps > 0
+    assert again.get("run-2") is None
+
+
+def test_a_damaged_ledger_stops_the_site(tmp_path: Path) -> None:
+    (tmp_path / "privacy-ledger.json").write_text("{not json")
+    with pytest.raises(DataError, match="privacy ledger .* is unreadable"):
+        train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+
+
+def test_non_private_rounds_spend_nothing_and_write_no_ledger(tmp_path: Path) -> None:
+    result = train_round(CFG.replace(dp=False), site(), start(), PrivacyLedger(tmp_path),
+                         "run-1", RNG)
+    assert result.epsilon == 0.0
+    assert not (tmp_path / "privacy-ledger.json").exists()
+
+
+def test_training_beats_chance_on_separable_features(tmp_path: Path) -> None:
+    data, weights = site(), start()
+    cfg = CFG.replace(target_epsilon=8.0)
+    for _ in range(cfg.rounds):
+        weights = train_round(cfg, data, weights, PrivacyLedger(tmp_path), "r", RNG).weights
+    assert evaluate(cfg, data, weights) > 0.6
+
+
+def test_delta_must_be_below_one_over_n() -> None:
+    with pytest.raises(ConfigError, match="1/n"):
+        sgd_settings(CFG.replace(delta=0.05), 100)

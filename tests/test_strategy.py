@@ -1,0 +1,92 @@
+"""The server's FedAvg: weighted averaging and the updates it refuses."""
+
+import time
+
+import numpy as np
+import pytest
+from flwr.app import (ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata,
+                      MetricRecord, RecordDict)
+
+from common import protocol
+from server.strategy import RoundRecord, ValidatingFedAvg
+
+FP = "f" * 64
+GLOBAL = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+
+
+def metadata(node: int) -> Metadata:
+    return Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0,
+                    reply_to_message_id="", group_id="1", created_at=time.time(), ttl=60,
+                    message_type=MessageType.TRAIN)
+
+
+def reply(node: int, arrays: list[np.ndarray], n: int, eps: float = 1.0,
+          fingerprint: str = FP) -> Message:
+    content = RecordDict({
+        protocol.ARRAYS: ArrayRecord(arrays),
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n, protocol.TRAIN_LOSS: 0.5,
+                                        protocol.EPSILON: eps,
+                                        protocol.EXTRACT_SECONDS: 0.0,
+                                        protocol.SKIPPED_IMAGES: 0}),
+        protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}",
+                                     protocol.FINGERPRINT: fingerprint}),
+    })
+    return Message(content=content, metadata=metadata(node))
+
+
+def strategy() -> ValidatingFedAvg:
+    s = ValidatingFedAvg(fingerprint=FP, max_update_norm=100.0,
+                         weighted_by_key=protocol.NUM_EXAMPLES,
+                         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG)
+    s._global = [a.copy() for a in GLOBAL]
+    s.history.append(RoundRecord(round=1))
+    return s
+
+
+def full(value: float) -> list[np.ndarray]:
+    return [np.full((3, 2), value, np.float32), np.full(2, value, np.float32)]
+
+
+def test_accepted_updates_are_averaged_weighted_by_example_count() -> None:
+    s = strategy()
+    arrays, _ = s.aggregate_train(1, [reply(1, full(1.0), 10, eps=0.5),
+                                      reply(2, full(4.0), 30, eps=0.8)])
+    expected = np.average([1.0, 4.0], weights=[10, 30])
+    for got in arrays.to_numpy_ndarrays():
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    record = s.history[-1]
+    assert record.sites_trained == ["site-1", "site-2"]
+    assert record.epsilon_max == 0.8
+    assert record.train_loss == pytest.approx(0.5)
+    assert s.epsilon_by_site == {"site-1": 0.5, "site-2": 0.8}
+
+
+@pytest.mark.parametrize("bad", [
+    reply(9, [np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)], 10),
+    reply(9, [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)], 10),
+    reply(9, full(1e4), 10),
+    reply(9, full(1.0), 10, fingerprint="0" * 64),
+    reply(9, full(1.0), 0),
+    reply(9, full(1.0), 10, eps=float("nan")),
+])
+def test_poisoned_or_foreign_updates_are_dropped_and_the_round_goes_on(bad: Message) -> None:
+    s = strategy()
+    arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), bad])
+    for got in arrays.to_numpy_ndarrays():
+        np.testing.assert_allclose(got, 2.0)
+    assert s.history[-1].rejected == ["node 9"]
+    assert s.history[-1].sites_trained == ["site-1"]
+
+
+def test_a_site_that_declines_for_budget_is_recorded_and_skipped() -> None:
+    s = strategy()
+    declined = Message(error=Error(code=protocol.BUDGET_EXHAUSTED, reason="spent"),
+                       metadata=metadata(5))
+    arrays, _ = s.aggregate_train(1, [reply(1, full(3.0), 10), declined])
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], 3.0)
+    assert s.history[-1].declined == ["node 5"]
+
+
+def test_a_round_where_nobody_trains_keeps_the_global_head() -> None:
+    s = strategy()
+    assert s.aggregate_train(1, [reply(1, full(1e9), 10)]) == (None, None)
