@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from common.public_stats import RECIPE, feature_stats
 from common.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
 
-PREPROCESSING = "vgg16-caffe-bgr-mean|gap|l2"
+PREPROCESSING = f"vgg16-caffe-bgr-mean|gap|l2|standardize:{RECIPE}|scale:1/sqrt(d)"
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 _FEATURE_DIM = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256,
                 "block4_pool": 512, "block5_pool": 512}
@@ -69,7 +70,14 @@ def build_base(spec: BaseSpec) -> FrozenBase:
     x = truncated(x)
     x = tf.keras.layers.GlobalAveragePooling2D(name="gap")(x)
     # Per-example normalisation: scales features without statistics from private data.
-    x = tf.keras.layers.UnitNormalization(name="l2_normalize")(x)
+    pooled = tf.keras.layers.UnitNormalization(name="l2_normalize")(x)
+    pooled_model = tf.keras.Model(inputs, pooled)
+    mean, variance = feature_stats(
+        lambda images: pooled_model.predict(images, batch_size=64, verbose=0), spec.image_size)
+    x = tf.keras.layers.Normalization(mean=mean, variance=variance, name="public_standardize")(
+        pooled)
+    # Standardised features have norm ~sqrt(d); bring it to ~1 so one clip norm fits all layers.
+    x = tf.keras.layers.Rescaling(1.0 / np.sqrt(spec.feature_dim), name="unit_scale")(x)
     model = tf.keras.Model(inputs, x, name="frozen_base")
     model.trainable = False
     return FrozenBase(spec=spec, model=model, fingerprint=base_fingerprint(spec, weights))

@@ -26,7 +26,21 @@ def test_base_matches_keras_vgg16_with_its_own_preprocessing(base) -> None:
     expected = truncated(tf.keras.applications.vgg16.preprocess_input(images.copy()))
     expected = np.mean(expected.numpy(), axis=(1, 2))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(base.model(images).numpy(), expected, atol=1e-5)
+    standardize = base.model.get_layer("public_standardize").get_config()
+    mean = np.asarray(standardize["mean"]).ravel()
+    std = np.sqrt(np.asarray(standardize["variance"]).ravel())
+    expected = (expected - mean) / std / np.sqrt(256)
+    np.testing.assert_allclose(base.model(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_standardisation_uses_public_statistics_that_centre_public_features(base) -> None:
+    from common.public_stats import public_crops
+
+    standardize = base.model.get_layer("public_standardize").get_config()
+    assert np.asarray(standardize["mean"]).size == 256
+    features = base.model.predict(public_crops(32).astype(np.float32), verbose=0)
+    np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(features.std(axis=0) * np.sqrt(256), 1.0, atol=1e-2)
 
 
 def test_base_is_frozen(base) -> None:

@@ -1,0 +1,110 @@
+"""End to end: `fedtl simulate` with the real ImageNet weights and Flower's simulation engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import write_image_folder
+
+pytestmark = pytest.mark.e2e
+
+
+def fedtl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("run") / "digits"
+    cache = tmp_path_factory.mktemp("cache")
+    done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "4",
+                 "--target-epsilon", "3", "--out", str(out), "--cache-dir", str(cache))
+    return out, done
+
+
+def test_private_federation_on_digits_learns_far_above_chance_within_budget(
+        digits_run) -> None:
+    out, done = digits_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3, 4]
+    assert all(r["accuracy"] is not None and r["epsilon_max"] is not None
+               for r in report["rounds"])
+    final = report["final"]
+    assert final["accuracy"] > 0.6  # ten classes: chance is 0.1
+    assert set(final["epsilon"]) == {"site-0", "site-1", "site-2"}
+    assert all(0 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
+    assert max(final["epsilon"].values()) > 2.9  # the planned rounds use the budget
+    assert final["delta"] == 1e-5
+    assert report["timing"]["total_seconds"] > 0
+    assert report["timing"]["feature_extraction_seconds"] >= 0
+    assert report["settings"]["clients"] == 3 and report["settings"]["dp"] is True
+    assert len(report["base"]["fingerprint"]) == 64
+    assert report["versions"]["flwr"].startswith("1.39")
+    assert "round | train loss" in done.stdout
+    for name in ("model.keras", "accuracy.png", "epsilon.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
+                                                                     tmp_path: Path) -> None:
+    from common.data import list_dataset, load_images
+
+    out, done = digits_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    listing = list_dataset("digits", max_per_class=20)
+    images = load_images(listing, 32)
+    for i, (pixels, label) in enumerate(zip(images.pixels, images.labels)):
+        folder = tmp_path / "digits" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    scored = fedtl("evaluate", "--model", str(out / "model.keras"), "--data",
+                   str(tmp_path / "digits"), "--json")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    result = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert result["n"] == 200
+    assert result["accuracy"] > 0.6
+
+
+def test_a_second_identical_run_reads_features_from_the_cache(digits_run,
+                                                               tmp_path: Path) -> None:
+    out, done = digits_run
+    assert done.returncode == 0
+    cache = Path(json.loads((out / "report.json").read_text())["settings"]["cache-dir"])
+    again = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "1",
+                  "--out", str(tmp_path / "again"), "--cache-dir", str(cache))
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert report["timing"]["feature_extraction_seconds"] == 0.0
+    assert "cached" in again.stderr
+
+
+def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
+        tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", {"a": 6, "b": 6})
+    (data / "b" / "0003.jpg").write_bytes(b"\xff\xd8 broken")
+    out = tmp_path / "out"
+    done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "1",
+                 "--out", str(out), "--cache-dir", str(tmp_path / "cache"), timeout=300)
+    assert done.returncode == 2
+    assert "0003.jpg" in done.stderr and "--skip-bad-images" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (out / "report.json").exists()
+    assert "round |" not in done.stdout
+
+
+def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
+    done = fedtl("simulate", "--dataset", "digits", "--clients", "2", "--rounds", "1",
+                 "--target-epsilon", "1e-6", "--delta", "1e-12", "--out",
+                 str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), timeout=300)
+    assert done.returncode == 2
+    assert "target epsilon" in done.stderr
+    assert not (tmp_path / "out" / "report.json").exists()
