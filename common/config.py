@@ -44,10 +44,10 @@ class RunConfig:
     base_layer: str = "block4_pool"
     head_width: int = 0
     # local training
-    batch_size: int = 256
+    batch_size: int = 512
     local_epochs: int = 1
-    learning_rate: float = 2.0
-    momentum: float = 0.9
+    learning_rate: float = 16.0
+    momentum: float = 0.0
     # privacy
     dp: bool = True
     target_epsilon: float = 3.0
