@@ -17,6 +17,16 @@ from common.model import base_fingerprint
 from common.site import SiteData, base_spec, evaluate, load_site, partition_listing, train_round
 
 
+def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunConfig:
+    """The run config with the server's class list (and Flower's site count in simulation)."""
+    classes = tuple(str(c) for c in msg.content[protocol.CONFIG].get(protocol.CLASSES, []))
+    if not classes:
+        raise FedtlError("the server sent no class list")
+    cfg = cfg.replace(classes=classes)
+    partitions = context.node_config.get("num-partitions")
+    return cfg if partitions is None else cfg.replace(clients=int(partitions))
+
+
 def _open_site(cfg: RunConfig, context: Context) -> tuple[SiteData, Path, str]:
     """The site's data and state folder, from the node config (simulated or real site)."""
     node = context.node_config
@@ -51,8 +61,6 @@ def _check_federation(msg: Message, cfg: RunConfig, fingerprint: str, site: str)
             f"site {site}: its VGG16 base fingerprint {fingerprint[:12]} differs from the "
             f"federation's {str(server.get(protocol.FINGERPRINT))[:12]}; use the same "
             "--weights, --image-size and --base-layer as the server")
-    if server.get(protocol.CLASSES_DIGEST) != protocol.classes_digest(cfg.classes):
-        raise FedtlError(f"site {site}: its class list differs from the federation's")
 
 
 def _site_record(data: SiteData, fingerprint: str) -> ConfigRecord:
@@ -63,13 +71,14 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """A ClientApp using ``config``, or parsing Flower's run config when it is None."""
     app = ClientApp()
 
-    def settings(context: Context) -> RunConfig:
-        return config if config is not None else RunConfig.from_flower(context.run_config)
+    def settings(msg: Message, context: Context) -> RunConfig:
+        cfg = config if config is not None else RunConfig.from_flower(context.run_config)
+        return _federation_config(cfg, msg, context)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg = settings(context)
         try:
+            cfg = settings(msg, context)
             data, state_dir, fingerprint = _open_site(cfg, context)
             _check_federation(msg, cfg, fingerprint, data.name)
             weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()
@@ -95,8 +104,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate_global(msg: Message, context: Context) -> Message:
-        cfg = settings(context)
         try:
+            cfg = settings(msg, context)
             data, _, fingerprint = _open_site(cfg, context)
             _check_federation(msg, cfg, fingerprint, data.name)
         except FedtlError as exc:

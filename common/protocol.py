@@ -6,7 +6,6 @@ computed on are checked here, on plain numpy arrays.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ SITE = "site"
 
 # Keys of the server's ConfigRecord and of the site's reply.
 FINGERPRINT = "fingerprint"
-CLASSES_DIGEST = "classes-digest"
+CLASSES = "classes"
 SITE_NAME = "site-name"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
@@ -33,11 +32,6 @@ SKIPPED_IMAGES = "skipped-images"
 # Error codes of replies in which a site declines or refuses a round.
 BUDGET_EXHAUSTED = 4001
 INCOMPATIBLE = 4002
-
-
-def classes_digest(classes: Sequence[str]) -> str:
-    """Short digest of the ordered class list, so sites can compare without listing names."""
-    return hashlib.sha256("\x1f".join(classes).encode()).hexdigest()[:16]
 
 
 def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray], *,

@@ -69,8 +69,9 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None) -> Path
         weighted_by_key=protocol.NUM_EXAMPLES,
         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG,
     )
+    # The server is the authority on the class list; sites check theirs against it.
     federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
-                               protocol.CLASSES_DIGEST: protocol.classes_digest(cfg.classes)})
+                               protocol.CLASSES: list(cfg.classes)})
     result = strategy.start(grid, ArrayRecord(initial), num_rounds=cfg.rounds,
                             train_config=federation, evaluate_config=ConfigRecord(dict(federation)))
     if not any(r.sites_trained for r in strategy.history):
