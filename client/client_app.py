@@ -38,7 +38,7 @@ def _open_site(cfg: RunConfig, context: Context) -> tuple[SiteData, Path, str]:
         name = f"site-{index}"
         share = partition_listing(cfg, listing)[index]
         state_dir = Path(cfg.out) / "sites" / name
-        data = load_site(cfg, name, share, fingerprint, Path(cfg.cache_dir) / "features",
+        data = load_site(cfg, name, share, fingerprint, cfg.features_dir,
                          holdout_seed=(cfg.seed, index))
     else:  # a real site: its own folder and state, set when its SuperNode starts
         name = str(node.get("site-name", f"node-{context.node_id}"))

@@ -98,6 +98,11 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
 
+    @property
+    def features_dir(self) -> Path:
+        """Where simulated sites cache their features (warm across identical runs)."""
+        return Path(self.cache_dir).expanduser() / "features"
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied (and checked again)."""
         return dataclasses.replace(self, **changes)

@@ -31,7 +31,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, int]:
         name = f"site-{index}"
         print(f"[prepare] {name}: {len(share)} images, extracting features...", end="",
               file=sys.stderr, flush=True)
-        data = load_site(cfg, name, share, fingerprint, Path(cfg.cache_dir) / "features",
+        data = load_site(cfg, name, share, fingerprint, cfg.features_dir,
                          holdout_seed=(cfg.seed, index))
         note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",

@@ -41,3 +41,15 @@ def test_bad_settings_are_refused_naming_the_setting(key: str, value: object,
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         RunConfig().rounds = 3  # type: ignore[misc]
+
+
+def test_flower_app_config_in_pyproject_matches_the_dataclass_defaults() -> None:
+    import tomllib
+
+    from .conftest import PROJECT
+
+    declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    app_config = declared["tool"]["flwr"]["app"]["config"]
+    parsed = RunConfig.from_flower(app_config)
+    assert parsed.replace(cache_dir=RunConfig().cache_dir) == RunConfig()
+    assert parsed.features_dir == RunConfig().features_dir
