@@ -12,6 +12,7 @@ from common import protocol
 from common.config import RunConfig
 from common.data import check_same_classes, list_dataset
 from common.errors import BudgetExhaustedError, FedtlError
+from common.features import LazyBase
 from common.ledger import PrivacyLedger
 from common.model import base_fingerprint
 from common.site import SiteData, base_spec, evaluate, load_site, partition_listing, train_round
@@ -27,26 +28,32 @@ def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunCon
     return cfg if partitions is None else cfg.replace(clients=int(partitions))
 
 
-def _open_site(cfg: RunConfig, context: Context) -> tuple[SiteData, Path, str]:
-    """The site's data and state folder, from the node config (simulated or real site)."""
+def _open_site(cfg: RunConfig, msg: Message, context: Context) -> tuple[SiteData, Path, str]:
+    """The site's data and state folder, from the node config (simulated or real site).
+
+    The base fingerprint and class list are checked against the server's before any image
+    is read.
+    """
     node = context.node_config
     fingerprint = base_fingerprint(base_spec(cfg))
+    base = LazyBase(base_spec(cfg), fingerprint)
     if "partition-id" in node:  # a virtual site of a simulation
         index = int(node["partition-id"])
-        listing = list_dataset(cfg.dataset, cfg.max_per_class)
-        check_same_classes(cfg.classes, listing.classes, f"dataset {cfg.dataset}")
         name = f"site-{index}"
-        share = partition_listing(cfg, listing)[index]
-        state_dir = Path(cfg.out) / "sites" / name
-        data = load_site(cfg, name, share, fingerprint, cfg.features_dir,
-                         holdout_seed=(cfg.seed, index))
+        source, state_dir, cache_dir = cfg.dataset, Path(cfg.out) / "sites" / name, cfg.features_dir
+        listing = list_dataset(source, cfg.max_per_class)
+        seed: tuple[int, ...] = (cfg.seed, index)
     else:  # a real site: its own folder and state, set when its SuperNode starts
         name = str(node.get("site-name", f"node-{context.node_id}"))
-        listing = list_dataset(str(node["data"]))
-        check_same_classes(cfg.classes, listing.classes, f"site {name} ({node['data']})")
-        state_dir = Path(str(node["state"]))
-        data = load_site(cfg, name, listing, fingerprint, state_dir / "features",
-                         holdout_seed=(cfg.seed,))
+        source, state_dir = str(node["data"]), Path(str(node["state"]))
+        cache_dir = state_dir / "features"
+        listing = list_dataset(source)
+        seed = (cfg.seed,)
+    _check_federation(msg, cfg, fingerprint, name)
+    check_same_classes(cfg.classes, listing.classes, f"site {name} ({source})")
+    if "partition-id" in node:
+        listing = partition_listing(cfg, listing)[int(node["partition-id"])]
+    data = load_site(cfg, name, listing, base, cache_dir, holdout_seed=seed)
     return data, state_dir, fingerprint
 
 
@@ -79,8 +86,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         try:
             cfg = settings(msg, context)
-            data, state_dir, fingerprint = _open_site(cfg, context)
-            _check_federation(msg, cfg, fingerprint, data.name)
+            data, state_dir, fingerprint = _open_site(cfg, msg, context)
             weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()
             result = train_round(cfg, data, weights, PrivacyLedger(state_dir),
                                  str(context.run_id), _rng(cfg))
@@ -106,8 +112,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def evaluate_global(msg: Message, context: Context) -> Message:
         try:
             cfg = settings(msg, context)
-            data, _, fingerprint = _open_site(cfg, context)
-            _check_federation(msg, cfg, fingerprint, data.name)
+            data, _, fingerprint = _open_site(cfg, msg, context)
         except FedtlError as exc:
             return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
         weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()

@@ -28,6 +28,25 @@ class SiteFeatures:
     cache_hit: bool
 
 
+class LazyBase:
+    """Builds the frozen base on first use only: a warm cache never pays for it."""
+
+    def __init__(self, spec: BaseSpec, fingerprint: str) -> None:
+        self.spec = spec
+        self.fingerprint = fingerprint
+        self._base: FrozenBase | None = None
+
+    def get(self) -> FrozenBase:
+        if self._base is None:
+            base = build_base(self.spec)
+            if base.fingerprint != self.fingerprint:
+                raise WeightsError(
+                    f"the base built from {self.spec.weights!r} has fingerprint "
+                    f"{base.fingerprint[:12]}, not the federation's {self.fingerprint[:12]}")
+            self._base = base
+        return self._base
+
+
 def cache_key(fingerprint: str, listing: Listing, skip_bad: bool) -> str:
     """Changes whenever the base, an image's identity or bytes, or the skip policy change."""
     digest = hashlib.sha256(f"{fingerprint}|{listing.source}|{skip_bad}".encode())
@@ -42,7 +61,7 @@ def extract(base: FrozenBase, pixels: np.ndarray) -> np.ndarray:
                               verbose=0).astype(np.float32)
 
 
-def site_features(spec: BaseSpec, fingerprint: str, listing: Listing, cache_dir: Path | None,
+def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None,
                   *, skip_bad: bool = False) -> SiteFeatures:
     """Features of ``listing`` from ``cache_dir`` if present, else computed and stored there.
 
@@ -50,7 +69,7 @@ def site_features(spec: BaseSpec, fingerprint: str, listing: Listing, cache_dir:
     """
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"features-{cache_key(fingerprint, listing, skip_bad)}.npz"
+        path = Path(cache_dir) / f"features-{cache_key(base.fingerprint, listing, skip_bad)}.npz"
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as cached:
@@ -59,14 +78,8 @@ def site_features(spec: BaseSpec, fingerprint: str, listing: Listing, cache_dir:
             except (OSError, ValueError, KeyError):
                 path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
     start = time.perf_counter()
-    images = load_images(listing, spec.image_size, skip_bad=skip_bad)
-    base = build_base(spec)
-    if base.fingerprint != fingerprint:
-        raise WeightsError(
-            f"the base built from {spec.weights!r} has fingerprint {base.fingerprint[:12]}, "
-            f"not the federation's {fingerprint[:12]}"
-        )
-    features = extract(base, images.pixels)
+    images = load_images(listing, base.spec.image_size, skip_bad=skip_bad)
+    features = extract(base.get(), images.pixels)
     seconds = time.perf_counter() - start
     if path is not None:
         arrays = {"features": features, "labels": images.labels,

@@ -13,7 +13,7 @@ from common.config import RunConfig
 from common.data import Listing
 from common.dp import SgdSettings, train_head
 from common.errors import BudgetExhaustedError, ConfigError
-from common.features import site_features
+from common.features import LazyBase, site_features
 from common.ledger import PrivacyLedger, RunSpending
 from common.model import BaseSpec, predict_classes
 from common.partition import dirichlet_partition, holdout_split, iid_partition
@@ -58,11 +58,10 @@ def partition_listing(cfg: RunConfig, listing: Listing) -> list[Listing]:
     return [listing.subset(p) for p in parts]
 
 
-def load_site(cfg: RunConfig, name: str, listing: Listing, fingerprint: str,
+def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
               cache_dir: Path | None, holdout_seed: tuple[int, ...]) -> SiteData:
     """Features of the site's images (cached), split into train and held-out parts."""
-    feats = site_features(base_spec(cfg), fingerprint, listing, cache_dir,
-                          skip_bad=cfg.skip_bad_images)
+    feats = site_features(base, listing, cache_dir, skip_bad=cfg.skip_bad_images)
     train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
     return SiteData(
         name=name, train_x=feats.features[train], train_y=feats.labels[train],

@@ -13,6 +13,7 @@ from typing import Any
 from common.config import RunConfig
 from common.data import list_dataset
 from common.errors import ConfigError, FedtlError
+from common.features import LazyBase
 from common.model import base_fingerprint
 from common.site import base_spec, load_site, partition_listing, sgd_settings
 
@@ -25,13 +26,13 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, int]:
     """
     listing = list_dataset(cfg.dataset, cfg.max_per_class)
     cfg = cfg.replace(classes=listing.classes)
-    fingerprint = base_fingerprint(base_spec(cfg))
+    base = LazyBase(base_spec(cfg), base_fingerprint(base_spec(cfg)))
     seconds, skipped = 0.0, 0
     for index, share in enumerate(partition_listing(cfg, listing)):
         name = f"site-{index}"
         print(f"[prepare] {name}: {len(share)} images, extracting features...", end="",
               file=sys.stderr, flush=True)
-        data = load_site(cfg, name, share, fingerprint, cfg.features_dir,
+        data = load_site(cfg, name, share, base, cfg.features_dir,
                          holdout_seed=(cfg.seed, index))
         note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
