@@ -104,7 +104,9 @@ def head_layers(num_classes: int, head_width: int, seed: int) -> list[tf.keras.l
     if head_width > 0:
         layers.append(tf.keras.layers.Dense(head_width, activation="relu",
                                             kernel_initializer=init, name="head_hidden"))
-    layers.append(tf.keras.layers.Dense(num_classes, kernel_initializer=init, name="head_logits"))
+    # Zero logits to start: a random start is extra noise that few DP steps cannot wash out.
+    layers.append(tf.keras.layers.Dense(num_classes, kernel_initializer="zeros",
+                                        name="head_logits"))
     return layers
 
 
