@@ -67,6 +67,9 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
                     started=started), failures)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Keep Ray from touching accelerator visibility for CPU-only sites (and from warning
+    # about its coming change of default on every start).
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
         server_app=server_app,
         client_app=make_client_app(cfg),

@@ -108,3 +108,18 @@ def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "target epsilon" in done.stderr
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_private_federation_on_a_cifar10_folder_beats_chance(cifar_dir: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "cifar"
+    done = fedtl("simulate", "--dataset", str(cifar_dir), "--max-per-class", "60",
+                 "--clients", "2", "--rounds", "5", "--image-size", "32",
+                 "--target-epsilon", "3", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["classes"].split(",")[:2] == ["airplane", "automobile"]
+    assert report["final"]["accuracy"] > 0.25  # ten classes: chance is 0.1
+    assert all(eps <= 3.0 + 1e-6 for eps in report["final"]["epsilon"].values())
+    assert report["timing"]["feature_extraction_seconds"] > 0
