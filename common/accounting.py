@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import dp_accounting
 
@@ -20,15 +19,6 @@ class _DropConvergenceNoise(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropConvergenceNoise())
-
-
-@dataclass(frozen=True)
-class SgdPlan:
-    """What a site's DP-SGD does: ``steps`` Poisson-sampled Gaussian steps."""
-
-    sampling_rate: float
-    noise_multiplier: float
-    steps: int
 
 
 def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata,
                       RecordDict)
