@@ -27,7 +27,6 @@ class PreRun:
     """What happened before Flower started (a simulation extracts features up front)."""
 
     feature_extraction_seconds: float = 0.0
-    skipped_images: int = 0
     started: float = 0.0
 
 
@@ -115,7 +114,8 @@ def build_report(cfg: RunConfig, fingerprint: str, strategy: ValidatingFedAvg,
             "target_epsilon": cfg.target_epsilon if cfg.dp else None,
             "private": cfg.dp,
         },
-        "data": {"skipped_images": prerun.skipped_images + strategy.skipped_images},
+        "data": {"skipped_images": sum(strategy.skipped_by_site.values()),
+                 "skipped_images_by_site": strategy.skipped_by_site},
         "timing": {
             "total_seconds": time.time() - prerun.started,
             "feature_extraction_seconds": prerun.feature_extraction_seconds

@@ -50,7 +50,7 @@ class ValidatingFedAvg(FedAvg):
         self.history: list[RoundRecord] = []
         self.epsilon_by_site: dict[str, float] = {}
         self.extract_seconds = 0.0
-        self.skipped_images = 0
+        self.skipped_by_site: dict[str, int] = {}
         self._global: list[np.ndarray] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -86,8 +86,7 @@ class ValidatingFedAvg(FedAvg):
             self.epsilon_by_site[name] = eps
             metrics = msg.content[protocol.METRICS]
             self.extract_seconds += float(metrics[protocol.EXTRACT_SECONDS])
-            if server_round == 1:
-                self.skipped_images += int(metrics[protocol.SKIPPED_IMAGES])
+            self.skipped_by_site[name] = int(metrics[protocol.SKIPPED_IMAGES])
         if not accepted:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)

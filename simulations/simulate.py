@@ -18,16 +18,16 @@ from common.model import base_fingerprint
 from common.site import base_spec, load_site, partition_listing, sgd_settings
 
 
-def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, int]:
+def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float]:
     """Check the data and budget and warm every site's feature cache before Flower starts.
 
-    Returns the config with the dataset's classes, the extraction seconds and the number of
-    skipped images. Every data or budget error surfaces here, before any training.
+    Returns the config with the dataset's classes and the extraction seconds. Every data or
+    budget error surfaces here, before any training.
     """
     listing = list_dataset(cfg.dataset, cfg.max_per_class)
     cfg = cfg.replace(classes=listing.classes)
     base = LazyBase(base_spec(cfg), base_fingerprint(base_spec(cfg)))
-    seconds, skipped = 0.0, 0
+    seconds = 0.0
     for index, share in enumerate(partition_listing(cfg, listing)):
         name = f"site-{index}"
         print(f"[prepare] {name}: {len(share)} images, extracting features...", end="",
@@ -38,13 +38,16 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, int]:
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
               file=sys.stderr, flush=True)
         seconds += data.extraction_seconds
-        skipped += len(data.skipped)
+        if data.skipped:
+            print(f"[prepare] {name}: skipped {len(data.skipped)} unreadable images: "
+                  + ", ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""),
+                  file=sys.stderr, flush=True)
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
         if settings.private:
             print(f"[prepare] {name}: sampling rate {settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
                   f"{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
-    return cfg, seconds, skipped
+    return cfg, seconds
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
@@ -53,7 +56,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a finished run; choose another --out")
-    cfg, seconds, skipped = prepare_sites(cfg)
+    cfg, seconds = prepare_sites(cfg)
 
     from flwr.simulation import run_simulation
 
@@ -63,8 +66,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
 
     failures: list[BaseException] = []
     server_app = make_server_app(
-        cfg, PreRun(feature_extraction_seconds=seconds, skipped_images=skipped,
-                    started=started), failures)
+        cfg, PreRun(feature_extraction_seconds=seconds, started=started), failures)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     # Keep Ray from touching accelerator visibility for CPU-only sites (and from warning

@@ -122,3 +122,17 @@ def test_private_federation_on_a_cifar10_folder_beats_chance(cifar_dir: Path,
     assert report["final"]["accuracy"] > 0.25  # ten classes: chance is 0.1
     assert all(eps <= 3.0 + 1e-6 for eps in report["final"]["epsilon"].values())
     assert report["timing"]["feature_extraction_seconds"] > 0
+
+
+def test_skipped_unreadable_images_are_counted_in_the_report(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", {"a": 8, "b": 8})
+    (data / "a" / "0005.jpg").write_bytes(b"\xff\xd8 broken")
+    out = tmp_path / "out"
+    done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "1",
+                 "--no-dp", "--skip-bad-images", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["skipped_images"] == 1
+    assert report["settings"]["skip-bad-images"] is True
+    assert report["final"]["epsilon"] == {} and report["final"]["private"] is False
