@@ -20,10 +20,10 @@ from common.site import SiteData, base_spec, evaluate, load_site, partition_list
 
 def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunConfig:
     """The run config with the server's class list (and Flower's site count in simulation)."""
-    classes = tuple(str(c) for c in msg.content[protocol.CONFIG].get(protocol.CLASSES, []))
-    if not classes:
-        raise FedtlError("the server sent no class list")
-    cfg = cfg.replace(classes=classes)
+    sent = msg.content.config_records[protocol.CONFIG].get(protocol.CLASSES)
+    if not isinstance(sent, list) or not sent:
+        raise FedtlError(f"the server sent no class list (got {sent!r})")
+    cfg = cfg.replace(classes=tuple(str(c) for c in sent))
     partitions = context.node_config.get("num-partitions")
     return cfg if partitions is None else cfg.replace(clients=int(partitions))
 
@@ -62,7 +62,7 @@ def _refuse(msg: Message, code: int, reason: str) -> Message:
 
 
 def _check_federation(msg: Message, cfg: RunConfig, fingerprint: str, site: str) -> None:
-    server = msg.content[protocol.CONFIG]
+    server = msg.content.config_records[protocol.CONFIG]
     if server.get(protocol.FINGERPRINT) != fingerprint:
         raise FedtlError(
             f"site {site}: its VGG16 base fingerprint {fingerprint[:12]} differs from the "
@@ -87,7 +87,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         try:
             cfg = settings(msg, context)
             data, state_dir, fingerprint = _open_site(cfg, msg, context)
-            weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()
+            weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
             result = train_round(cfg, data, weights, PrivacyLedger(state_dir),
                                  str(context.run_id), _rng(cfg))
         except BudgetExhaustedError as exc:
@@ -115,7 +115,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             data, _, fingerprint = _open_site(cfg, msg, context)
         except FedtlError as exc:
             return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
-        weights = msg.content[protocol.ARRAYS].to_numpy_ndarrays()
+        weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
         accuracy = evaluate(cfg, data, weights)
         metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.test_y),
                                 protocol.ACCURACY: accuracy})

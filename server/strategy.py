@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 import logging
 
 import numpy as np
@@ -29,6 +30,18 @@ class RoundRecord:
     declined: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     site_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteUpdate:
+    """The figures of a reply that passed every check."""
+
+    site: str
+    num_examples: int
+    train_loss: float
+    epsilon: float
+    extract_seconds: float
+    skipped_images: int
 
 
 class ValidatingFedAvg(FedAvg):
@@ -75,18 +88,17 @@ class ValidatingFedAvg(FedAvg):
                     msg.error.reason)
                 continue
             try:
-                name, n, loss, eps = self._check_reply(msg, who)
+                update = self._check_reply(msg, who)
             except UpdateRejectedError as exc:
                 record.rejected.append(who)
                 log.warning("round %d: rejected update: %s", server_round, exc)
                 continue
             accepted.append(msg)
-            record.sites_trained.append(name)
-            losses.append((loss, n))
-            self.epsilon_by_site[name] = eps
-            metrics = msg.content[protocol.METRICS]
-            self.extract_seconds += float(metrics[protocol.EXTRACT_SECONDS])
-            self.skipped_by_site[name] = int(metrics[protocol.SKIPPED_IMAGES])
+            record.sites_trained.append(update.site)
+            losses.append((update.train_loss, update.num_examples))
+            self.epsilon_by_site[update.site] = update.epsilon
+            self.extract_seconds += update.extract_seconds
+            self.skipped_by_site[update.site] = update.skipped_images
         if not accepted:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
@@ -95,40 +107,57 @@ class ValidatingFedAvg(FedAvg):
         record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)
         return arrays, metrics
 
-    def _check_reply(self, msg: Message, who: str) -> tuple[str, int, float, float]:
+    def _check_reply(self, msg: Message, who: str) -> SiteUpdate:
         content = msg.content
         site = content.config_records.get(protocol.SITE)
         if site is None or protocol.ARRAYS not in content.array_records:
             raise UpdateRejectedError(f"{who}: reply lacks the site record or the arrays")
-        who = f"{who} ({site.get(protocol.SITE_NAME)})"
+        name = str(site.get(protocol.SITE_NAME))
+        who = f"{who} ({name})"
         if site.get(protocol.FINGERPRINT) != self.fingerprint:
             raise UpdateRejectedError(f"{who}: base fingerprint differs from the federation's")
         metrics = content.metric_records.get(protocol.METRICS)
         if metrics is None:
             raise UpdateRejectedError(f"{who}: reply has no metrics")
-        n, loss, eps = (metrics.get(k) for k in
-                        (protocol.NUM_EXAMPLES, protocol.TRAIN_LOSS, protocol.EPSILON))
+        n = metrics.get(protocol.NUM_EXAMPLES)
         if not isinstance(n, int) or n <= 0:
             raise UpdateRejectedError(f"{who}: example count {n!r} is not a positive integer")
-        for key, value in ((protocol.TRAIN_LOSS, loss), (protocol.EPSILON, eps)):
+        figures: dict[str, float] = {}
+        for key in (protocol.TRAIN_LOSS, protocol.EPSILON, protocol.EXTRACT_SECONDS,
+                    protocol.SKIPPED_IMAGES):
+            value = metrics.get(key)
             if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise UpdateRejectedError(f"{who}: {key} {value!r} is not a finite number >= 0")
-        arrays = content[protocol.ARRAYS].to_numpy_ndarrays()
+            figures[key] = float(value)
+        arrays = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
         protocol.check_update(arrays, self._global, max_norm=self.max_update_norm, who=who)
-        return str(site.get(protocol.SITE_NAME)), n, float(loss), float(eps)
+        return SiteUpdate(site=name, num_examples=n, train_loss=figures[protocol.TRAIN_LOSS],
+                          epsilon=figures[protocol.EPSILON],
+                          extract_seconds=figures[protocol.EXTRACT_SECONDS],
+                          skipped_images=int(figures[protocol.SKIPPED_IMAGES]))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         record = self.history[-1]
-        valid = [m for m in replies if not m.has_error()]
-        for msg in valid:
-            metrics = msg.content[protocol.METRICS]
+        valid: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                continue
             site = msg.content.config_records.get(protocol.SITE)
             name = str(site.get(protocol.SITE_NAME)) if site else f"node {msg.metadata.src_node_id}"
-            record.site_accuracy[name] = float(metrics[protocol.ACCURACY])
+            metrics = msg.content.metric_records.get(protocol.METRICS)
+            accuracy = metrics.get(protocol.ACCURACY) if metrics else None
+            n = metrics.get(protocol.NUM_EXAMPLES) if metrics else None
+            if (not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0
+                    or not isinstance(n, int) or n <= 0):
+                log.warning("round %d: dropped evaluation of %s: accuracy %r on %r examples",
+                            server_round, name, accuracy, n)
+                continue
+            valid.append(msg)
+            record.site_accuracy[name] = float(accuracy)
         result = super().aggregate_evaluate(server_round, valid)
         if result is not None:
-            record.accuracy = float(result[protocol.ACCURACY])
+            record.accuracy = float(cast(float, result[protocol.ACCURACY]))
         if self.on_round is not None:
             self.on_round(record)
         return result

@@ -68,6 +68,7 @@ def test_accepted_updates_are_averaged_weighted_by_example_count() -> None:
     reply(9, full(1.0), 10, fingerprint="0" * 64),
     reply(9, full(1.0), 0),
     reply(9, full(1.0), 10, eps=float("nan")),
+    reply(9, full(1.0), 10, eps=-1.0),
 ])
 def test_poisoned_or_foreign_updates_are_dropped_and_the_round_goes_on(bad: Message) -> None:
     s = strategy()
@@ -76,6 +77,15 @@ def test_poisoned_or_foreign_updates_are_dropped_and_the_round_goes_on(bad: Mess
         np.testing.assert_allclose(got, 2.0)
     assert s.history[-1].rejected == ["node 9"]
     assert s.history[-1].sites_trained == ["site-1"]
+
+
+def test_a_malformed_figure_is_rejected_not_a_crash() -> None:
+    bad = reply(9, full(1.0), 10)
+    bad.content[protocol.METRICS][protocol.EXTRACT_SECONDS] = [1.0, 2.0]
+    s = strategy()
+    arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), bad])
+    assert s.history[-1].rejected == ["node 9"]
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[1], 2.0)
 
 
 def test_a_site_that_declines_for_budget_is_recorded_and_skipped() -> None:
@@ -90,3 +100,22 @@ def test_a_site_that_declines_for_budget_is_recorded_and_skipped() -> None:
 def test_a_round_where_nobody_trains_keeps_the_global_head() -> None:
     s = strategy()
     assert s.aggregate_train(1, [reply(1, full(1e9), 10)]) == (None, None)
+
+
+def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped() -> None:
+    def evaluation(node: int, accuracy: object, n: int) -> Message:
+        content = RecordDict({
+            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n,
+                                            protocol.ACCURACY: accuracy}),
+            protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}"}),
+        })
+        return Message(content=content, metadata=metadata(node))
+
+    seen: list[RoundRecord] = []
+    s = strategy()
+    s.on_round = seen.append
+    s.aggregate_evaluate(1, [evaluation(1, 0.5, 10), evaluation(2, 1.0, 30),
+                             evaluation(3, 7.0, 10)])
+    assert s.history[-1].accuracy == pytest.approx(np.average([0.5, 1.0], weights=[10, 30]))
+    assert s.history[-1].site_accuracy == {"site-1": 0.5, "site-2": 1.0}
+    assert seen == [s.history[-1]]
