@@ -44,6 +44,10 @@ def _open_site(cfg: RunConfig, msg: Message, context: Context) -> tuple[SiteData
         listing = list_dataset(source, cfg.max_per_class)
         seed: tuple[int, ...] = (cfg.seed, index)
     else:  # a real site: its own folder and state, set when its SuperNode starts
+        missing = [key for key in ("data", "state") if key not in node]
+        if missing:
+            raise FedtlError(f"this site's node config lacks {missing}: start its SuperNode with "
+                             "--node-config \"data='<image folder>' state='<state folder>'\"")
         name = str(node.get("site-name", f"node-{context.node_id}"))
         source, state_dir = str(node["data"]), Path(str(node["state"]))
         cache_dir = state_dir / "features"

@@ -82,3 +82,11 @@ def test_evaluate_reports_held_out_accuracy(cfg: RunConfig) -> None:
     metrics = reply.content[protocol.METRICS]
     assert 0.0 <= metrics[protocol.ACCURACY] <= 1.0 and metrics[protocol.NUM_EXAMPLES] > 0
     assert not reply.content.array_records
+
+
+def test_a_real_site_without_data_folder_is_told_what_to_configure(cfg: RunConfig) -> None:
+    fingerprint = base_fingerprint(base_spec(cfg))
+    bare = Context(run_id=7, node_id=3, node_config={}, state=RecordDict(), run_config={})
+    reply = make_client_app(cfg)(message(MessageType.TRAIN, fingerprint), bare)
+    assert reply.has_error() and reply.error.code == protocol.INCOMPATIBLE
+    assert "lacks ['data', 'state']" in reply.error.reason
