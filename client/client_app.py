@@ -14,7 +14,6 @@ from common.data import check_same_classes, list_dataset
 from common.errors import BudgetExhaustedError, FedtlError
 from common.features import LazyBase
 from common.ledger import PrivacyLedger
-from common.model import base_fingerprint
 from common.site import SiteData, base_spec, evaluate, load_site, partition_listing, train_round
 
 
@@ -35,8 +34,8 @@ def _open_site(cfg: RunConfig, msg: Message, context: Context) -> tuple[SiteData
     is read.
     """
     node = context.node_config
-    fingerprint = base_fingerprint(base_spec(cfg))
-    base = LazyBase(base_spec(cfg), fingerprint)
+    base = LazyBase.for_spec(base_spec(cfg))
+    fingerprint = base.fingerprint
     if "partition-id" in node:  # a virtual site of a simulation
         index = int(node["partition-id"])
         name = f"site-{index}"

@@ -11,7 +11,7 @@ import numpy as np
 
 from common.data import Listing, load_images
 from common.errors import WeightsError
-from common.model import BaseSpec, FrozenBase, build_base
+from common.model import BaseSpec, FrozenBase, base_fingerprint, build_base
 from common.storage import write_atomically
 
 EXTRACT_BATCH = 64
@@ -35,6 +35,11 @@ class LazyBase:
         self.spec = spec
         self.fingerprint = fingerprint
         self._base: FrozenBase | None = None
+
+    @classmethod
+    def for_spec(cls, spec: BaseSpec) -> LazyBase:
+        """A lazy base whose expected fingerprint is that of ``spec`` on this machine."""
+        return cls(spec, base_fingerprint(spec))
 
     def get(self) -> FrozenBase:
         if self._base is None:

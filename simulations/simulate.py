@@ -14,7 +14,6 @@ from common.config import RunConfig
 from common.data import list_dataset
 from common.errors import ConfigError, FedtlError
 from common.features import LazyBase
-from common.model import base_fingerprint
 from common.site import base_spec, load_site, partition_listing, sgd_settings
 
 
@@ -26,7 +25,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float]:
     """
     listing = list_dataset(cfg.dataset, cfg.max_per_class)
     cfg = cfg.replace(classes=listing.classes)
-    base = LazyBase(base_spec(cfg), base_fingerprint(base_spec(cfg)))
+    base = LazyBase.for_spec(base_spec(cfg))
     seconds = 0.0
     for index, share in enumerate(partition_listing(cfg, listing)):
         name = f"site-{index}"
