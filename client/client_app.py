@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common import protocol
-from common.config import RunConfig
+from common.config import RunConfig, SiteConfig
 from common.data import check_same_classes, list_dataset
 from common.errors import BudgetExhaustedError, FedtlError
 from common.features import LazyBase
@@ -27,37 +25,31 @@ def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunCon
     return cfg if partitions is None else cfg.replace(clients=int(partitions))
 
 
-def _open_site(cfg: RunConfig, msg: Message, context: Context) -> tuple[SiteData, Path, str]:
-    """The site's data and state folder, from the node config (simulated or real site).
+def _site_config(cfg: RunConfig, context: Context) -> SiteConfig:
+    node = context.node_config
+    if "partition-id" in node:  # a virtual site of a simulation
+        return SiteConfig.simulated(cfg, int(node["partition-id"]))
+    return SiteConfig.from_node_config(node, context.node_id)
+
+
+def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message) -> tuple[SiteData, str]:
+    """The site's held-out and training features.
 
     The base fingerprint and class list are checked against the server's before any image
     is read.
     """
-    node = context.node_config
     base = LazyBase.for_spec(base_spec(cfg))
     fingerprint = base.fingerprint
-    if "partition-id" in node:  # a virtual site of a simulation
-        index = int(node["partition-id"])
-        name = f"site-{index}"
-        source, state_dir, cache_dir = cfg.dataset, Path(cfg.out) / "sites" / name, cfg.features_dir
-        listing = list_dataset(source, cfg.max_per_class)
-        seed: tuple[int, ...] = (cfg.seed, index)
-    else:  # a real site: its own folder and state, set when its SuperNode starts
-        missing = [key for key in ("data", "state") if key not in node]
-        if missing:
-            raise FedtlError(f"this site's node config lacks {missing}: start its SuperNode with "
-                             "--node-config \"data='<image folder>' state='<state folder>'\"")
-        name = str(node.get("site-name", f"node-{context.node_id}"))
-        source, state_dir = str(node["data"]), Path(str(node["state"]))
-        cache_dir = state_dir / "features"
-        listing = list_dataset(source)
-        seed = (cfg.seed,)
-    _check_federation(msg, cfg, fingerprint, name)
-    check_same_classes(cfg.classes, listing.classes, f"site {name} ({source})")
-    if "partition-id" in node:
-        listing = partition_listing(cfg, listing)[int(node["partition-id"])]
-    data = load_site(cfg, name, listing, base, cache_dir, holdout_seed=seed)
-    return data, state_dir, fingerprint
+    _check_federation(msg, cfg, fingerprint, site.name)
+    max_per_class = cfg.max_per_class if site.partition is not None else 0
+    listing = list_dataset(site.data, max_per_class)
+    check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
+    seed: tuple[int, ...] = (cfg.seed,)
+    if site.partition is not None:
+        listing = partition_listing(cfg, listing)[site.partition]
+        seed = (cfg.seed, site.partition)
+    data = load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=seed)
+    return data, fingerprint
 
 
 def _refuse(msg: Message, code: int, reason: str) -> Message:
@@ -89,10 +81,11 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         try:
             cfg = settings(msg, context)
-            data, state_dir, fingerprint = _open_site(cfg, msg, context)
+            site = _site_config(cfg, context)
+            data, fingerprint = _open_site(cfg, site, msg)
             weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-            result = train_round(cfg, data, weights, PrivacyLedger(state_dir),
-                                 str(context.run_id), _rng(cfg))
+            result = train_round(cfg, data, weights, PrivacyLedger(site.state),
+                                 _run_key(msg, context), _rng(cfg), site.budget)
         except BudgetExhaustedError as exc:
             return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
         except FedtlError as exc:
@@ -115,7 +108,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def evaluate_global(msg: Message, context: Context) -> Message:
         try:
             cfg = settings(msg, context)
-            data, _, fingerprint = _open_site(cfg, msg, context)
+            data, fingerprint = _open_site(cfg, _site_config(cfg, context), msg)
         except FedtlError as exc:
             return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
         weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
@@ -127,6 +120,13 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         return Message(content, reply_to=msg)
 
     return app
+
+
+def _run_key(msg: Message, context: Context) -> str:
+    # The server's run id survives a server restart (Flower's run id does not), so a resumed
+    # run continues its ledger entry instead of starting a second one.
+    run_id = msg.content.config_records[protocol.CONFIG].get(protocol.RUN_ID)
+    return str(run_id) if run_id else str(context.run_id)
 
 
 def _rng(cfg: RunConfig) -> np.random.Generator:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dp_accounting
 
@@ -21,6 +23,15 @@ class _DropConvergenceNoise(logging.Filter):
 logging.getLogger("absl").addFilter(_DropConvergenceNoise())
 
 
+@dataclass(frozen=True)
+class Mechanism:
+    """``steps`` Poisson-subsampled Gaussian steps: what one run of DP-SGD did at a site."""
+
+    sampling_rate: float
+    noise_multiplier: float
+    steps: int
+
+
 def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
     return dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
@@ -28,6 +39,33 @@ def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_a
         ),
         steps,
     )
+
+
+def _composed(mechanisms: Sequence[Mechanism]) -> dp_accounting.DpEvent:
+    return dp_accounting.ComposedDpEvent([
+        _event(sampling_rate=m.sampling_rate, noise_multiplier=m.noise_multiplier, steps=m.steps)
+        for m in mechanisms if m.steps > 0
+    ])
+
+
+def composed_epsilon(mechanisms: Sequence[Mechanism], *, delta: float,
+                     accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of all ``mechanisms`` together (e.g. every run a site took part in).
+
+    Composing the mechanisms in one accountant is tighter than adding their epsilons.
+    """
+    for m in mechanisms:
+        _check_rate(m.sampling_rate)
+        if m.steps < 0:
+            raise ConfigError(f"steps must be non-negative. Found {m.steps}.")
+    active = [m for m in mechanisms if m.steps > 0]
+    if not active:
+        return 0.0
+    if any(m.noise_multiplier <= 0 for m in active):
+        return float("inf")
+    acc = _accountant(accountant)
+    acc.compose(_composed(active))
+    return float(acc.get_epsilon(delta))
 
 
 def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
@@ -55,8 +93,11 @@ def epsilon(*, sampling_rate: float, noise_multiplier: float, steps: int, delta:
 
 
 def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: float, steps: int,
-                     accountant: str = "rdp") -> float:
-    """The smallest noise multiplier that keeps ``steps`` steps within ``target_epsilon``."""
+                     accountant: str = "rdp", prior: Sequence[Mechanism] = ()) -> float:
+    """The smallest noise multiplier that keeps ``steps`` steps within ``target_epsilon``.
+
+    ``prior`` mechanisms (earlier runs) count against the same ``target_epsilon``.
+    """
     if target_epsilon <= 0:
         raise ConfigError(f"target epsilon must be positive. Found {target_epsilon}.")
     if not 0 < delta < 1:
@@ -65,16 +106,21 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: floa
         raise ConfigError(f"planned steps must be positive. Found {steps}.")
     _check_rate(sampling_rate)
     upper = 500.0
-    if epsilon(sampling_rate=sampling_rate, noise_multiplier=upper, steps=steps, delta=delta,
-               accountant=accountant) > target_epsilon:
+
+    def plan(sigma: float) -> list[Mechanism]:
+        return [*prior, Mechanism(sampling_rate, sigma, steps)]
+
+    if composed_epsilon(plan(upper), delta=delta, accountant=accountant) > target_epsilon:
+        already = composed_epsilon(prior, delta=delta, accountant=accountant)
         raise ConfigError(
             f"target epsilon {target_epsilon} at delta {delta} cannot be met with {steps} "
-            f"steps at sampling rate {sampling_rate:.4g} even with noise multiplier {upper}: "
-            "raise the budget, or lower rounds, local epochs or the batch size"
+            f"steps at sampling rate {sampling_rate:.4g} even with noise multiplier {upper}"
+            + (f" (earlier runs already spent {already:.3f})" if prior else "")
+            + ": raise the budget, or lower rounds, local epochs or the batch size"
         )
     return float(dp_accounting.calibrate_dp_mechanism(
         lambda: _accountant(accountant),
-        lambda sigma: _event(sampling_rate=sampling_rate, noise_multiplier=sigma, steps=steps),
+        lambda sigma: _composed(plan(sigma)),
         target_epsilon, delta,
         bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, upper),
         tol=1e-4,

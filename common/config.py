@@ -10,6 +10,7 @@ from typing import Any
 
 from common.accounting import ACCOUNTANTS
 from common.errors import ConfigError
+from common.ledger import SiteBudget
 from common.model import POOL_LAYERS
 
 PARTITIONS = ("iid", "dirichlet")
@@ -55,8 +56,10 @@ class RunConfig:
     noise_multiplier: float = 0.0
     clip_norm: float = 1.0
     accountant: str = "rdp"
-    # server-side checks
+    # server side
     max_update_norm: float = 1000.0
+    min_sites: int = 0  # sites needed to start a round and to aggregate it (0: all `clients`)
+    round_timeout: float = 3600.0  # seconds a round waits for sites that do not answer
     # where things go
     seed: int = 0
     out: str = "runs/latest"
@@ -91,12 +94,20 @@ class RunConfig:
              f"accountant must be one of {ACCOUNTANTS}. Found {self.accountant!r}."),
             (self.max_update_norm > 0,
              f"max-update-norm must be positive. Found {self.max_update_norm}."),
+            (self.min_sites >= 0, f"min-sites must be >= 0. Found {self.min_sites}."),
+            (self.round_timeout > 0,
+             f"round-timeout must be positive. Found {self.round_timeout}."),
             (len(set(self.classes)) == len(self.classes),
              f"classes must be distinct. Found {list(self.classes)}."),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def required_sites(self) -> int:
+        """Sites that must be connected to start a round, and accepted to aggregate one."""
+        return self.min_sites or self.clients
 
     @property
     def features_dir(self) -> Path:
@@ -152,3 +163,46 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {key!r} must be a {kind}. Found {value!r}.") from exc
+
+
+# Keys of a real site's Flower node config (set by `fedtl client`, read once by the ClientApp).
+NODE_DATA, NODE_STATE, NODE_NAME = "data", "state", "site-name"
+NODE_BUDGET, NODE_DELTA, NODE_CACHE = "budget", "delta", "cache"
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """What only a site decides: its data, its state folder, its name and its privacy budget."""
+
+    name: str
+    data: str
+    state: Path
+    budget: SiteBudget
+    cache_dir: Path | None
+    partition: int | None = None  # a simulated site trains on this share of ``data``
+
+    @classmethod
+    def simulated(cls, run: RunConfig, index: int) -> SiteConfig:
+        """Virtual site ``index`` of a simulation: a share of the run's dataset."""
+        name = f"site-{index}"
+        return cls(name=name, data=run.dataset, state=Path(run.out) / "sites" / name,
+                   budget=SiteBudget(run.target_epsilon, run.delta, run.accountant),
+                   cache_dir=run.features_dir, partition=index)
+
+    @classmethod
+    def from_node_config(cls, node: Mapping[str, Any], node_id: int) -> SiteConfig:
+        """A real site's settings from its SuperNode's node config."""
+        missing = [key for key in (NODE_DATA, NODE_STATE, NODE_BUDGET) if key not in node]
+        if missing:
+            raise ConfigError(
+                f"this site's node config lacks {missing}: start it with `fedtl client "
+                "--data DIR --state DIR --budget EPSILON ...` (or give flower-supernode "
+                "--node-config \"data='<image folder>' state='<state folder>' budget=3.0\")")
+        state = Path(str(node[NODE_STATE])).expanduser()
+        try:
+            budget = SiteBudget(float(node[NODE_BUDGET]), float(node.get(NODE_DELTA, 1e-5)))
+            cache = _coerce("cache", node.get(NODE_CACHE, True), "bool")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"this site's node config is malformed: {exc}") from exc
+        return cls(name=str(node.get(NODE_NAME) or f"node-{node_id}"), data=str(node[NODE_DATA]),
+                   state=state, budget=budget, cache_dir=state / "features" if cache else None)

@@ -21,6 +21,7 @@ SITE = "site"
 # Keys of the server's ConfigRecord and of the site's reply.
 FINGERPRINT = "fingerprint"
 CLASSES = "classes"
+RUN_ID = "run-id"
 SITE_NAME = "site-name"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"

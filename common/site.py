@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common.accounting import epsilon, noise_for_budget
+from common.accounting import Mechanism, composed_epsilon, epsilon, noise_for_budget
 from common.config import RunConfig
 from common.data import Listing
 from common.dp import SgdSettings, train_head
 from common.errors import BudgetExhaustedError, ConfigError
 from common.features import LazyBase, site_features
-from common.ledger import PrivacyLedger, RunSpending
+from common.ledger import PrivacyLedger, RunSpending, SiteBudget
 from common.model import BaseSpec, predict_classes
 from common.partition import dirichlet_partition, holdout_split, iid_partition
 
@@ -75,7 +76,7 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0) 
 
     The noise multiplier is ``noise_multiplier`` (a value already in the ledger), else
     ``cfg.noise_multiplier``, else calibrated so that training in all ``cfg.rounds`` rounds
-    spends exactly the target epsilon.
+    spends exactly the run's target epsilon.
     """
     rate = min(1.0, cfg.batch_size / num_train)
     steps = cfg.local_epochs * math.ceil(1.0 / rate)
@@ -94,35 +95,71 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0) 
                        noise_multiplier=sigma)
 
 
+def plan_noise(cfg: RunConfig, num_train: int, budget: SiteBudget,
+               prior: list[Mechanism]) -> SgdSettings:
+    """Settings for a run the site has not trained in yet.
+
+    The noise is the run's (from its target epsilon), raised if needed so that this run's
+    planned rounds, composed with the site's earlier runs, stay within the site's own budget.
+    """
+    settings = sgd_settings(cfg, num_train)
+    if not settings.private:
+        return settings
+    planned = settings.steps * cfg.rounds
+    try:
+        site_sigma = noise_for_budget(
+            target_epsilon=budget.epsilon, delta=budget.delta,
+            sampling_rate=settings.sampling_rate, steps=planned, accountant=budget.accountant,
+            prior=prior)
+    except ConfigError as exc:
+        raise BudgetExhaustedError(
+            f"this site's budget of epsilon {budget.epsilon} (delta {budget.delta}) leaves "
+            f"no room for this run: {exc}") from exc
+    return dataclasses.replace(settings,
+                               noise_multiplier=max(settings.noise_multiplier, site_sigma))
+
+
 def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
-                ledger: PrivacyLedger, run_key: str,
-                rng: np.random.Generator) -> RoundResult:
+                ledger: PrivacyLedger, run_key: str, rng: np.random.Generator,
+                budget: SiteBudget | None = None) -> RoundResult:
     """One round of local training, charged to the ledger *before* it runs.
 
-    Raises `BudgetExhaustedError` (and trains nothing) if the round would take the site past
-    its target epsilon.
+    ``budget`` is the site's own cap over all its runs (default: the run's target). Raises
+    `BudgetExhaustedError` (and trains nothing) if the round would take this run past its
+    target epsilon or the site past its budget.
     """
+    budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
     n = len(data.train_y)
     spent = ledger.get(run_key)
-    settings = sgd_settings(cfg, n, spent.noise_multiplier if spent else 0.0)
+    if spent is not None or not cfg.dp:
+        settings = sgd_settings(cfg, n, spent.noise_multiplier if spent else 0.0)
+    else:
+        settings = plan_noise(cfg, n, budget, ledger.prior(run_key))
     eps = 0.0
     total_steps = settings.steps + (spent.steps if spent else 0)
     if settings.private:
         eps = epsilon(sampling_rate=settings.sampling_rate,
                       noise_multiplier=settings.noise_multiplier, steps=total_steps,
                       delta=cfg.delta, accountant=cfg.accountant)
+        already = spent.epsilon if spent else 0.0
         if eps > cfg.target_epsilon * (1 + 1e-6):
-            already = spent.epsilon if spent else 0.0
             raise BudgetExhaustedError(
-                f"site {data.name}: another round would raise epsilon from {already:.3f} to "
-                f"{eps:.3f}, past its budget of {cfg.target_epsilon} (delta {cfg.delta}); "
-                "it declines to train"
-            )
+                f"site {data.name}: another round would raise this run's epsilon from "
+                f"{already:.3f} to {eps:.3f}, past the run's target of {cfg.target_epsilon} "
+                f"(delta {cfg.delta}); it declines to train")
+        mechanism = Mechanism(settings.sampling_rate, settings.noise_multiplier, total_steps)
+        total = composed_epsilon([*ledger.prior(run_key), mechanism], delta=budget.delta,
+                                 accountant=budget.accountant)
+        if total > budget.epsilon * (1 + 1e-6):
+            raise BudgetExhaustedError(
+                f"site {data.name}: another round would raise the site's total epsilon over "
+                f"all runs to {total:.3f}, past its budget of {budget.epsilon} "
+                f"(delta {budget.delta}); it declines to train")
         ledger.record(run_key, RunSpending(
             sampling_rate=settings.sampling_rate, noise_multiplier=settings.noise_multiplier,
             steps=total_steps, epsilon=eps, delta=cfg.delta,
             target_epsilon=cfg.target_epsilon, accountant=cfg.accountant,
-        ))
+        ), budget)
     new_weights, loss = train_head(
         data.train_x, data.train_y, weights, num_classes=len(cfg.classes),
         head_width=cfg.head_width, settings=settings, rng=rng,

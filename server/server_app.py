@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from common.data import list_dataset
 from server.federation import PreRun, run_server
+from server.run_registry import SERVER_STATE_ENV, RunRegistry
 
 
 def make_server_app(config: RunConfig | None = None, prerun: PreRun | None = None,
@@ -24,7 +28,9 @@ def make_server_app(config: RunConfig | None = None, prerun: PreRun | None = Non
             cfg = config if config is not None else RunConfig.from_flower(context.run_config)
             if not cfg.classes:  # `flwr run` on a local dataset: take its class folders
                 cfg = cfg.replace(classes=list_dataset(cfg.dataset).classes)
-            run_server(grid, cfg, prerun)
+            # Set by `fedtl server` for the SuperLink it starts, whose ServerApps inherit it.
+            state = os.environ.get(SERVER_STATE_ENV)
+            run_server(grid, cfg, prerun, RunRegistry(Path(state)) if state else None)
         except BaseException as exc:
             if failures is not None:
                 failures.append(exc)

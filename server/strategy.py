@@ -64,12 +64,25 @@ class ValidatingFedAvg(FedAvg):
         self.epsilon_by_site: dict[str, float] = {}
         self.extract_seconds = 0.0
         self.skipped_by_site: dict[str, int] = {}
+        self.round_offset = 0
+        self.arrays: list[np.ndarray] = []
         self._global: list[np.ndarray] = []
+
+    def resume(self, rounds_done: int, history: list[RoundRecord],
+               epsilon_by_site: dict[str, float], skipped_by_site: dict[str, int],
+               extract_seconds: float) -> None:
+        """Go on after ``rounds_done`` rounds of which a checkpoint kept this state."""
+        self.round_offset = rounds_done
+        self.history = list(history)
+        self.epsilon_by_site = dict(epsilon_by_site)
+        self.skipped_by_site = dict(skipped_by_site)
+        self.extract_seconds = extract_seconds
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays.to_numpy_ndarrays()
-        self.history.append(RoundRecord(round=server_round))
+        self.arrays = self._global
+        self.history.append(RoundRecord(round=server_round + self.round_offset))
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -84,14 +97,14 @@ class ValidatingFedAvg(FedAvg):
                     record.declined.append(who)
                 else:
                     record.rejected.append(who)
-                log.warning("round %d: %s did not train: %s", server_round, who,
-                    msg.error.reason)
+                log.warning("round %d: %s did not train: %s", record.round, who,
+                            msg.error.reason)
                 continue
             try:
                 update = self._check_reply(msg, who)
             except UpdateRejectedError as exc:
                 record.rejected.append(who)
-                log.warning("round %d: rejected update: %s", server_round, exc)
+                log.warning("round %d: rejected update: %s", record.round, exc)
                 continue
             accepted.append(msg)
             record.sites_trained.append(update.site)
@@ -99,9 +112,14 @@ class ValidatingFedAvg(FedAvg):
             self.epsilon_by_site[update.site] = update.epsilon
             self.extract_seconds += update.extract_seconds
             self.skipped_by_site[update.site] = update.skipped_images
-        if not accepted:
+        if len(accepted) < self.min_train_nodes:
+            log.warning("round %d: only %d accepted update(s), fewer than the %d required; "
+                        "the global head stays as it was", record.round, len(accepted),
+                        self.min_train_nodes)
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None:
+            self.arrays = arrays.to_numpy_ndarrays()
         total = sum(n for _, n in losses)
         record.train_loss = sum(loss * n for loss, n in losses) / total
         record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)
@@ -151,7 +169,7 @@ class ValidatingFedAvg(FedAvg):
             if (not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0
                     or not isinstance(n, int) or n <= 0):
                 log.warning("round %d: dropped evaluation of %s: accuracy %r on %r examples",
-                            server_round, name, accuracy, n)
+                            record.round, name, accuracy, n)
                 continue
             valid.append(msg)
             record.site_accuracy[name] = float(accuracy)

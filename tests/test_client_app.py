@@ -89,4 +89,32 @@ def test_a_real_site_without_data_folder_is_told_what_to_configure(cfg: RunConfi
     bare = Context(run_id=7, node_id=3, node_config={}, state=RecordDict(), run_config={})
     reply = make_client_app(cfg)(message(MessageType.TRAIN, fingerprint), bare)
     assert reply.has_error() and reply.error.code == protocol.INCOMPATIBLE
-    assert "lacks ['data', 'state']" in reply.error.reason
+    assert "lacks ['data', 'state', 'budget']" in reply.error.reason
+    assert "fedtl client" in reply.error.reason
+
+
+def real_site(tmp_path: Path, budget: float) -> Context:
+    from .conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "data", {d: 6 for d in DIGITS})
+    node = {"data": str(data), "state": str(tmp_path / "state"), "site-name": "clinic",
+            "budget": budget}
+    return Context(run_id=7, node_id=3, node_config=node, state=RecordDict(), run_config={})
+
+
+def test_a_real_site_spends_no_more_than_its_own_budget_and_keys_its_ledger_by_run_id(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    import json
+
+    fingerprint = base_fingerprint(base_spec(cfg))
+    msg = message(MessageType.TRAIN, fingerprint)
+    msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-abc"
+    site = real_site(tmp_path, budget=1.0)
+    reply = make_client_app(cfg.replace(target_epsilon=3.0))(msg, site)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert reply.content[protocol.SITE][protocol.SITE_NAME] == "clinic"
+    ledger = json.loads((tmp_path / "state" / "privacy-ledger.json").read_text())
+    assert set(ledger["runs"]) == {"run-abc"}
+    assert ledger["budget"]["epsilon"] == 1.0
+    # Two rounds planned: the first spends part of the site's 1.0, not of the run's 3.0.
+    assert 0 < reply.content[protocol.METRICS][protocol.EPSILON] < 1.0

@@ -44,9 +44,44 @@ def test_planned_rounds_spend_exactly_the_budget_and_one_more_is_declined(
         spent.append(result.epsilon)
     assert spent == sorted(spent) and spent[-1] == pytest.approx(2.0, abs=1e-3)
     assert spent[-1] <= 2.0 + 1e-6
-    with pytest.raises(BudgetExhaustedError, match="past its budget of 2.0"):
+    with pytest.raises(BudgetExhaustedError, match="past the run's target of 2.0"):
         train_round(CFG, data, weights, ledger, "run-1", RNG)
     assert ledger.get("run-1").steps == 3 * sgd_settings(CFG, 100).steps
+
+
+def test_a_second_run_fits_what_the_first_left_of_the_site_budget(tmp_path: Path) -> None:
+    from common.ledger import SiteBudget
+
+    data, ledger = site(), PrivacyLedger(tmp_path)
+    # Two runs at the first run's noise would compose to epsilon 2.83 (RDP): over 2.5.
+    budget = SiteBudget(epsilon=2.5, delta=CFG.delta)
+    for run in ("run-1", "run-2"):
+        weights = start()
+        for _ in range(CFG.rounds):
+            weights = train_round(CFG, data, weights, ledger, run, RNG, budget).weights
+    first, second = ledger.get("run-1"), ledger.get("run-2")
+    assert first.epsilon == pytest.approx(2.0, abs=1e-3)
+    # The second run was given more noise so that both together stay within 2.5.
+    assert second.noise_multiplier > first.noise_multiplier and second.epsilon < 2.0
+    assert ledger.spent(budget) == pytest.approx(2.5, abs=1e-3)
+    assert ledger.summary().remaining == pytest.approx(0.0, abs=1e-3)
+    with pytest.raises(BudgetExhaustedError, match="site's budget"):
+        train_round(CFG, data, start(), ledger, "run-3", RNG, budget)
+    assert set(ledger.runs()) == {"run-1", "run-2"}  # a declined run charges nothing
+
+
+def test_the_budget_holds_across_a_restart_of_the_site(tmp_path: Path) -> None:
+    from common.ledger import SiteBudget
+
+    budget = SiteBudget(epsilon=2.0, delta=CFG.delta)
+    weights = start()
+    for _ in range(CFG.rounds):
+        # A new ledger object per round: as if the site process restarted between rounds.
+        weights = train_round(CFG, site(), weights, PrivacyLedger(tmp_path), "run-1", RNG,
+                              budget).weights
+    with pytest.raises(BudgetExhaustedError):
+        train_round(CFG, site(), weights, PrivacyLedger(tmp_path), "run-1", RNG, budget)
+    assert PrivacyLedger(tmp_path).summary().spent == pytest.approx(2.0, abs=1e-3)
 
 
 def test_spending_is_on_disk_before_the_update_is_returned(tmp_path: Path,

@@ -34,8 +34,8 @@ def reply(node: int, arrays: list[np.ndarray], n: int, eps: float = 1.0,
     return Message(content=content, metadata=metadata(node))
 
 
-def strategy() -> ValidatingFedAvg:
-    s = ValidatingFedAvg(fingerprint=FP, max_update_norm=100.0,
+def strategy(required: int = 1) -> ValidatingFedAvg:
+    s = ValidatingFedAvg(fingerprint=FP, max_update_norm=100.0, min_train_nodes=required,
                          weighted_by_key=protocol.NUM_EXAMPLES,
                          arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG)
     s._global = [a.copy() for a in GLOBAL]
@@ -100,6 +100,13 @@ def test_a_site_that_declines_for_budget_is_recorded_and_skipped() -> None:
 def test_a_round_where_nobody_trains_keeps_the_global_head() -> None:
     s = strategy()
     assert s.aggregate_train(1, [reply(1, full(1e9), 10)]) == (None, None)
+
+
+def test_fewer_accepted_updates_than_required_sites_keep_the_global_head() -> None:
+    s = strategy(required=2)
+    assert s.aggregate_train(1, [reply(1, full(1.0), 10), reply(2, full(1e9), 10)]) == (None, None)
+    assert s.history[-1].sites_trained == ["site-1"] and s.history[-1].rejected == ["node 2"]
+    assert s.arrays == []  # nothing new to checkpoint: the round's global head stands
 
 
 def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped() -> None:

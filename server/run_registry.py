@@ -1,0 +1,66 @@
+"""The daemon's list of runs it has hosted, so that a restarted daemon relaunches unfinished ones.
+
+One small JSON file per run in ``<server state>/runs/``, written atomically: the run's output
+folder and settings, and whether it finished.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from common.storage import write_json_atomically
+
+# `fedtl server` tells its SuperLink's ServerApps where the daemon keeps its state.
+SERVER_STATE_ENV = "FEDTL_SERVER_STATE"
+RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    run_id: str
+    out: str
+    settings: dict[str, Any]
+    status: str
+
+
+class RunRegistry:
+    """``<state>/runs/<run id>.json`` for every run the daemon's ServerApp has started."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.folder = Path(state_dir) / "runs"
+
+    def _path(self, run_id: str) -> Path:
+        return self.folder / f"{run_id}.json"
+
+    def started(self, run_id: str, out: str, settings: dict[str, Any]) -> None:
+        write_json_atomically(self._path(run_id),
+                              asdict(RegisteredRun(run_id, out, settings, RUNNING)))
+
+    def finished(self, run_id: str) -> None:
+        self._set_status(run_id, FINISHED)
+
+    def failed(self, run_id: str) -> None:
+        """The run stopped on an error that a relaunch would repeat: do not relaunch it."""
+        self._set_status(run_id, FAILED)
+
+    def _set_status(self, run_id: str, status: str) -> None:
+        run = self.get(run_id)
+        if run is not None:
+            write_json_atomically(self._path(run_id), {**asdict(run), "status": status})
+
+    def get(self, run_id: str) -> RegisteredRun | None:
+        path = self._path(run_id)
+        if not path.exists():
+            return None
+        return RegisteredRun(**json.loads(path.read_text()))
+
+    def unfinished(self) -> list[RegisteredRun]:
+        """Runs that started but did not finish, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        paths = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        runs = [RegisteredRun(**json.loads(p.read_text())) for p in paths]
+        return [r for r in runs if r.status == RUNNING]
