@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import dp_accounting
+from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -33,6 +35,8 @@ class Mechanism:
 
 
 def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    import dp_accounting  # ~3 s to import: only where accounting is done
+
     return dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
             sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -42,6 +46,8 @@ def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_a
 
 
 def _composed(mechanisms: Sequence[Mechanism]) -> dp_accounting.DpEvent:
+    import dp_accounting  # ~3 s to import: only where accounting is done
+
     return dp_accounting.ComposedDpEvent([
         _event(sampling_rate=m.sampling_rate, noise_multiplier=m.noise_multiplier, steps=m.steps)
         for m in mechanisms if m.steps > 0
@@ -69,6 +75,8 @@ def composed_epsilon(mechanisms: Sequence[Mechanism], *, delta: float,
 
 
 def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
+    import dp_accounting  # ~3 s to import: only where accounting is done
+
     if kind == "rdp":
         return dp_accounting.rdp.RdpAccountant()
     if kind == "pld":
@@ -118,6 +126,8 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: floa
             + (f" (earlier runs already spent {already:.3f})" if prior else "")
             + ": raise the budget, or lower rounds, local epochs or the batch size"
         )
+    import dp_accounting
+
     return float(dp_accounting.calibrate_dp_mechanism(
         lambda: _accountant(accountant),
         lambda sigma: _composed(plan(sigma)),

@@ -1,4 +1,4 @@
-"""`fedtl`: the friendly front door (simulate, evaluate); parses arguments into a RunConfig."""
+"""`fedtl`: the front door; parses arguments once into a RunConfig (or a daemon's options)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,24 @@ import json
 import sys
 import time
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
-from common.config import PARTITIONS, RunConfig
-from common.errors import FedtlError
-from common.model import POOL_LAYERS
+from common.config import PARTITIONS, POOL_LAYERS, RunConfig
+from common.errors import ConfigError, FedtlError
 
 _D = RunConfig()
 
 
-def _simulate_parser(sub: Any) -> None:
-    p = sub.add_parser("simulate", help="simulate a whole federation in one process",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default=_D.dataset,
-                   help="'digits' (bundled, offline) or a folder with one subfolder per class")
-    p.add_argument("--max-per-class", type=int, default=_D.max_per_class,
-                   help="use the first K images of each class in sorted file order (0: all)")
-    p.add_argument("--clients", type=int, default=_D.clients, help="number of simulated sites")
+def _training_options(p: argparse.ArgumentParser) -> None:
+    """Settings of a run that `fedtl simulate` and `fedtl run` share."""
     p.add_argument("--rounds", type=int, default=_D.rounds)
-    p.add_argument("--partition", choices=PARTITIONS, default=_D.partition)
-    p.add_argument("--alpha", type=float, default=_D.alpha, help="Dirichlet label-skew alpha")
+    p.add_argument("--min-sites", type=int, default=_D.min_sites,
+                   help="sites needed to start a round and to aggregate it (0: all sites)")
     p.add_argument("--holdout", type=float, default=_D.holdout,
                    help="fraction of each site's images held out for evaluation")
     p.add_argument("--target-epsilon", type=float, default=_D.target_epsilon,
-                   help="each site's record-level budget over the whole run")
+                   help="each site's record-level budget for this run")
     p.add_argument("--delta", type=float, default=_D.delta)
     p.add_argument("--noise-multiplier", type=float, default=_D.noise_multiplier,
                    help="fix the noise instead of deriving it from the budget (0: derive)")
@@ -51,12 +45,107 @@ def _simulate_parser(sub: Any) -> None:
                    help="'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
     p.add_argument("--max-update-norm", type=float, default=_D.max_update_norm,
                    help="server rejects head updates that move further than this")
+    p.add_argument("--round-timeout", type=float, default=_D.round_timeout,
+                   help="seconds a round waits for sites that do not answer")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out (counted in the report) instead of failing")
     p.add_argument("--seed", type=int, default=_D.seed)
+
+
+def _simulate_parser(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="simulate a whole federation in one process",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default=_D.dataset,
+                   help="'digits' (bundled, offline) or a folder with one subfolder per class")
+    p.add_argument("--max-per-class", type=int, default=_D.max_per_class,
+                   help="use the first K images of each class in sorted file order (0: all)")
+    p.add_argument("--clients", type=int, default=_D.clients, help="number of simulated sites")
+    p.add_argument("--partition", choices=PARTITIONS, default=_D.partition)
+    p.add_argument("--alpha", type=float, default=_D.alpha, help="Dirichlet label-skew alpha")
+    _training_options(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/<time>)")
     p.add_argument("--cache-dir", default=_D.cache_dir, help="where sites cache features")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def _server_parser(sub: Any) -> None:
+    p = sub.add_parser("server", help="the server daemon (Flower SuperLink, TLS and site "
+                       "authentication on)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--state", required=True, help="the daemon's state folder (database, runs)")
+    p.add_argument("--certs", default=None,
+                   help="folder with ca.crt, server.pem, server.key (`fedtl certs`)")
+    p.add_argument("--sites", default=None,
+                   help="folder with the public key (<site>.pub) of every site allowed to join")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS, no site authentication (experiments on a trusted network only)")
+    p.add_argument("--address", default="0.0.0.0:9092", help="where sites connect (gRPC)")
+    p.add_argument("--control-host", default="127.0.0.1",
+                   help="interface for launching runs (`fedtl run`); 0.0.0.0 to allow remote")
+    p.add_argument("--control-port", type=int, default=9093)
+
+
+def _client_parser(sub: Any) -> None:
+    p = sub.add_parser("client", help="one site (Flower SuperNode) on its own image folder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--server", required=True, help="the server's address, host:9092")
+    p.add_argument("--data", required=True, help="this site's folder, one subfolder per class")
+    p.add_argument("--state", required=True,
+                   help="this site's state folder (privacy ledger, feature cache)")
+    p.add_argument("--budget", type=float, required=True,
+                   help="the most epsilon this site will ever spend, over all runs")
+    p.add_argument("--delta", type=float, default=1e-5, help="delta of the site's budget")
+    p.add_argument("--name", default=None, help="site name in reports (default: key file name)")
+    p.add_argument("--key", default=None, help="this site's private key (`fedtl keys`)")
+    p.add_argument("--ca", default=None, help="the server's CA certificate (ca.crt)")
+    p.add_argument("--insecure", action="store_true", help="no TLS, no key (experiments only)")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="do not keep extracted features in the state folder")
+    p.add_argument("--max-wait", type=float, default=None,
+                   help="give up after this many seconds without the server (default: never)")
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="launch a training run on a running `fedtl server`",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--server", default="127.0.0.1:9093",
+                   help="the server's control address (`fedtl server --control-port`)")
+    p.add_argument("--ca", default=None, help="the server's CA certificate")
+    p.add_argument("--insecure", action="store_true", help="the server runs with --insecure")
+    p.add_argument("--classes", default=None, help="the federation's classes, comma-separated")
+    p.add_argument("--classes-from", default=None,
+                   help="take the classes from this folder's subfolders (e.g. a public sample)")
+    p.add_argument("--out", required=True,
+                   help="output folder on the server's host (report.json, model.keras)")
+    p.add_argument("--detach", action="store_true", help="submit and return; do not follow")
+    _training_options(p)
+
+
+def _certs_parser(sub: Any) -> None:
+    p = sub.add_parser("certs", help="a test CA and server certificate (not for production)")
+    p.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key")
+    p.add_argument("--host", action="append", default=None,
+                   help="name or IP the server is reached at (repeatable; default: "
+                        "localhost and 127.0.0.1)")
+    p.add_argument("--days", type=int, default=365)
+
+
+def _keys_parser(sub: Any) -> None:
+    p = sub.add_parser("keys", help="a site's key pair for site authentication")
+    p.add_argument("--out", required=True, help="folder for <name>.key and <name>.pub")
+    p.add_argument("--name", required=True, help="the site's name")
+
+
+def _budget_parser(sub: Any) -> None:
+    p = sub.add_parser("budget", help="a site's privacy ledger: spent and remaining epsilon")
+    p.add_argument("--state", required=True, help="the site's state folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _demo_data_parser(sub: Any) -> None:
+    p = sub.add_parser("demo-data", help="write the bundled digits as site image folders")
+    p.add_argument("--out", required=True, help="folder to write site-1, site-2, ... into")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def _evaluate_parser(sub: Any) -> None:
@@ -67,14 +156,23 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _run_config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig)
+              if hasattr(args, f.name) and f.name not in ("out", "classes")}
+    return RunConfig(**{**values, **fixed})
+
+
 def _run_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
-    values = {f.name: getattr(args, f.name) for f in fields(RunConfig)
-              if hasattr(args, f.name) and f.name not in ("out", "classes")}
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = RunConfig(out=out, **values)
+    cfg = _run_config(args, out=out)
     report = simulate(cfg, verbose=args.verbose)
+    _print_summary(report, out)
+    return 0
+
+
+def _print_summary(report: dict[str, Any], out: str) -> None:
     final = report["final"]
     eps = final["epsilon"]
     print()
@@ -89,7 +187,6 @@ def _run_simulate(args: argparse.Namespace) -> int:
     print(f"time: {timing['total_seconds']:.1f} s in all, "
           f"{timing['feature_extraction_seconds']:.1f} s extracting features")
     print(f"written: {out}/report.json, {out}/model.keras, {out}/accuracy.png, {out}/epsilon.png")
-    return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -104,14 +201,118 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_server(args: argparse.Namespace) -> int:
+    from server.daemon import ServerOptions, serve
+
+    opts = ServerOptions(state=Path(args.state), certs=_path(args.certs), sites=_path(args.sites),
+                         insecure=args.insecure, fleet_address=args.address,
+                         control_host=args.control_host, control_port=args.control_port)
+    return serve(opts)
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    from client.daemon import ClientOptions, run_site
+    from common.ledger import SiteBudget
+
+    key = _path(args.key)
+    name = args.name or (key.stem if key else Path(args.data).name)
+    opts = ClientOptions(server=args.server, data=Path(args.data), state=Path(args.state),
+                         budget=SiteBudget(args.budget, args.delta), name=name, key=key,
+                         ca=_path(args.ca), insecure=args.insecure, cache=args.cache,
+                         max_wait=args.max_wait)
+    return run_site(opts)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from common.control import ControlAddress
+    from common.data import list_dataset
+    from server.launch import launch
+
+    if (args.classes is None) == (args.classes_from is None):
+        raise ConfigError("give the federation's classes: --classes a,b,c or --classes-from DIR")
+    classes = (tuple(c for c in args.classes.split(",") if c) if args.classes is not None
+               else list_dataset(args.classes_from).classes)
+    cfg = _run_config(args, classes=classes, dataset="site-folders",
+                      out=str(Path(args.out).expanduser().resolve()),
+                      clients=max(1, args.min_sites))
+    target = ControlAddress(args.server, ca=_path(args.ca), insecure=args.insecure)
+    report = launch(cfg, target, follow=not args.detach)
+    if report is not None:
+        _print_summary(report, cfg.out)
+    elif not args.detach:
+        print(f"run finished; its report is in {cfg.out} on the server's host")
+    return 0
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from common.credentials import make_test_certs
+
+    certs = make_test_certs(Path(args.out), args.host or ["localhost", "127.0.0.1"], args.days)
+    print(f"test CA and server certificate written: {certs.ca} (give to sites and to "
+          f"`fedtl run --ca`), {certs.cert} and {certs.key} (server only)")
+    return 0
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from common.credentials import key_fingerprint, make_site_keys
+
+    keys = make_site_keys(Path(args.out), args.name)
+    print(f"site key pair written: {keys.private} (stays at the site, `fedtl client --key`) "
+          f"and {keys.public} (goes into the server's --sites folder); fingerprint "
+          f"{key_fingerprint(keys.public.read_bytes())}")
+    return 0
+
+
+def _run_budget(args: argparse.Namespace) -> int:
+    from common.ledger import PrivacyLedger
+
+    state = Path(args.state)
+    if not state.is_dir():
+        raise ConfigError(f"site state folder {state} does not exist")
+    summary = PrivacyLedger(state).summary()
+    if args.json:
+        print(json.dumps(asdict(summary)))
+        return 0
+    if summary.budget is None:
+        print(f"{state}: no budget recorded yet; spent epsilon {summary.spent:.4f}")
+    else:
+        print(f"{state}: spent epsilon {summary.spent:.4f} of {summary.budget} at delta "
+              f"{summary.delta} ({summary.accountant}, all runs composed); remaining "
+              f"{summary.remaining:.4f}")
+    for run, spending in summary.runs.items():
+        print(f"  run {run}: epsilon {spending['epsilon']:.4f} (delta {spending['delta']}), "
+              f"{spending['steps']} steps, noise multiplier "
+              f"{spending['noise_multiplier']:.4f}, sampling rate "
+              f"{spending['sampling_rate']:.4f}")
+    return 0
+
+
+def _run_demo_data(args: argparse.Namespace) -> int:
+    from common.demo_data import write_demo_sites
+
+    for folder in write_demo_sites(Path(args.out), args.sites, args.seed):
+        print(folder)
+    return 0
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
+COMMANDS = {"simulate": _run_simulate, "evaluate": _run_evaluate, "server": _run_server,
+            "client": _run_client, "run": _run_run, "certs": _run_certs, "keys": _run_keys,
+            "budget": _run_budget, "demo-data": _run_demo_data}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedtl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _simulate_parser(sub)
-    _evaluate_parser(sub)
+    for add in (_simulate_parser, _evaluate_parser, _server_parser, _client_parser,
+                _run_parser, _certs_parser, _keys_parser, _budget_parser, _demo_data_parser):
+        add(sub)
     args = parser.parse_args(argv)
     try:
-        return {"simulate": _run_simulate, "evaluate": _run_evaluate}[args.command](args)
+        return COMMANDS[args.command](args)
     except FedtlError as exc:
         print(f"fedtl: error: {exc}", file=sys.stderr)
         return 2

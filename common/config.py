@@ -11,9 +11,10 @@ from typing import Any
 from common.accounting import ACCOUNTANTS
 from common.errors import ConfigError
 from common.ledger import SiteBudget
-from common.model import POOL_LAYERS
 
 PARTITIONS = ("iid", "dirichlet")
+# VGG16 layers a head can attach to.
+POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 
 
 def default_cache_dir() -> str:

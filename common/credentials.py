@@ -6,7 +6,9 @@ so the commands work wherever Python does.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +134,18 @@ def make_site_keys(out: Path, name: str) -> SiteKeys:
     _write_public(keys.public, key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
     return keys
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """``SHA256:...`` of a public key (OpenSSH or PEM), as `ssh-keygen -l` prints it."""
+    text = public_key.strip()
+    try:
+        if text.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(text)
+        else:
+            key = serialization.load_ssh_public_key(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"not a public key ({exc})") from exc
+    blob = base64.b64decode(key.public_bytes(serialization.Encoding.OpenSSH,
+                                             serialization.PublicFormat.OpenSSH).split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

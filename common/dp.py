@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -23,19 +22,9 @@ from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry  # 
 from tensorflow_privacy.privacy.keras_models import dp_keras_model  # noqa: E402
 
 from common.model import head_layers  # noqa: E402
+from common.sgd import SgdSettings  # noqa: E402
 
-
-@dataclass(frozen=True)
-class SgdSettings:
-    """One site's local training: DP-SGD when ``private``, plain SGD otherwise."""
-
-    sampling_rate: float
-    steps: int
-    learning_rate: float
-    momentum: float
-    private: bool
-    clip_norm: float = 1.0
-    noise_multiplier: float = 0.0
+__all__ = ["SgdSettings", "make_head", "padded_batch_size", "train_head"]
 
 
 def make_head(feature_dim: int, num_classes: int, head_width: int, settings: SgdSettings,

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
+from common.config import POOL_LAYERS
 from common.public_stats import RECIPE, feature_stats
 from common.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# TensorFlow is imported inside the functions that build Keras models: a site answering an
+# evaluation from its feature cache never needs it, and importing it costs ~10 s per message
+# (Flower 1.39 starts a fresh ClientApp process for every message).
+
 PREPROCESSING = f"vgg16-caffe-bgr-mean|gap|l2|standardize:{RECIPE}|scale:1/sqrt(d)"
-POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 _FEATURE_DIM = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256,
                 "block4_pool": 512, "block5_pool": 512}
 # ImageNet channel means of Keras' "caffe" preprocessing, in BGR order.
@@ -58,6 +65,8 @@ def base_fingerprint(spec: BaseSpec, weights: dict[str, list[np.ndarray]] | None
 
 def build_base(spec: BaseSpec) -> FrozenBase:
     """Image (RGB, 0..255, ``image_size`` square) -> L2-normalised pooled VGG16 features."""
+    import tensorflow as tf
+
     weights = load_conv_weights(spec.weights)
     vgg = tf.keras.applications.VGG16(
         include_top=False, weights=None, input_shape=(spec.image_size, spec.image_size, 3)
@@ -84,6 +93,8 @@ def build_base(spec: BaseSpec) -> FrozenBase:
 
 
 def _caffe_preprocessing() -> tf.keras.layers.Layer:
+    import tensorflow as tf
+
     # Keras' preprocess_input is a Python function, not a layer; a frozen 1x1 convolution
     # does the same (RGB->BGR, minus the ImageNet mean) and survives saving to .keras.
     kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
@@ -99,6 +110,8 @@ def _caffe_preprocessing() -> tf.keras.layers.Layer:
 
 def head_layers(num_classes: int, head_width: int, seed: int) -> list[tf.keras.layers.Layer]:
     """Dense(head_width, relu) + Dense(num_classes) logits; a linear head if width is 0."""
+    import tensorflow as tf
+
     init = tf.keras.initializers.GlorotUniform(seed=seed)
     layers: list[tf.keras.layers.Layer] = []
     if head_width > 0:
@@ -113,6 +126,8 @@ def head_layers(num_classes: int, head_width: int, seed: int) -> list[tf.keras.l
 def initial_head_weights(feature_dim: int, num_classes: int, head_width: int,
                          seed: int) -> list[np.ndarray]:
     """The head's starting weights, the same on every machine for the same seed."""
+    import tensorflow as tf
+
     head = tf.keras.Sequential([tf.keras.Input((feature_dim,)),
                                 *head_layers(num_classes, head_width, seed)])
     return [w.astype(np.float32) for w in head.get_weights()]
@@ -131,6 +146,8 @@ def head_shapes(feature_dim: int, num_classes: int, head_width: int) -> list[tup
 def full_model(base: FrozenBase, head_weights: Sequence[np.ndarray], num_classes: int,
                head_width: int) -> tf.keras.Model:
     """Base + head + softmax taking RGB images of any size, as saved for users."""
+    import tensorflow as tf
+
     inputs = tf.keras.Input((None, None, 3), name="image")
     size = base.spec.image_size
     x = tf.keras.layers.Resizing(size, size, name="resize")(inputs)
@@ -146,11 +163,21 @@ def full_model(base: FrozenBase, head_weights: Sequence[np.ndarray], num_classes
     return model
 
 
+def head_logits(features: np.ndarray, weights: Sequence[np.ndarray]) -> np.ndarray:
+    """The head of `head_layers` applied in numpy (Dense, ReLU between; no TensorFlow needed)."""
+    x = np.asarray(features, dtype=np.float32)
+    pairs = [(weights[i], weights[i + 1]) for i in range(0, len(weights), 2)]
+    for depth, (kernel, bias) in enumerate(pairs):
+        x = x @ kernel + bias
+        if depth < len(pairs) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
 def predict_classes(features: np.ndarray, weights: Sequence[np.ndarray], *, num_classes: int,
                     head_width: int) -> np.ndarray:
     """Class index per feature row under the head ``weights``."""
-    head = tf.keras.Sequential([tf.keras.Input((features.shape[1],)),
-                                *head_layers(num_classes, head_width, seed=0)])
-    head.set_weights(list(weights))
-    logits = head.predict(features, batch_size=4096, verbose=0)
-    return np.argmax(logits, axis=1)
+    shapes = head_shapes(features.shape[1], num_classes, head_width)
+    if [tuple(w.shape) for w in weights] != shapes:
+        raise ValueError(f"head weights have shapes {[w.shape for w in weights]}, not {shapes}")
+    return np.argmax(head_logits(features, weights), axis=1)

@@ -12,10 +12,10 @@ import numpy as np
 from common.accounting import Mechanism, composed_epsilon, epsilon, noise_for_budget
 from common.config import RunConfig
 from common.data import Listing
-from common.dp import SgdSettings, train_head
 from common.errors import BudgetExhaustedError, ConfigError
 from common.features import LazyBase, site_features
 from common.ledger import PrivacyLedger, RunSpending, SiteBudget
+from common.sgd import SgdSettings
 from common.model import BaseSpec, predict_classes
 from common.partition import dirichlet_partition, holdout_split, iid_partition
 
@@ -160,6 +160,8 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
             steps=total_steps, epsilon=eps, delta=cfg.delta,
             target_epsilon=cfg.target_epsilon, accountant=cfg.accountant,
         ), budget)
+    from common.dp import train_head  # TensorFlow only once the site trains
+
     new_weights, loss = train_head(
         data.train_x, data.train_y, weights, num_classes=len(cfg.classes),
         head_width=cfg.head_width, settings=settings, rng=rng,

@@ -140,6 +140,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, out: Path, run_id: str
     out.mkdir(parents=True, exist_ok=True)
     save_model(full_model(base, weights, len(cfg.classes), cfg.head_width), out / "model.keras")
     report = build_report(cfg, base.fingerprint, strategy, prerun, elapsed_before)
+    report["run_id"] = run_id
     path = write_report(out, report)
     if registry is not None:
         registry.finished(run_id)

@@ -71,3 +71,20 @@ def test_saved_model_loads_with_plain_keras_and_predicts_like_base_plus_head(
         predict_classes(features, head, num_classes=3, head_width=8))
     # Any input size is resized to the training size.
     assert loaded.predict(np.zeros((1, 50, 40, 3), np.float32), verbose=0).shape == (1, 3)
+
+
+@pytest.mark.parametrize("width", [0, 16])
+def test_numpy_head_predicts_what_the_keras_head_predicts(width: int) -> None:
+    import tensorflow as tf
+
+    from common.model import head_layers, head_logits
+
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=s).astype(np.float32) for s in head_shapes(12, 5, width)]
+    features = rng.normal(size=(200, 12)).astype(np.float32)
+    keras_head = tf.keras.Sequential([tf.keras.Input((12,)), *head_layers(5, width, seed=0)])
+    keras_head.set_weights(weights)
+    expected = keras_head.predict(features, verbose=0)
+    np.testing.assert_allclose(head_logits(features, weights), expected, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(predict_classes(features, weights, num_classes=5, head_width=width),
+                          np.argmax(expected, axis=1))

@@ -86,12 +86,12 @@ def test_the_budget_holds_across_a_restart_of_the_site(tmp_path: Path) -> None:
 
 def test_spending_is_on_disk_before_the_update_is_returned(tmp_path: Path,
                                                            monkeypatch) -> None:
-    import common.site
+    import common.dp
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-training")
 
-    monkeypatch.setattr(common.site, "train_head", crash)
+    monkeypatch.setattr(common.dp, "train_head", crash)
     with pytest.raises(RuntimeError):
         train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
     saved = json.loads((tmp_path / "privacy-ledger.json").read_text())

@@ -1,0 +1,155 @@
+"""`fedtl client`: Flower's SuperNode for one site, with that site's data, state and budget.
+
+Site-specific settings (image folder, state folder, budget, name) go into the SuperNode's node
+config and never to the server. The folder is checked before connecting, the budget is
+written to the site's ledger, and Flower's connection errors become messages a site operator
+can act on.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from common.config import NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA, NODE_NAME, NODE_STATE
+from common.control import flower_bin, flower_env
+from common.credentials import key_fingerprint
+from common.data import list_dataset
+from common.errors import ConfigError
+from common.ledger import PrivacyLedger, SiteBudget
+
+INSECURE_WARNING = ("fedtl client --insecure: NO TLS and NO SITE KEY; this site's updates "
+                    "travel in clear text. Only for experiments on a trusted network.")
+
+REFUSED_EXIT = 3
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """One site's settings; parsed once from `fedtl client`'s arguments."""
+
+    server: str
+    data: Path
+    state: Path
+    budget: SiteBudget
+    name: str
+    key: Path | None = None
+    ca: Path | None = None
+    insecure: bool = False
+    cache: bool = True
+    max_wait: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.insecure and (self.key is not None or self.ca is not None):
+            raise ConfigError("--insecure turns TLS and site authentication off; do not "
+                              "combine it with --key or --ca")
+        if not self.insecure:
+            if self.key is None or self.ca is None:
+                raise ConfigError("fedtl client needs the site's private key (--key FILE, "
+                                  "from `fedtl keys`) and the server's CA certificate (--ca "
+                                  "FILE), or --insecure for a throwaway experiment")
+            for what, path in (("private key", self.key), ("CA certificate", self.ca)):
+                if not Path(path).is_file():
+                    raise ConfigError(f"the site's {what} {path} does not exist")
+
+    @property
+    def public_key(self) -> Path | None:
+        return None if self.key is None else Path(self.key).with_suffix(".pub")
+
+
+def _free_port() -> int:
+    # Each SuperNode serves a local API for its ClientApps; sites sharing a host need their own.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _quote(value: str) -> str:
+    if '"' in value or "\n" in value:
+        raise ConfigError(f"paths and names may not contain quotes or newlines: {value!r}")
+    return f'"{value}"'
+
+
+def supernode_command(opts: ClientOptions, runtime_port: int) -> list[str]:
+    node = {
+        NODE_DATA: _quote(str(Path(opts.data).expanduser().resolve())),
+        NODE_STATE: _quote(str(Path(opts.state).expanduser().resolve())),
+        NODE_NAME: _quote(opts.name),
+        NODE_BUDGET: repr(float(opts.budget.epsilon)),
+        NODE_DELTA: repr(float(opts.budget.delta)),
+        NODE_CACHE: "true" if opts.cache else "false",
+    }
+    cmd = [flower_bin("flower-supernode"), "--superlink", opts.server,
+           "--port", str(runtime_port),
+           "--node-config", " ".join(f"{k}={v}" for k, v in node.items())]
+    if opts.max_wait is not None:
+        cmd += ["--max-wait-time", str(opts.max_wait)]
+    if opts.insecure:
+        return [*cmd, "--insecure"]
+    return [*cmd, "--root-certificates", str(opts.ca),
+            "--auth-supernode-private-key", str(opts.key)]
+
+
+def explain_line(line: str, opts: ClientOptions) -> str | None:
+    """fedtl's own message for a SuperNode log line that matters to a site operator."""
+    if "Failed to activate SuperNode" in line or "code: 2004" in line:
+        key = opts.public_key
+        which = ""
+        if key is not None and key.exists():
+            which = f" ({key}, {key_fingerprint(key.read_bytes())})"
+        return (f"fedtl client: REFUSED by the server at {opts.server}: this site's public "
+                f"key{which} is not registered there. Send the .pub file to the coordinator; "
+                "once it is in the server's --sites folder and the server restarted, start "
+                "this site again.")
+    if "CERTIFICATE_VERIFY_FAILED" in line or "certificate verify failed" in line:
+        return (f"fedtl client: the server at {opts.server} presented a certificate that "
+                f"{opts.ca} does not vouch for; ask the coordinator for the right CA file.")
+    return None
+
+
+def run_site(opts: ClientOptions, out: TextIO = sys.stdout) -> int:
+    """Check the site, then run its SuperNode until it stops; returns its exit code."""
+    listing = list_dataset(str(Path(opts.data).expanduser()))  # fails early, naming the folder
+    state = Path(opts.state).expanduser()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ledger = PrivacyLedger(state)
+    ledger.set_budget(opts.budget)
+    summary = ledger.summary()
+    print(f"fedtl client: site {opts.name}: {len(listing)} images in {len(listing.classes)} "
+          f"classes; privacy budget epsilon {opts.budget.epsilon} at delta "
+          f"{opts.budget.delta}, {summary.spent:.3f} spent so far", file=out, flush=True)
+    if opts.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    process = subprocess.Popen(supernode_command(opts, _free_port()),
+                               env=flower_env(state / "flwr"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    refused = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            out.write(line)
+            message = explain_line(line, opts)
+            if message:
+                if "REFUSED" in message:
+                    refused.set()
+                out.write(message + "\n")
+            out.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def stop(signum: int, frame: object) -> None:
+        process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = process.wait()
+    reader.join(timeout=5)
+    return REFUSED_EXIT if refused.is_set() else code

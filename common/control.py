@@ -1,0 +1,115 @@
+"""Talking to a SuperLink's Control API through Flower's own `flwr` CLI.
+
+The CLI reads connections from ``$FLWR_HOME/config.toml``; fedtl writes one connection into a
+private Flower home per use, so an operator's own ``~/.flwr`` is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from common.errors import ConfigError, FedtlError
+
+CONNECTION = "fedtl"
+DEFAULT_CONTROL = "127.0.0.1:9093"
+
+
+def flower_bin(name: str) -> str:
+    """A Flower executable from the environment fedtl runs in (not whatever is on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise FedtlError(f"cannot find Flower's `{name}` next to {sys.executable}; install "
+                         "fedtl's dependencies (uv sync) in this environment")
+    return found
+
+
+def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
+    """The environment for a Flower process: its own Flower home, Flower's tools on PATH."""
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(flwr_home)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class ControlAddress:
+    """Where a SuperLink's Control API listens and how to trust it."""
+
+    address: str = DEFAULT_CONTROL
+    ca: Path | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.insecure == (self.ca is not None):
+            raise ConfigError("give the server's CA certificate (--ca FILE) or, for a server "
+                              "started with --insecure, --insecure; not both, not neither")
+        if self.ca is not None and not Path(self.ca).is_file():
+            raise ConfigError(f"CA certificate {self.ca} does not exist")
+
+
+class Control:
+    """Runs `flwr` commands against one SuperLink; use as a context manager."""
+
+    def __init__(self, target: ControlAddress) -> None:
+        self.target = target
+        self._home = Path(tempfile.mkdtemp(prefix="fedtl-flwr-"))
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
+                 f'address = "{target.address}"']
+        if target.insecure:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{Path(str(target.ca)).resolve()}"')
+        (self._home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def __enter__(self) -> Control:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        shutil.rmtree(self._home, ignore_errors=True)
+
+    def command(self, *args: str) -> list[str]:
+        return [flower_bin("flwr"), *args]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return flower_env(self._home)
+
+    def _json(self, *args: str, timeout: float = 120) -> dict:
+        done = subprocess.run(self.command(*args, "--format", "json"), env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        text = done.stdout.strip()
+        start = text.find("{")
+        try:
+            result = json.loads(text[start:]) if start >= 0 else {}
+        except ValueError:
+            result = {}
+        if done.returncode != 0 or not result.get("success", False):
+            detail = result.get("error-message") or (done.stderr.strip() or text)[-800:]
+            raise FedtlError(f"`flwr {' '.join(args)}` failed against the server at "
+                             f"{self.target.address}: {detail}")
+        return result
+
+    def nodes(self) -> list[dict]:
+        return list(self._json("supernode", "list", CONNECTION).get("nodes", []))
+
+    def register(self, public_key: Path, name: str) -> int:
+        """Register a site's public key; returns its node id."""
+        result = self._json("supernode", "register", str(public_key), CONNECTION,
+                            "--name", name)
+        return int(result["node-id"])
+
+    def run_command(self, app: Path, run_config: Path, *, stream: bool) -> list[str]:
+        args = ["run", str(app), CONNECTION, "--run-config", str(run_config)]
+        return self.command(*args, *(["--stream"] if stream else []))

@@ -1,0 +1,19 @@
+"""Settings of a site's local SGD, kept apart from `common.dp` so that reading them needs no
+TensorFlow (a site decides whether it may train before it loads the heavy machinery)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SgdSettings:
+    """One site's local training: DP-SGD when ``private``, plain SGD otherwise."""
+
+    sampling_rate: float
+    steps: int
+    learning_rate: float
+    momentum: float
+    private: bool
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.0

@@ -1,0 +1,59 @@
+"""`fedtl run`: launch a training run on a running `fedtl server` and follow it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+import tomli_w
+
+from common.config import RunConfig
+from common.control import Control, ControlAddress
+from common.errors import ConfigError, FedtlError
+
+
+def project_dir() -> Path:
+    """The Flower App (this project: pyproject.toml with [tool.flwr.app]) that runs are built from."""
+    root = Path(__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
+        raise FedtlError(f"cannot find fedtl's Flower App at {root}; `fedtl run` needs the "
+                         "project checkout (install it with `uv sync` from the checkout)")
+    return root
+
+
+def write_run_config(cfg: RunConfig, path: Path) -> Path:
+    """The run's settings as a TOML file for `flwr run --run-config` (no shell quoting)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(cfg.to_flower()))
+    return path
+
+
+def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
+           out: TextIO = sys.stdout) -> dict[str, Any] | None:
+    """Submit ``cfg`` to the server; with ``follow``, stream its log until it ends.
+
+    Returns the run's report when the output folder is visible from here (the server writes
+    it on its own host), else None.
+    """
+    if not cfg.classes:
+        raise ConfigError("a deployed run needs its class list: --classes a,b,c or "
+                          "--classes-from FOLDER (a folder whose subfolders are the classes)")
+    if not Path(cfg.out).is_absolute():
+        raise ConfigError(f"--out must be an absolute path on the server's host. Found {cfg.out!r}.")
+    with tempfile.TemporaryDirectory(prefix="fedtl-run-") as tmp, Control(target) as control:
+        config_file = write_run_config(cfg, Path(tmp) / "run-config.toml")
+        command = control.run_command(project_dir(), config_file, stream=follow)
+        done = subprocess.run(command, env=control.env, stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise FedtlError(f"the server at {target.address} did not accept or finish the run "
+                             "(see Flower's messages above)")
+    report = Path(cfg.out) / "report.json"
+    if follow and report.exists():
+        loaded: dict[str, Any] = json.loads(report.read_text())
+        return loaded
+    return None

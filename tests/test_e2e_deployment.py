@@ -1,0 +1,296 @@
+"""End to end, deployed: `fedtl server` and `fedtl client` processes on loopback, TLS and site keys.
+
+One daemon serves the whole module; each test bounds its own waits and every process is killed
+at the end. Runs use the bundled digits written as site folders (`fedtl demo-data`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from common.accounting import Mechanism, composed_epsilon
+from common.ledger import PrivacyLedger, RunSpending, SiteBudget
+from server.checkpoint import load_checkpoint
+
+from .processes import Proc, fedtl_args, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+GOOD = ("site-1", "site-2", "site-3")
+REPORT_KEYS = {"settings", "base", "versions", "rounds", "final", "data", "timing", "run_id"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fedtl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(fedtl_args(*args), capture_output=True, text=True, timeout=timeout)
+
+
+class World:
+    """Certificates, keys, site folders, the daemon and the site processes of the module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fleet = f"127.0.0.1:{free_port()}"
+        self.control_port = free_port()
+        self.procs: dict[str, Proc] = {}
+        assert fedtl("certs", "--out", str(root / "certs")).returncode == 0
+        (root / "sites").mkdir()
+        for name in (*GOOD, "spent", "poison", "intruder"):
+            assert fedtl("keys", "--out", str(root / "keys"), "--name", name).returncode == 0
+            if name != "intruder":
+                (root / "sites" / f"{name}.pub").write_bytes(
+                    (root / "keys" / f"{name}.pub").read_bytes())
+        done = fedtl("demo-data", "--out", str(root / "data"), "--sites", "3")
+        assert done.returncode == 0, done.stderr
+
+    @property
+    def control(self) -> str:
+        return f"127.0.0.1:{self.control_port}"
+
+    def start_server(self) -> Proc:
+        proc = Proc("server", fedtl_args(
+            "server", "--state", str(self.root / "server-state"),
+            "--certs", str(self.root / "certs"), "--sites", str(self.root / "sites"),
+            "--address", self.fleet, "--control-port", str(self.control_port)),
+            self.root / "server.log")
+        self.procs["server"] = proc
+        return proc
+
+    def site_args(self, name: str, data: str, budget: float = 4.0) -> list[str]:
+        return fedtl_args("client", "--server", self.fleet, "--data", str(self.root / data),
+                          "--state", str(self.root / "state" / name), "--budget", str(budget),
+                          "--key", str(self.root / "keys" / f"{name}.key"),
+                          "--ca", str(self.root / "certs" / "ca.crt"), "--name", name)
+
+    def start_site(self, name: str, data: str | None = None, budget: float = 4.0) -> Proc:
+        data = data or f"data/{name}"
+        proc = Proc(name, self.site_args(name, data, budget), self.root / f"{name}.log")
+        self.procs[name] = proc
+        return proc
+
+    def run(self, out: str, *extra: str, detach: bool = False,
+            timeout: float = 1200) -> subprocess.CompletedProcess:
+        args = ["run", "--server", self.control, "--ca", str(self.root / "certs" / "ca.crt"),
+                "--classes-from", str(self.root / "data" / "site-1"),
+                "--out", str(self.root / out), *extra]
+        return fedtl(*args, *(["--detach"] if detach else []), timeout=timeout)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+
+
+def wait_ready(proc: Proc) -> None:
+    proc.wait_for("fedtl server: ready", timeout=180)
+
+
+def wait_online(world: World, proc: Proc) -> None:
+    proc.wait_for(r"SuperNode ID: \d+", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    w = World(tmp_path_factory.mktemp("deploy"))
+    server = w.start_server()
+    try:
+        wait_ready(server)
+        for name in GOOD:
+            wait_online(w, w.start_site(name))
+        yield w
+    finally:
+        w.stop_all()
+
+
+def report_of(world: World, out: str) -> dict:
+    return json.loads((world.root / out / "report.json").read_text())
+
+
+def test_the_daemon_refuses_to_start_without_certificates_unless_insecure(tmp_path) -> None:
+    done = fedtl("server", "--state", str(tmp_path / "s"))
+    assert done.returncode == 2 and "--certs" in done.stderr and "--insecure" in done.stderr
+
+
+def test_an_unregistered_site_is_refused_with_a_clear_message_on_both_sides(world) -> None:
+    intruder = Proc("intruder", world.site_args("intruder", "data/site-1"),
+                    world.root / "intruder.log")
+    world.procs["intruder"] = intruder
+    assert intruder.popen.wait(timeout=180) == 3
+    assert "REFUSED by the server" in intruder.text()
+    said = world.procs["server"].text()
+    intruder_pub = (world.root / "keys" / "intruder.pub").read_bytes()
+    from common.credentials import key_fingerprint
+
+    assert f"REFUSED a site with key {key_fingerprint(intruder_pub)}" in said
+
+
+POISON = textwrap.dedent('''\
+    import os, sys
+    from pathlib import Path
+    import numpy as np
+    from flwr.app import ArrayRecord
+    from flwr.clientapp import ClientApp
+
+    counter = Path(os.environ["FEDTL_POISON_COUNTER"])
+    honest = ClientApp.__call__
+
+    def poisoned(self, message, context):
+        reply = honest(self, message, context)
+        if message.metadata.message_type == "train" and not reply.has_error():
+            n = int(counter.read_text()) if counter.exists() else 0
+            counter.write_text(str(n + 1))
+            arrays = reply.content["arrays"].to_numpy_ndarrays()
+            mode = ("nan", "shape", "norm")[n % 3]
+            if mode == "nan":
+                arrays[0][0, 0] = np.nan
+            elif mode == "shape":
+                arrays[0] = arrays[0][:-1]
+            else:
+                arrays = [a + 1e6 for a in arrays]
+            reply.content["arrays"] = ArrayRecord(arrays)
+        return reply
+
+    ClientApp.__call__ = poisoned
+    from flwr.supernode.cli import flwr_clientapp
+    sys.exit(flwr_clientapp())
+''')
+
+
+def start_poisoned_site(world: World) -> Proc:
+    """A registered site whose machine runs a tampered ClientApp (its owner's choice).
+
+    Its SuperNode finds a `flwr-clientapp` first on PATH that sends NaN, a wrong shape and a
+    huge update in turn.
+    """
+    bin_dir = world.root / "poison-bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "flwr-clientapp"
+    script.write_text(f"#!{sys.executable}\n{POISON}")
+    script.chmod(0o755)
+    state = world.root / "state" / "poison"
+    state.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, FLWR_HOME=str(state / "flwr"),
+               FEDTL_POISON_COUNTER=str(world.root / "poison-count"),
+               PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
+                    f"{os.environ.get('PATH', '')}")
+    node_config = (f'data="{world.root / "data" / "site-2"}" state="{state}" '
+                   f'site-name="poison" budget=4.0')
+    args = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", world.fleet,
+            "--port", str(free_port()), "--root-certificates",
+            str(world.root / "certs" / "ca.crt"), "--auth-supernode-private-key",
+            str(world.root / "keys" / "poison.key"), "--node-config", node_config]
+    proc = Proc("poison", args, world.root / "poison.log", env=env)
+    world.procs["poison"] = proc
+    return proc
+
+
+def spend_all_of(state: Path, budget: SiteBudget) -> None:
+    """An earlier run that used up the site's whole budget, as its ledger would record it."""
+    sigma, steps = 1.0, 1
+    while composed_epsilon([Mechanism(0.5, sigma, steps)], delta=budget.delta) < budget.epsilon:
+        steps *= 2
+    eps = composed_epsilon([Mechanism(0.5, sigma, steps)], delta=budget.delta)
+    PrivacyLedger(state).record("an-earlier-run", RunSpending(
+        sampling_rate=0.5, noise_multiplier=sigma, steps=steps, epsilon=eps,
+        delta=budget.delta, target_epsilon=budget.epsilon, accountant="rdp"), budget)
+
+
+def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_rejected(
+        world) -> None:
+    spend_all_of(world.root / "state" / "spent", SiteBudget(1.0))
+    spent = world.start_site("spent", data="data/site-3", budget=1.0)
+    poison = start_poisoned_site(world)
+    try:
+        wait_online(world, spent)
+        wait_online(world, poison)
+        done = world.run("run-a", "--rounds", "3", "--min-sites", "3",
+                         "--target-epsilon", "3")
+    finally:
+        spent.kill()
+        poison.kill()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    assert "round | train loss" in done.stdout
+    report = report_of(world, "run-a")
+    assert REPORT_KEYS <= set(report)
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    for r in report["rounds"]:
+        assert sorted(r["sites_trained"]) == list(GOOD)
+        assert len(r["declined"]) == 1 and len(r["rejected"]) == 1
+    assert int((world.root / "poison-count").read_text()) == 3  # NaN, shape and norm all sent
+    final = report["final"]
+    assert set(final["epsilon"]) == set(GOOD)
+    assert all(2.9 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
+    assert final["accuracy"] > 0.5  # ten digits: chance is 0.1
+    assert (world.root / "run-a" / "model.keras").stat().st_size > 0
+    # Each site's ledger: the run is recorded under the server's run id, within budget.
+    ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
+                              "--json").stdout)
+    assert set(ledger["runs"]) == {report["run_id"]}
+    assert ledger["budget"] == 4.0 and ledger["spent"] == pytest.approx(3.0, abs=1e-3)
+    assert ledger["remaining"] == pytest.approx(1.0, abs=1e-3)
+    spent_ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "spent"),
+                                    "--json").stdout)
+    assert set(spent_ledger["runs"]) == {"an-earlier-run"}  # declining charged nothing
+    assert spent_ledger["remaining"] == 0.0
+    assert "1 declined (budget), 1 rejected" in done.stdout
+
+
+def test_a_site_killed_mid_round_does_not_stop_the_run_and_can_come_back(world) -> None:
+    victim = world.procs["site-3"]
+    mark = len(victim.text()) - victim.offset
+    launched = world.run("run-b", "--rounds", "3", "--min-sites", "2", "--round-timeout", "300",
+                         "--target-epsilon", "3", detach=True)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    victim.wait_for("Receiving: train message", timeout=300, after=mark)
+    victim.kill()  # mid-round: it received the round's work and never answers
+    wait_until(lambda: (load_checkpoint(world.root / "run-b") or _NoRound).round >= 1,
+               timeout=600, what="round 1 to complete without site-3")
+    back = world.start_site("site-3")
+    wait_online(world, back)
+    wait_until(lambda: (world.root / "run-b" / "report.json").exists(), timeout=900,
+               what="the run to finish")
+    rounds = report_of(world, "run-b")["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert "site-3" not in rounds[0]["sites_trained"]
+    assert sorted(rounds[0]["sites_trained"]) == ["site-1", "site-2"]
+    assert "site-3" in rounds[-1]["sites_trained"]  # it came back
+
+
+class _NoRound:
+    round = 0
+
+
+def test_a_killed_server_restarts_and_resumes_without_repeating_or_losing_rounds(world) -> None:
+    launched = world.run("run-c", "--rounds", "3", "--min-sites", "3", "--target-epsilon", "3",
+                         detach=True)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    wait_until(lambda: (load_checkpoint(world.root / "run-c") or _NoRound).round >= 1,
+               timeout=600, what="the first checkpoint")
+    before = load_checkpoint(world.root / "run-c")
+    world.procs["server"].kill(signal.SIGKILL)
+    server = world.start_server()
+    wait_ready(server)
+    assert "relaunched unfinished run" in server.text()[server.offset:]
+    wait_until(lambda: (world.root / "run-c" / "report.json").exists(), timeout=900,
+               what="the resumed run to finish")
+    report = report_of(world, "run-c")
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    assert report["run_id"] == before.run_id
+    assert report["rounds"][: before.round] == before.history  # kept, not redone
+    for name in GOOD:
+        runs = PrivacyLedger(world.root / "state" / name).runs()
+        # One ledger entry for the run across the restart; at most the killed round extra.
+        assert before.run_id in runs and runs[before.run_id].epsilon <= 3.0 + 1e-6
