@@ -1,0 +1,108 @@
+"""The daemons' settings, the Flower commands they build, and the messages they translate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.daemon import ClientOptions, explain_line as site_says, supernode_command
+from common.config import SiteConfig
+from common.control import ControlAddress
+from common.credentials import key_fingerprint, make_site_keys, make_test_certs
+from common.errors import ConfigError
+from common.ledger import SiteBudget
+from server.daemon import ServerOptions, explain_line as server_says, superlink_command
+
+
+@pytest.fixture()
+def creds(tmp_path: Path) -> Path:
+    make_test_certs(tmp_path / "certs", ["localhost"])
+    make_site_keys(tmp_path / "keys", "clinic")
+    (tmp_path / "sites").mkdir()
+    return tmp_path
+
+
+def test_the_server_needs_certificates_and_a_sites_folder_unless_insecure(creds: Path) -> None:
+    with pytest.raises(ConfigError, match="--certs DIR"):
+        ServerOptions(state=creds / "s")
+    with pytest.raises(ConfigError, match="--sites DIR"):
+        ServerOptions(state=creds / "s", certs=creds / "certs")
+    with pytest.raises(ConfigError, match="do not combine"):
+        ServerOptions(state=creds / "s", certs=creds / "certs", insecure=True)
+    ServerOptions(state=creds / "s", insecure=True)
+
+
+def test_the_secure_superlink_has_tls_site_auth_and_no_runtime_installs(creds: Path) -> None:
+    opts = ServerOptions(state=creds / "s", certs=creds / "certs", sites=creds / "sites")
+    cmd = superlink_command(opts)
+    assert "--enable-supernode-auth" in cmd and "--insecure" not in cmd
+    assert cmd[cmd.index("--ssl-certfile") + 1] == str(creds / "certs" / "server.pem")
+    assert "--disable-runtime-dependency-installation" in cmd
+    assert cmd[cmd.index("--database") + 1] == str(creds / "s" / "superlink.db")
+    insecure = superlink_command(ServerOptions(state=creds / "s", insecure=True))
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+
+
+def test_a_refused_key_in_the_superlink_log_is_named_by_its_fingerprint(creds: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    keys_pub = (creds / "keys" / "clinic.pub").read_bytes()
+    pem = serialization.load_ssh_public_key(keys_pub).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    line = ("ERROR : [/flwr.proto.Fleet/ActivateNode][ApiError:2004] Attempted to register "
+            f"SuperNode with public key: {pem!r}, exception: No SuperNode found with the given "
+            "public key.")
+    said = server_says(line)
+    assert said is not None and key_fingerprint(keys_pub) in said and "REFUSED" in said
+    assert server_says("INFO : [Fleet.ActivateNode] Activated node_id=1") is None
+
+
+def site(creds: Path, **changes) -> ClientOptions:
+    values = dict(server="127.0.0.1:9092", data=creds / "data", state=creds / "state",
+                  budget=SiteBudget(2.0), name="clinic", key=creds / "keys" / "clinic.key",
+                  ca=creds / "certs" / "ca.crt")
+    return ClientOptions(**{**values, **changes})
+
+
+def test_a_site_needs_its_key_and_the_ca_unless_insecure(creds: Path) -> None:
+    with pytest.raises(ConfigError, match="--key FILE"):
+        site(creds, key=None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        site(creds, ca=creds / "nope.crt")
+    with pytest.raises(ConfigError, match="do not combine"):
+        site(creds, insecure=True)
+    site(creds, key=None, ca=None, insecure=True)
+
+
+def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> None:
+    opts = site(creds)
+    cmd = supernode_command(opts, runtime_port=9200)
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.key)
+    node_config = cmd[cmd.index("--node-config") + 1]
+    from flwr.common.config import parse_config_args
+
+    parsed = parse_config_args([node_config])
+    back = SiteConfig.from_node_config(parsed, node_id=5)
+    assert back.name == "clinic" and back.budget == SiteBudget(2.0, 1e-5)
+    assert back.data == str((creds / "data").resolve())
+    assert back.cache_dir == (creds / "state").resolve() / "features"
+
+
+def test_a_node_config_without_budget_is_refused_naming_the_command() -> None:
+    with pytest.raises(ConfigError, match="fedtl client"):
+        SiteConfig.from_node_config({"data": "/d", "state": "/s"}, node_id=1)
+
+
+def test_a_refused_site_is_told_which_key_to_send(creds: Path) -> None:
+    said = site_says("[code: 2004] Failed to activate SuperNode.", site(creds))
+    assert said is not None and "clinic.pub" in said and "REFUSED" in said
+    assert site_says("INFO : Sent successfully", site(creds)) is None
+
+
+def test_launching_needs_exactly_one_of_ca_and_insecure(creds: Path) -> None:
+    with pytest.raises(ConfigError):
+        ControlAddress("127.0.0.1:9093")
+    with pytest.raises(ConfigError):
+        ControlAddress("127.0.0.1:9093", ca=creds / "certs" / "ca.crt", insecure=True)
+    ControlAddress("127.0.0.1:9093", ca=creds / "certs" / "ca.crt")
