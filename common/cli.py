@@ -20,7 +20,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     """Settings of a run that `fedtl simulate` and `fedtl run` share."""
     p.add_argument("--rounds", type=int, default=_D.rounds)
     p.add_argument("--min-sites", type=int, default=_D.min_sites,
-                   help="sites needed to start a round and to aggregate it (0: all sites)")
+                   help="sites needed to start a round and accepted updates needed to "
+                        "aggregate it (0: all sites to start, any one to aggregate)")
     p.add_argument("--holdout", type=float, default=_D.holdout,
                    help="fraction of each site's images held out for evaluation")
     p.add_argument("--target-epsilon", type=float, default=_D.target_epsilon,

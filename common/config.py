@@ -59,7 +59,7 @@ class RunConfig:
     accountant: str = "rdp"
     # server side
     max_update_norm: float = 1000.0
-    min_sites: int = 0  # sites needed to start a round and to aggregate it (0: all `clients`)
+    min_sites: int = 0  # sites needed to start and accepted to aggregate a round (0: see below)
     round_timeout: float = 3600.0  # seconds a round waits for sites that do not answer
     # where things go
     seed: int = 0
@@ -107,7 +107,7 @@ class RunConfig:
 
     @property
     def required_sites(self) -> int:
-        """Sites that must be connected to start a round, and accepted to aggregate one."""
+        """Sites that must be connected to start a round (all `clients` unless min-sites)."""
         return self.min_sites or self.clients
 
     @property

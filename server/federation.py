@@ -79,20 +79,22 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
     if registry is not None:
         registry.started(run_id, str(out.resolve()), settings)
     try:
-        return _federate(grid, cfg, prerun, out, run_id, checkpoint, registry)
+        return _federate(grid, cfg, prerun, run_id, checkpoint, registry)
     except FedtlError:
         if registry is not None:
             registry.failed(run_id)
         raise
 
 
-def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, out: Path, run_id: str,
+def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
-    settings = cfg.to_flower()
+    out, settings = Path(cfg.out), cfg.to_flower()
     base = build_base(base_spec(cfg))
     strategy = ValidatingFedAvg(
         fingerprint=base.fingerprint, max_update_norm=cfg.max_update_norm,
-        min_available_nodes=cfg.required_sites, min_train_nodes=cfg.required_sites,
+        # Start a round once enough sites are connected; aggregate it with at least
+        # --min-sites accepted updates (any one, if no minimum was set).
+        min_available_nodes=cfg.required_sites, min_train_nodes=cfg.min_sites or 1,
         min_evaluate_nodes=1,
         weighted_by_key=protocol.NUM_EXAMPLES,
         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG,
@@ -139,8 +141,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, out: Path, run_id: str
     weights = strategy.arrays or initial
     out.mkdir(parents=True, exist_ok=True)
     save_model(full_model(base, weights, len(cfg.classes), cfg.head_width), out / "model.keras")
-    report = build_report(cfg, base.fingerprint, strategy, prerun, elapsed_before)
-    report["run_id"] = run_id
+    report = build_report(cfg, base.fingerprint, strategy, prerun, run_id, elapsed_before)
     path = write_report(out, report)
     if registry is not None:
         registry.finished(run_id)
@@ -160,9 +161,10 @@ def save_model(model: Any, path: Path) -> None:
 
 
 def build_report(cfg: RunConfig, fingerprint: str, strategy: ValidatingFedAvg,
-                 prerun: PreRun, elapsed_before: float = 0.0) -> dict[str, Any]:
+                 prerun: PreRun, run_id: str, elapsed_before: float = 0.0) -> dict[str, Any]:
     last = strategy.history[-1]
     return {
+        "run_id": run_id,
         "settings": cfg.to_flower(),
         "base": {"weights": cfg.weights, "fingerprint": fingerprint,
                  "base_layer": cfg.base_layer, "image_size": cfg.image_size,
