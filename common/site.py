@@ -131,10 +131,11 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
     budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
     n = len(data.train_y)
     spent = ledger.get(run_key)
+    prior = ledger.prior(run_key)  # the site's other runs: read once, used twice below
     if spent is not None or not cfg.dp:
         settings = sgd_settings(cfg, n, spent.noise_multiplier if spent else 0.0)
     else:
-        settings = plan_noise(cfg, n, budget, ledger.prior(run_key))
+        settings = plan_noise(cfg, n, budget, prior)
     eps = 0.0
     total_steps = settings.steps + (spent.steps if spent else 0)
     if settings.private:
@@ -148,7 +149,7 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
                 f"{already:.3f} to {eps:.3f}, past the run's target of {cfg.target_epsilon} "
                 f"(delta {cfg.delta}); it declines to train")
         mechanism = Mechanism(settings.sampling_rate, settings.noise_multiplier, total_steps)
-        total = composed_epsilon([*ledger.prior(run_key), mechanism], delta=budget.delta,
+        total = composed_epsilon([*prior, mechanism], delta=budget.delta,
                                  accountant=budget.accountant)
         if total > budget.epsilon * (1 + 1e-6):
             raise BudgetExhaustedError(
