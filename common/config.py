@@ -17,9 +17,9 @@ PARTITIONS = ("iid", "dirichlet")
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 
 
-def default_cache_dir() -> str:
-    """Per-user folder for simulated sites' feature caches (warm across runs)."""
-    return str(Path("~/.cache/fedtl").expanduser())
+def default_state_dir() -> str:
+    """Per-user folder for simulated sites' state (feature caches: warm across runs)."""
+    return str(Path("~/.cache/fedtl/sites").expanduser())
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class RunConfig:
     image_size: int = 32
     base_layer: str = "block4_pool"
     head_width: int = 0
+    augment_views: int = 0  # precomputed augmented views per image (0: the images as they are)
     # local training
     batch_size: int = 512
     local_epochs: int = 1
@@ -64,7 +65,11 @@ class RunConfig:
     # where things go
     seed: int = 0
     out: str = "runs/latest"
-    cache_dir: str = field(default_factory=default_cache_dir)
+    state: str = field(default_factory=default_state_dir)  # simulated sites' state folders
+    cache: bool = True  # keep extracted features in each site's state folder
+    # simulation engine
+    ray_address: str = ""  # attach to this running Ray cluster ("auto", "host:6379")
+    gpus_per_site: float = 0.0  # GPU share per simulated site (0.5: two sites per GPU)
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -80,6 +85,10 @@ class RunConfig:
             (self.base_layer in POOL_LAYERS,
              f"base-layer must be one of {POOL_LAYERS}. Found {self.base_layer!r}."),
             (self.head_width >= 0, f"head-width must be >= 0. Found {self.head_width}."),
+            (0 <= self.augment_views <= 16,
+             f"augment-views must be in 0..16. Found {self.augment_views}."),
+            (0 <= self.gpus_per_site <= 8,
+             f"gpus-per-site must be in [0, 8]. Found {self.gpus_per_site}."),
             (self.batch_size >= 1, f"batch-size must be at least 1. Found {self.batch_size}."),
             (self.local_epochs >= 1, f"local-epochs must be at least 1. Found {self.local_epochs}."),
             (self.learning_rate > 0, f"learning-rate must be positive. Found {self.learning_rate}."),
@@ -110,10 +119,9 @@ class RunConfig:
         """Sites that must be connected to start a round (all `clients` unless min-sites)."""
         return self.min_sites or self.clients
 
-    @property
-    def features_dir(self) -> Path:
-        """Where simulated sites cache their features (warm across identical runs)."""
-        return Path(self.cache_dir).expanduser() / "features"
+    def site_cache_dir(self, site: str) -> Path | None:
+        """Where simulated site ``site`` caches its features (None: cache off)."""
+        return Path(self.state).expanduser() / site / "features" if self.cache else None
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied (and checked again)."""
@@ -188,7 +196,7 @@ class SiteConfig:
         name = f"site-{index}"
         return cls(name=name, data=run.dataset, state=Path(run.out) / "sites" / name,
                    budget=SiteBudget(run.target_epsilon, run.delta, run.accountant),
-                   cache_dir=run.features_dir, partition=index)
+                   cache_dir=run.site_cache_dir(name), partition=index)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], node_id: int) -> SiteConfig:

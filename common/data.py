@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +70,8 @@ def list_dataset(source: str, max_per_class: int = 0) -> Listing:
     return listing
 
 
-def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False) -> Images:
+def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False,
+                allow_empty: bool = False) -> Images:
     """Decode ``listing``'s images as RGB at ``image_size`` x ``image_size``.
 
     A file that cannot be decoded raises `DataError` naming it, unless ``skip_bad``, in
@@ -98,10 +101,27 @@ def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False) ->
             continue
         kept.append(i)
     kept_arr = np.asarray(kept, dtype=np.int64)
-    if kept_arr.size == 0:
+    if kept_arr.size == 0 and not allow_empty:
         raise DataError(f"no readable image in {listing.root}")
     return Images(pixels=pixels[: len(kept)], labels=listing.labels[kept_arr],
                   kept=kept_arr, skipped=skipped)
+
+
+def content_digests(listing: Listing, indices: Sequence[int]) -> list[str]:
+    """SHA-256 of the bytes of each listed image at ``indices`` (the pixels for digits)."""
+    if listing.source == DIGITS:
+        images, _ = _digits_arrays()
+        return [hashlib.sha256(images[int(listing.items[i])].tobytes()).hexdigest()
+                for i in indices]
+    assert listing.root is not None
+    out = []
+    for i in indices:
+        path = listing.root / listing.items[i]
+        try:
+            out.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from exc
+    return out
 
 
 def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], where: str) -> None:

@@ -5,12 +5,18 @@ probability ``sampling_rate``), sums their per-example-clipped gradients, adds G
 of standard deviation ``noise_multiplier * clip_norm`` and divides by the *expected* batch
 size. That is exactly the subsampled Gaussian mechanism the accountant composes
 (Abadi et al., arXiv 1607.00133), so the epsilon fedtl reports is the one it spends.
+
+Clipping uses tensorflow-privacy's fast-gradient-clipping ``DPSequential`` (per-example
+gradient norms from the layer registry, no per-example gradients), the fastest of its DP
+implementations for Dense heads (README, "Performance").
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -24,36 +30,109 @@ from tensorflow_privacy.privacy.keras_models import dp_keras_model  # noqa: E402
 from common.model import head_layers  # noqa: E402
 from common.sgd import SgdSettings  # noqa: E402
 
-__all__ = ["SgdSettings", "make_head", "padded_batch_size", "train_head"]
+__all__ = ["HeadTrainer", "SgdSettings", "sample_batches", "train_head"]
 
 
-def make_head(feature_dim: int, num_classes: int, head_width: int, settings: SgdSettings,
-              weights: Sequence[np.ndarray], num_examples: int) -> tf.keras.Model:
-    """A compiled head holding ``weights``; a fast-clipping DP model when private."""
-    layers = [tf.keras.Input((feature_dim,)), *head_layers(num_classes, head_width, seed=0)]
-    if settings.private:
-        model: tf.keras.Model = dp_keras_model.DPSequential(
-            l2_norm_clip=settings.clip_norm,
-            noise_multiplier=settings.noise_multiplier,
-            layer_registry=layer_registry.make_default_layer_registry(),
-            layers=layers,
+@dataclass(frozen=True)
+class TrainerKey:
+    """Everything baked into a compiled training step."""
+
+    feature_dim: int
+    num_classes: int
+    head_width: int
+    private: bool
+    clip_norm: float
+    noise_multiplier: float
+    momentum: float
+
+
+class HeadTrainer:
+    """A compiled head whose whole round of steps runs as one TensorFlow graph call.
+
+    Building and tracing the DP model costs ~1.5 s, more than a warm round of training, so a
+    process keeps its trainers (`trainer_for`) and only swaps weights and learning rate.
+    """
+
+    def __init__(self, key: TrainerKey) -> None:
+        self.key = key
+        layers = [tf.keras.Input((key.feature_dim,)),
+                  *head_layers(key.num_classes, key.head_width, seed=0)]
+        if key.private:
+            self.model: tf.keras.Model = dp_keras_model.DPSequential(
+                l2_norm_clip=key.clip_norm,
+                noise_multiplier=key.noise_multiplier,
+                layer_registry=layer_registry.make_default_layer_registry(),
+                layers=layers,
+            )
+        else:
+            self.model = tf.keras.Sequential(layers)
+        self.optimizer = tf.keras.optimizers.SGD(learning_rate=1.0, momentum=key.momentum)
+        self.model.compile(
+            # SUM, not mean: the noisy sum is divided by the expected batch size through the
+            # learning rate, as Poisson-sampled DP-SGD requires (the actual size is private).
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
+            optimizer=self.optimizer,
+            run_eagerly=False,
         )
-    else:
-        model = tf.keras.Sequential(layers)
-    model.set_weights(list(weights))
-    model.compile(
-        # SUM, not mean: the noisy sum is divided by the expected batch size through the
-        # learning rate, as Poisson-sampled DP-SGD requires (the actual size is private).
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.SUM
-        ),
-        optimizer=tf.keras.optimizers.SGD(
-            learning_rate=settings.learning_rate / (settings.sampling_rate * num_examples),
-            momentum=settings.momentum,
-        ),
-        run_eagerly=False,
-    )
-    return model
+        self.optimizer.build(self.model.trainable_variables)
+        self._per_example_loss = tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.NONE)
+        dim = key.feature_dim
+        self._run = tf.function(self._steps, input_signature=[
+            tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32),
+        ])
+
+    def _steps(self, x: tf.Tensor, y: tf.Tensor, index: tf.Tensor,
+               mask: tf.Tensor) -> tf.Tensor:
+        total = tf.constant(0.0, tf.float32)
+        for step in tf.range(tf.shape(index)[0]):
+            xb, yb, wb = tf.gather(x, index[step]), tf.gather(y, index[step]), mask[step]
+            # Loss before the update, over the drawn rows only (padding has weight 0).
+            total += tf.reduce_sum(wb * self._per_example_loss(yb, self.model(xb)))
+            self.model.train_step((xb, yb, wb))
+        return total
+
+    def train(self, x: np.ndarray, y: np.ndarray, weights: Sequence[np.ndarray],
+              learning_rate: float, index: np.ndarray, mask: np.ndarray) -> tuple[
+                  list[np.ndarray], float]:
+        """Run one step per row of ``index`` (rows of ``x``; ``mask`` 0 marks padding)."""
+        self.model.set_weights(list(weights))
+        for variable in self.optimizer.variables:  # momentum and step count start afresh
+            variable.assign(tf.zeros_like(variable))
+        self.optimizer.learning_rate.assign(learning_rate)
+        total = self._run(tf.constant(x, tf.float32), tf.constant(y, tf.int64),
+                          tf.constant(index, tf.int32), tf.constant(mask, tf.float32))
+        return [w.astype(np.float32) for w in self.model.get_weights()], float(total)
+
+
+# A per-process memo of compiled trainers, like tf.function's own trace cache: simulated
+# sites share a worker process, and their settings differ in few ways.
+@functools.lru_cache(maxsize=8)
+def trainer_for(key: TrainerKey) -> HeadTrainer:
+    return HeadTrainer(key)
+
+
+def sample_batches(num_examples: int, settings: SgdSettings, rng: np.random.Generator,
+                   num_views: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
+    """Poisson samples for ``settings.steps`` steps, padded into one (steps, capacity) table.
+
+    Returns row indices (into ``num_views`` stacked copies of the examples, one view drawn
+    per sampled example), the 0/1 padding mask and how many examples were drawn in all.
+    An empty sample is a row of padding: it still gets its noise.
+    """
+    n = num_examples
+    drawn = [np.flatnonzero(rng.random(n) < settings.sampling_rate)
+             for _ in range(settings.steps)]
+    capacity = max(1, max((d.size for d in drawn), default=1))
+    index = np.zeros((settings.steps, capacity), dtype=np.int32)
+    mask = np.zeros((settings.steps, capacity), dtype=np.float32)
+    for step, rows in enumerate(drawn):
+        views = rng.integers(0, num_views, rows.size) if num_views > 1 else 0
+        index[step, : rows.size] = rows + views * n
+        mask[step, : rows.size] = 1.0
+    return index, mask, int(sum(d.size for d in drawn))
 
 
 def train_head(
@@ -65,43 +144,24 @@ def train_head(
     head_width: int,
     settings: SgdSettings,
     rng: np.random.Generator,
+    views: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], float]:
     """Run ``settings.steps`` Poisson-sampled steps; return new weights and mean train loss.
 
+    ``views`` (K x n x d) are precomputed augmented views of the examples: each drawn example
+    enters a step as one view chosen at random, so it still contributes one clipped gradient.
     The loss is the average per-example loss over the examples the steps drew, before each
     step's update (a training-progress figure, computed from private data).
     """
-    n = len(labels)
-    model = make_head(features.shape[1], num_classes, head_width, settings, weights, n)
-    x = tf.constant(features, dtype=tf.float32)
-    y = tf.constant(labels, dtype=tf.int64)
-    step = tf.function(
-        model.train_step,
-        input_signature=[(tf.TensorSpec([None, features.shape[1]], tf.float32),
-                          tf.TensorSpec([None], tf.int64),
-                          tf.TensorSpec([None], tf.float32))],
-    )
-    capacity = padded_batch_size(n, settings.sampling_rate)
-    total_loss, drawn = 0.0, 0
-    for _ in range(settings.steps):
-        idx = np.flatnonzero(rng.random(n) < settings.sampling_rate)
-        # tensorflow-privacy's clipping retraces for every new batch shape (~1 s each), so
-        # Poisson batches are padded to a fixed size with zero-weight rows, which add
-        # nothing to the clipped sum. An empty sample still gets its noise.
-        size = capacity if idx.size <= capacity else n
-        padded = np.zeros(size, dtype=np.int64)
-        padded[: idx.size] = idx
-        mask = np.zeros(size, dtype=np.float32)
-        mask[: idx.size] = 1.0
-        model.reset_metrics()  # Keras' loss tracker is a running mean; we want this batch's
-        logs = step((tf.gather(x, padded), tf.gather(y, padded), tf.constant(mask)))
-        total_loss += float(logs["loss"])
-        drawn += idx.size
-    return [w.astype(np.float32) for w in model.get_weights()], total_loss / max(drawn, 1)
+    n, dim = features.shape
+    key = TrainerKey(dim, num_classes, head_width, settings.private,
+                     float(settings.clip_norm), float(settings.noise_multiplier),
+                     float(settings.momentum))
+    stacked = features if views is None or len(views) == 0 else np.concatenate(
+        [features[None], views]).reshape(-1, dim)
+    index, mask, drawn = sample_batches(n, settings, rng, len(stacked) // n)
+    new_weights, total = trainer_for(key).train(
+        stacked, np.tile(labels, len(stacked) // n), weights,
+        settings.learning_rate / (settings.sampling_rate * n), index, mask)
+    return new_weights, total / max(drawn, 1)
 
-
-def padded_batch_size(num_examples: int, sampling_rate: float) -> int:
-    """A batch capacity that a Poisson sample exceeds with probability below 1e-9."""
-    mean = num_examples * sampling_rate
-    std = float(np.sqrt(mean * (1.0 - sampling_rate)))
-    return int(min(num_examples, np.ceil(mean + 6.5 * std + 1)))

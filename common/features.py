@@ -1,31 +1,44 @@
-"""Frozen-base features of a site's images, computed once and cached in the site's state folder."""
+"""Frozen-base features of a site's images: extracted once per image, then read from its cache."""
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common.data import Listing, load_images
-from common.errors import WeightsError
+from common.augment import augmented, view_name
+from common.data import Listing, content_digests, load_images
+from common.errors import DataError, WeightsError
+from common.feature_cache import DigestMemo, FeatureCache, namespace, private_dir
 from common.model import BaseSpec, FrozenBase, base_fingerprint, build_base
-from common.storage import write_atomically
 
 EXTRACT_BATCH = 64
+CHUNK = 1024  # images per shard: an interrupted extraction loses at most this many
+
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class SiteFeatures:
-    """Features of the images a site could read, their labels and extraction facts."""
+    """Features of the images a site could read, their labels and extraction facts.
+
+    ``seconds`` is the time spent extracting (0.0 when every image came from the cache).
+    ``views`` holds ``augment_views`` augmented copies (K x n x d; K may be 0).
+    """
 
     features: np.ndarray
+    views: np.ndarray
     labels: np.ndarray
     skipped: tuple[str, ...]
     seconds: float
-    cache_hit: bool
+    extracted: int
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.extracted == 0
 
 
 class LazyBase:
@@ -52,43 +65,74 @@ class LazyBase:
         return self._base
 
 
-def cache_key(fingerprint: str, listing: Listing, skip_bad: bool) -> str:
-    """Changes whenever the base, an image's identity or bytes, or the skip policy change."""
-    digest = hashlib.sha256(f"{fingerprint}|{listing.source}|{skip_bad}".encode())
-    for item, stamp in zip(listing.items, listing.stamps, strict=True):
-        digest.update(f"|{item}|{stamp}".encode())
-    return digest.hexdigest()[:32]
-
-
 def extract(base: FrozenBase, pixels: np.ndarray) -> np.ndarray:
     """Run the frozen base over uint8 images in batches; float32 features."""
     return base.model.predict(pixels.astype(np.float32), batch_size=EXTRACT_BATCH,
                               verbose=0).astype(np.float32)
 
 
-def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None,
-                  *, skip_bad: bool = False) -> SiteFeatures:
-    """Features of ``listing`` from ``cache_dir`` if present, else computed and stored there.
+def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
+                  skip_bad: bool = False, augment_views: int = 0,
+                  progress: Progress | None = None) -> SiteFeatures:
+    """Features of ``listing``: cached rows where ``cache_dir`` has them, the rest extracted.
 
-    The VGG16 base is only built on a cache miss.
+    ``cache_dir`` None turns the cache off (everything is extracted, nothing is written).
+    The VGG16 base is only built when some image is missing from the cache. An image known
+    to be unreadable raises `DataError` naming it unless ``skip_bad``.
     """
-    path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"features-{cache_key(base.fingerprint, listing, skip_bad)}.npz"
-        if path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as cached:
-                    return SiteFeatures(cached["features"], cached["labels"],
-                                        tuple(str(s) for s in cached["skipped"]), 0.0, True)
-            except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
+        private_dir(cache_dir)
+    memo = DigestMemo(cache_dir / "digests" / f"{namespace(listing.source, 'digests')}.npz"
+                      if cache_dir is not None else None)
+    digests = _digests(listing, memo)
+    caches = [FeatureCache(cache_dir / namespace(base.fingerprint, view_name(v))
+                           if cache_dir is not None else None)
+              for v in range(augment_views + 1)]
+    known_bad = caches[0].bad
+    missing = [i for i, d in enumerate(digests)
+               if d not in known_bad and not all(d in cache for cache in caches)]
+    bad_paths = [str(_where(listing, i)) for i, d in enumerate(digests) if d in known_bad]
+    if bad_paths and not skip_bad:
+        raise DataError(f"cannot read image {bad_paths[0]} (found unreadable before). Remove or "
+                        "replace it, or pass --skip-bad-images to leave unreadable images out.")
     start = time.perf_counter()
-    images = load_images(listing, base.spec.image_size, skip_bad=skip_bad)
-    features = extract(base.get(), images.pixels)
-    seconds = time.perf_counter() - start
-    if path is not None:
-        arrays = {"features": features, "labels": images.labels,
-                  "skipped": np.asarray(images.skipped, dtype=str)}
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(path, lambda handle: np.savez(handle, **arrays))
-    return SiteFeatures(features, images.labels, tuple(images.skipped), seconds, False)
+    for done in range(0, len(missing), CHUNK):
+        chunk = np.asarray(missing[done: done + CHUNK], dtype=np.int64)
+        images = load_images(listing.subset(chunk), base.spec.image_size, skip_bad=skip_bad,
+                             allow_empty=True)
+        kept = [digests[i] for i in chunk[images.kept]]
+        bad = sorted({digests[i] for i in chunk} - set(kept))
+        for view, cache in enumerate(caches):
+            rows = (extract(base.get(), augmented(images.pixels, kept, view)) if kept
+                    else np.zeros((0, base.spec.feature_dim), np.float32))
+            cache.add(kept, rows, bad if view == 0 else ())
+        bad_paths += images.skipped
+        if progress is not None:
+            progress(min(done + CHUNK, len(missing)), len(missing))
+    readable = [i for i, d in enumerate(digests) if d not in caches[0].bad]
+    if not readable:
+        raise DataError(f"no readable image in {listing.root or listing.source}")
+    kept_digests = [digests[i] for i in readable]
+    views = [cache.get(kept_digests) for cache in caches]
+    return SiteFeatures(
+        features=views[0],
+        views=(np.stack(views[1:]) if augment_views
+               else np.zeros((0, len(readable), base.spec.feature_dim), np.float32)),
+        labels=listing.labels[np.asarray(readable, dtype=np.int64)],
+        skipped=tuple(sorted(set(bad_paths))),
+        seconds=time.perf_counter() - start if missing else 0.0,
+        extracted=len(missing),
+    )
+
+
+def _digests(listing: Listing, memo: DigestMemo) -> list[str]:
+    stamped = list(zip(listing.items, listing.stamps, strict=True))
+    todo = [i for i, key in enumerate(stamped) if key not in memo.known]
+    fresh = dict(zip(todo, content_digests(listing, todo)))
+    digests = [fresh[i] if i in fresh else memo.known[key] for i, key in enumerate(stamped)]
+    memo.save(listing.items, listing.stamps, digests)
+    return digests
+
+
+def _where(listing: Listing, index: int) -> Path | str:
+    return listing.root / listing.items[index] if listing.root else listing.items[index]

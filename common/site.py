@@ -13,7 +13,7 @@ from common.accounting import Mechanism, composed_epsilon, epsilon, noise_for_bu
 from common.config import RunConfig
 from common.data import Listing
 from common.errors import BudgetExhaustedError, ConfigError
-from common.features import LazyBase, site_features
+from common.features import LazyBase, Progress, site_features
 from common.ledger import PrivacyLedger, RunSpending, SiteBudget
 from common.sgd import SgdSettings
 from common.model import BaseSpec, predict_classes
@@ -32,6 +32,7 @@ class SiteData:
     skipped: tuple[str, ...]
     extraction_seconds: float
     cache_hit: bool
+    train_views: np.ndarray | None = None  # K augmented views of train_x (K x n x d)
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,20 @@ def partition_listing(cfg: RunConfig, listing: Listing) -> list[Listing]:
 
 
 def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
-              cache_dir: Path | None, holdout_seed: tuple[int, ...]) -> SiteData:
-    """Features of the site's images (cached), split into train and held-out parts."""
-    feats = site_features(base, listing, cache_dir, skip_bad=cfg.skip_bad_images)
+              cache_dir: Path | None, holdout_seed: tuple[int, ...],
+              progress: Progress | None = None) -> SiteData:
+    """Features of the site's images (cached), split into train and held-out parts.
+
+    Held-out images are evaluated as they are; augmented views exist for training only.
+    """
+    feats = site_features(base, listing, cache_dir, skip_bad=cfg.skip_bad_images,
+                          augment_views=cfg.augment_views, progress=progress)
     train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
     return SiteData(
         name=name, train_x=feats.features[train], train_y=feats.labels[train],
         test_x=feats.features[test], test_y=feats.labels[test], skipped=feats.skipped,
         extraction_seconds=feats.seconds, cache_hit=feats.cache_hit,
+        train_views=feats.views[:, train] if cfg.augment_views else None,
     )
 
 
@@ -165,7 +172,7 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
 
     new_weights, loss = train_head(
         data.train_x, data.train_y, weights, num_classes=len(cfg.classes),
-        head_width=cfg.head_width, settings=settings, rng=rng,
+        head_width=cfg.head_width, settings=settings, rng=rng, views=data.train_views,
     )
     return RoundResult(weights=new_weights, train_loss=loss, num_examples=n, epsilon=eps,
                        steps=total_steps, settings=settings)

@@ -62,7 +62,8 @@ def load_checkpoint(out: Path) -> Checkpoint | None:
 
 def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any]) -> None:
     """Refuse to resume a run under other settings than it started with."""
-    ignore = {"cache-dir"}  # where features are cached does not change the run
+    # Where and whether features are cached, and where sites compute, do not change the run.
+    ignore = {"state", "cache", "ray-address", "gpus-per-site", "cache-dir"}
     differ = sorted(k for k in set(settings) | set(checkpoint.settings)
                     if k not in ignore and settings.get(k) != checkpoint.settings.get(k))
     if differ:

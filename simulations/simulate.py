@@ -31,8 +31,8 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float]:
         name = f"site-{index}"
         print(f"[prepare] {name}: {len(share)} images, extracting features...", end="",
               file=sys.stderr, flush=True)
-        data = load_site(cfg, name, share, base, cfg.features_dir,
-                         holdout_seed=(cfg.seed, index))
+        data = load_site(cfg, name, share, base, cfg.site_cache_dir(name),
+                         holdout_seed=(cfg.seed, index), progress=_progress)
         note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
               file=sys.stderr, flush=True)
@@ -47,6 +47,11 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float]:
                   f"{settings.steps} steps/round, noise multiplier "
                   f"{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
     return cfg, seconds
+
+
+def _progress(done: int, total: int) -> None:
+    if total > 1024:
+        print(f" {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:

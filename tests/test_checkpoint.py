@@ -50,7 +50,7 @@ def test_a_newer_checkpoint_replaces_the_older_whole(tmp_path: Path) -> None:
 def test_resuming_under_other_settings_is_refused_naming_them() -> None:
     saved = checkpoint()
     check_resumable(saved, RunConfig().to_flower())
-    check_resumable(saved, RunConfig(cache_dir="/elsewhere").to_flower())
+    check_resumable(saved, RunConfig(state="/elsewhere", cache=False).to_flower())
     with pytest.raises(ConfigError, match="rounds: 10 -> 12"):
         check_resumable(saved, RunConfig(rounds=12).to_flower())
 

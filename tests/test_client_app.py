@@ -22,7 +22,7 @@ DIGITS = tuple(str(d) for d in range(10))
 def cfg(tmp_path_factory) -> RunConfig:
     root = tmp_path_factory.mktemp("client")
     return RunConfig(dataset="digits", max_per_class=10, clients=2, rounds=2,
-                     out=str(root / "out"), cache_dir=str(root / "cache"))
+                     out=str(root / "out"), state=str(root / "sites"))
 
 
 def message(kind: str, fingerprint: str, classes=DIGITS) -> Message:

@@ -51,5 +51,5 @@ def test_flower_app_config_in_pyproject_matches_the_dataclass_defaults() -> None
     declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())
     app_config = declared["tool"]["flwr"]["app"]["config"]
     parsed = RunConfig.from_flower(app_config)
-    assert parsed.replace(cache_dir=RunConfig().cache_dir) == RunConfig()
-    assert parsed.features_dir == RunConfig().features_dir
+    assert parsed.replace(state=RunConfig().state) == RunConfig()
+    assert parsed.site_cache_dir("site-0") == RunConfig().site_cache_dir("site-0")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.dp import SgdSettings, padded_batch_size, train_head
+from common.dp import SgdSettings, train_head
 from common.model import head_layers, initial_head_weights
 
 RNG = np.random.default_rng(0)
@@ -81,9 +81,3 @@ def test_noise_has_standard_deviation_noise_multiplier_times_clip() -> None:
     assert np.std(noise) == pytest.approx(2.0 * 0.5, rel=0.12)
     assert abs(np.mean(noise)) < 0.2
 
-
-def test_padded_batch_capacity_covers_poisson_samples() -> None:
-    for n, q in [(10, 0.5), (1000, 0.05), (600, 1.0), (5, 0.01)]:
-        cap = padded_batch_size(n, q)
-        assert cap <= n
-        assert cap >= min(n, n * q + 6 * np.sqrt(n * q * (1 - q)))

@@ -25,7 +25,7 @@ def digits_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "digits"
     cache = tmp_path_factory.mktemp("cache")
     done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "4",
-                 "--target-epsilon", "3", "--out", str(out), "--cache-dir", str(cache))
+                 "--target-epsilon", "3", "--out", str(out), "--state", str(cache))
     return out, done
 
 
@@ -77,9 +77,9 @@ def test_a_second_identical_run_reads_features_from_the_cache(digits_run,
                                                                tmp_path: Path) -> None:
     out, done = digits_run
     assert done.returncode == 0
-    cache = Path(json.loads((out / "report.json").read_text())["settings"]["cache-dir"])
+    cache = Path(json.loads((out / "report.json").read_text())["settings"]["state"])
     again = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "1",
-                  "--out", str(tmp_path / "again"), "--cache-dir", str(cache))
+                  "--out", str(tmp_path / "again"), "--state", str(cache))
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert report["timing"]["feature_extraction_seconds"] == 0.0
@@ -92,7 +92,7 @@ def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
     (data / "b" / "0003.jpg").write_bytes(b"\xff\xd8 broken")
     out = tmp_path / "out"
     done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "1",
-                 "--out", str(out), "--cache-dir", str(tmp_path / "cache"), timeout=300)
+                 "--out", str(out), "--state", str(tmp_path / "cache"), timeout=300)
     assert done.returncode == 2
     assert "0003.jpg" in done.stderr and "--skip-bad-images" in done.stderr
     assert "Traceback" not in done.stderr
@@ -103,7 +103,7 @@ def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
 def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
     done = fedtl("simulate", "--dataset", "digits", "--clients", "2", "--rounds", "1",
                  "--target-epsilon", "1e-6", "--delta", "1e-12", "--out",
-                 str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), timeout=300)
+                 str(tmp_path / "out"), "--state", str(tmp_path / "cache"), timeout=300)
     assert done.returncode == 2
     assert "target epsilon" in done.stderr
     assert not (tmp_path / "out" / "report.json").exists()
@@ -115,7 +115,7 @@ def test_private_federation_on_a_cifar10_folder_beats_chance(cifar_dir: Path,
     done = fedtl("simulate", "--dataset", str(cifar_dir), "--max-per-class", "60",
                  "--clients", "2", "--rounds", "5", "--image-size", "32",
                  "--target-epsilon", "3", "--out", str(out),
-                 "--cache-dir", str(tmp_path / "cache"))
+                 "--state", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["classes"].split(",")[:2] == ["airplane", "automobile"]
@@ -130,7 +130,7 @@ def test_skipped_unreadable_images_are_counted_in_the_report(tmp_path: Path) -> 
     out = tmp_path / "out"
     done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "1",
                  "--no-dp", "--skip-bad-images", "--out", str(out),
-                 "--cache-dir", str(tmp_path / "cache"), timeout=600)
+                 "--state", str(tmp_path / "cache"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["skipped_images"] == 1
