@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -32,15 +34,22 @@ def _site_config(cfg: RunConfig, context: Context) -> SiteConfig:
     return SiteConfig.from_node_config(node, context.node_id)
 
 
-def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message) -> tuple[SiteData, str]:
+def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message,
+               run_key: str) -> tuple[SiteData, str]:
     """The site's held-out and training features.
 
-    The base fingerprint and class list are checked against the server's before any image
-    is read.
+    The base fingerprint is checked against the server's before any image is read.
     """
     base = LazyBase.for_spec(base_spec(cfg))
-    fingerprint = base.fingerprint
-    _check_federation(msg, cfg, fingerprint, site.name)
+    _check_federation(msg, cfg, base.fingerprint, site.name)
+    return _site_data(cfg, site, run_key), base.fingerprint
+
+
+# A site reads its folder once per run and process: simulated sites share long-lived worker
+# processes, where listing and hashing a folder for every message would dominate a round.
+@functools.lru_cache(maxsize=256)
+def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
+    base = LazyBase.for_spec(base_spec(cfg))
     max_per_class = cfg.max_per_class if site.partition is not None else 0
     listing = list_dataset(site.data, max_per_class)
     check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
@@ -48,8 +57,7 @@ def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message) -> tuple[SiteData
     if site.partition is not None:
         listing = partition_listing(cfg, listing)[site.partition]
         seed = (cfg.seed, site.partition)
-    data = load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=seed)
-    return data, fingerprint
+    return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=seed)
 
 
 def _refuse(msg: Message, code: int, reason: str) -> Message:
@@ -82,10 +90,11 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         try:
             cfg = settings(msg, context)
             site = _site_config(cfg, context)
-            data, fingerprint = _open_site(cfg, site, msg)
+            run_key = _run_key(msg, context)
+            data, fingerprint = _open_site(cfg, site, msg, run_key)
             weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-            result = train_round(cfg, data, weights, PrivacyLedger(site.state),
-                                 _run_key(msg, context), _rng(cfg), site.budget)
+            result = train_round(cfg, data, weights, PrivacyLedger(site.state), run_key,
+                                 _rng(cfg), site.budget)
         except BudgetExhaustedError as exc:
             return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
         except FedtlError as exc:
@@ -108,7 +117,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def evaluate_global(msg: Message, context: Context) -> Message:
         try:
             cfg = settings(msg, context)
-            data, fingerprint = _open_site(cfg, _site_config(cfg, context), msg)
+            data, fingerprint = _open_site(cfg, _site_config(cfg, context), msg,
+                                           _run_key(msg, context))
         except FedtlError as exc:
             return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
         weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()

@@ -6,9 +6,9 @@ of standard deviation ``noise_multiplier * clip_norm`` and divides by the *expec
 size. That is exactly the subsampled Gaussian mechanism the accountant composes
 (Abadi et al., arXiv 1607.00133), so the epsilon fedtl reports is the one it spends.
 
-Clipping uses tensorflow-privacy's fast-gradient-clipping ``DPSequential`` (per-example
-gradient norms from the layer registry, no per-example gradients), the fastest of its DP
-implementations for Dense heads (README, "Performance").
+Clipping uses tensorflow-privacy's fast gradient clipping (per-example gradient norms from
+its layer registry, never per-example gradients; the algorithm of its ``DPSequential``), the
+fastest of its DP implementations for Dense heads (README, "Performance").
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import tensorflow as tf
 # tensorflow_privacy's package __init__ imports the Estimator API that TF >= 2.16 removed;
 # this flag is its own escape hatch, after which we import the submodules we use directly.
 sys.skip_tf_privacy_import = True  # type: ignore[attr-defined]
-from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry  # noqa: E402
-from tensorflow_privacy.privacy.keras_models import dp_keras_model  # noqa: E402
+from tensorflow_privacy.privacy.fast_gradient_clipping import (  # noqa: E402
+    clip_grads,
+    gradient_clipping_utils,
+    layer_registry,
+)
 
 from common.model import head_layers  # noqa: E402
 from common.sgd import SgdSettings  # noqa: E402
@@ -35,73 +38,86 @@ __all__ = ["HeadTrainer", "SgdSettings", "sample_batches", "train_head"]
 
 @dataclass(frozen=True)
 class TrainerKey:
-    """Everything baked into a compiled training step."""
+    """What a compiled training step is specialised for."""
 
     feature_dim: int
     num_classes: int
     head_width: int
     private: bool
-    clip_norm: float
-    noise_multiplier: float
     momentum: float
 
 
 class HeadTrainer:
     """A compiled head whose whole round of steps runs as one TensorFlow graph call.
 
-    Building and tracing the DP model costs ~1.5 s, more than a warm round of training, so a
-    process keeps its trainers (`trainer_for`) and only swaps weights and learning rate.
+    Building and tracing costs seconds, more than a warm round of training, so a process keeps
+    its trainers (`trainer_for`) and only swaps weights, learning rate, clip norm and noise.
     """
 
     def __init__(self, key: TrainerKey) -> None:
         self.key = key
-        layers = [tf.keras.Input((key.feature_dim,)),
-                  *head_layers(key.num_classes, key.head_width, seed=0)]
-        if key.private:
-            self.model: tf.keras.Model = dp_keras_model.DPSequential(
-                l2_norm_clip=key.clip_norm,
-                noise_multiplier=key.noise_multiplier,
-                layer_registry=layer_registry.make_default_layer_registry(),
-                layers=layers,
-            )
-        else:
-            self.model = tf.keras.Sequential(layers)
+        self.model = tf.keras.Sequential([tf.keras.Input((key.feature_dim,)),
+                                          *head_layers(key.num_classes, key.head_width, 0)])
         self.optimizer = tf.keras.optimizers.SGD(learning_rate=1.0, momentum=key.momentum)
-        self.model.compile(
-            # SUM, not mean: the noisy sum is divided by the expected batch size through the
-            # learning rate, as Poisson-sampled DP-SGD requires (the actual size is private).
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
-            optimizer=self.optimizer,
-            run_eagerly=False,
-        )
-        self.optimizer.build(self.model.trainable_variables)
+        # SUM, not mean: the noisy sum is divided by the expected batch size through the
+        # learning rate, as Poisson-sampled DP-SGD requires (the actual size is private).
+        self._loss = tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.SUM)
         self._per_example_loss = tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.NONE)
+        self.model.compile(loss=self._loss, optimizer=self.optimizer)
+        self.optimizer.build(self.model.trainable_variables)
+        self._registry = layer_registry.make_default_layer_registry()
+        # Variables, not Python floats as in DPSequential: one compiled step serves every
+        # site and run, whatever clip norm and noise multiplier they use.
+        self._clip = tf.Variable(1.0, trainable=False, dtype=tf.float32)
+        self._sigma = tf.Variable(0.0, trainable=False, dtype=tf.float32)
         dim = key.feature_dim
         self._run = tf.function(self._steps, input_signature=[
             tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.int64),
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32),
         ])
 
+    def _gradients(self, xb: tf.Tensor, yb: tf.Tensor, wb: tf.Tensor) -> tuple[
+            list[tf.Tensor], tf.Tensor]:
+        """Gradients of the weighted summed loss (clipped per example and noised when private)
+        and the logits before the update."""
+        variables = self.model.trainable_variables
+        if not self.key.private:
+            with tf.GradientTape() as tape:
+                logits = self.model(xb, training=True)
+                loss = self._loss(yb, logits, wb)
+            return tape.gradient(loss, variables), logits
+        # tensorflow-privacy's fast gradient clipping (per-example norms from the layer
+        # registry), then its noise for a summed loss: DPSequential.train_step's two calls.
+        grads, logits, _ = clip_grads.compute_clipped_gradients_and_outputs(
+            input_model=self.model, l2_norm_clip=self._clip, layer_registry=self._registry,
+            x_batch=xb, y_batch=yb, weight_batch=wb, clipping_loss=self._loss)
+        grads = gradient_clipping_utils.add_aggregate_noise(
+            grads, tf.shape(yb)[0], self._clip, self._sigma, loss_reduction="sum")
+        return grads, logits
+
     def _steps(self, x: tf.Tensor, y: tf.Tensor, index: tf.Tensor,
                mask: tf.Tensor) -> tf.Tensor:
         total = tf.constant(0.0, tf.float32)
         for step in tf.range(tf.shape(index)[0]):
             xb, yb, wb = tf.gather(x, index[step]), tf.gather(y, index[step]), mask[step]
+            grads, logits = self._gradients(xb, yb, wb)
             # Loss before the update, over the drawn rows only (padding has weight 0).
-            total += tf.reduce_sum(wb * self._per_example_loss(yb, self.model(xb)))
-            self.model.train_step((xb, yb, wb))
+            total += tf.reduce_sum(wb * self._per_example_loss(yb, logits))
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return total
 
     def train(self, x: np.ndarray, y: np.ndarray, weights: Sequence[np.ndarray],
-              learning_rate: float, index: np.ndarray, mask: np.ndarray) -> tuple[
-                  list[np.ndarray], float]:
+              settings: SgdSettings, learning_rate: float, index: np.ndarray,
+              mask: np.ndarray) -> tuple[list[np.ndarray], float]:
         """Run one step per row of ``index`` (rows of ``x``; ``mask`` 0 marks padding)."""
         self.model.set_weights(list(weights))
         for variable in self.optimizer.variables:  # momentum and step count start afresh
             variable.assign(tf.zeros_like(variable))
         self.optimizer.learning_rate.assign(learning_rate)
+        self._clip.assign(settings.clip_norm)
+        self._sigma.assign(settings.noise_multiplier)
         total = self._run(tf.constant(x, tf.float32), tf.constant(y, tf.int64),
                           tf.constant(index, tf.int32), tf.constant(mask, tf.float32))
         return [w.astype(np.float32) for w in self.model.get_weights()], float(total)
@@ -154,14 +170,12 @@ def train_head(
     step's update (a training-progress figure, computed from private data).
     """
     n, dim = features.shape
-    key = TrainerKey(dim, num_classes, head_width, settings.private,
-                     float(settings.clip_norm), float(settings.noise_multiplier),
-                     float(settings.momentum))
+    key = TrainerKey(dim, num_classes, head_width, settings.private, float(settings.momentum))
     stacked = features if views is None or len(views) == 0 else np.concatenate(
         [features[None], views]).reshape(-1, dim)
     index, mask, drawn = sample_batches(n, settings, rng, len(stacked) // n)
     new_weights, total = trainer_for(key).train(
-        stacked, np.tile(labels, len(stacked) // n), weights,
+        stacked, np.tile(labels, len(stacked) // n), weights, settings,
         settings.learning_rate / (settings.sampling_rate * n), index, mask)
     return new_weights, total / max(drawn, 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class LazyBase:
     @classmethod
     def for_spec(cls, spec: BaseSpec) -> LazyBase:
         """A lazy base whose expected fingerprint is that of ``spec`` on this machine."""
-        return cls(spec, base_fingerprint(spec))
+        return cls(spec, _fingerprint(spec))
 
     def get(self) -> FrozenBase:
         if self._base is None:
@@ -63,6 +64,12 @@ class LazyBase:
                     f"{base.fingerprint[:12]}, not the federation's {self.fingerprint[:12]}")
             self._base = base
         return self._base
+
+
+# Reading and hashing the weights costs ~1 s; a simulated site's worker asks for every message.
+@functools.lru_cache(maxsize=4)
+def _fingerprint(spec: BaseSpec) -> str:
+    return base_fingerprint(spec)
 
 
 def extract(base: FrozenBase, pixels: np.ndarray) -> np.ndarray:

@@ -81,3 +81,31 @@ def test_noise_has_standard_deviation_noise_multiplier_times_clip() -> None:
     assert np.std(noise) == pytest.approx(2.0 * 0.5, rel=0.12)
     assert abs(np.mean(noise)) < 0.2
 
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_reused_trainer_carries_nothing_from_the_previous_site(momentum: float) -> None:
+    start = initial_head_weights(6, 3, 4, seed=0)
+    step = settings(clip_norm=0.1, momentum=momentum)
+    first = run(start, step)
+    # Another site in the same process: other data, clip norm and noise.
+    run(initial_head_weights(6, 3, 4, seed=5), settings(clip_norm=50.0, noise_multiplier=3.0,
+                                                        momentum=momentum),
+        x=X[::-1].copy(), seed=7)
+    again = run(start, step)
+    for a, b in zip(first, again):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_each_drawn_example_enters_a_step_as_exactly_one_of_its_views() -> None:
+    from common.dp import sample_batches
+
+    index, mask, drawn = sample_batches(50, settings(sampling_rate=0.2, steps=40),
+                                        np.random.default_rng(0), num_views=3)
+    rows = index[mask > 0]
+    assert drawn == rows.size and 0 < drawn < 40 * 50
+    assert set(np.unique(rows // 50)) == {0, 1, 2}
+    for step in range(40):  # no example twice in a step, whatever its view
+        examples = index[step][mask[step] > 0] % 50
+        assert len(set(examples)) == len(examples)
+    assert np.all(index[mask == 0] == 0)
