@@ -49,6 +49,21 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float]:
     return cfg, seconds
 
 
+def backend_config(cfg: RunConfig, verbose: bool) -> dict[str, Any]:
+    """Flower's Ray backend settings: one CPU (and ``gpus_per_site`` GPUs) per site worker.
+
+    With ``ray_address`` the simulation joins that running cluster instead of starting one;
+    Ray then decides how many site workers run at once from the cluster's resources.
+    """
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": verbose}
+    if cfg.ray_address:
+        init_args["address"] = cfg.ray_address
+    else:  # "local": a new instance even if `ray start` left a cluster running here
+        init_args.update(address="local", num_cpus=os.cpu_count() or 1)
+    return {"client_resources": {"num_cpus": 1, "num_gpus": cfg.gpus_per_site},
+            "init_args": init_args}
+
+
 def _progress(done: int, total: int) -> None:
     if total > 1024:
         print(f" {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -80,11 +95,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
         server_app=server_app,
         client_app=make_client_app(cfg),
         num_supernodes=cfg.clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose,
-                          "num_cpus": os.cpu_count() or 1},
-        },
+        backend_config=backend_config(cfg, verbose),
         verbose_logging=verbose,
     )
     if failures:
