@@ -179,3 +179,17 @@ def train_head(
         settings.learning_rate / (settings.sampling_rate * n), index, mask)
     return new_weights, total / max(drawn, 1)
 
+
+
+def microbatched_optimizer(settings: SgdSettings, batch_size: int) -> tf.keras.optimizers.Optimizer:
+    """tensorflow-privacy's classic DP-SGD optimizer, one microbatch per example.
+
+    fedtl does not train with it (it computes every per-example gradient, ~10x slower than
+    fast clipping); `benchmarks/bench.py` uses it for the naive baseline.
+    """
+    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+
+    return dp_optimizer_keras.DPKerasSGDOptimizer(
+        l2_norm_clip=settings.clip_norm, noise_multiplier=settings.noise_multiplier,
+        num_microbatches=batch_size, learning_rate=settings.learning_rate,
+        momentum=settings.momentum)

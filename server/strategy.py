@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 import logging
+import time
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -30,6 +31,7 @@ class RoundRecord:
     declined: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     site_accuracy: dict[str, float] = field(default_factory=dict)
+    seconds: float | None = None  # wall time from sending train messages to evaluating
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class ValidatingFedAvg(FedAvg):
         self.max_update_norm = max_update_norm
         self.on_round = on_round
         self.history: list[RoundRecord] = []
+        self._round_started = time.monotonic()
         self.epsilon_by_site: dict[str, float] = {}
         self.extract_seconds = 0.0
         self.skipped_by_site: dict[str, int] = {}
@@ -83,6 +86,7 @@ class ValidatingFedAvg(FedAvg):
         self._global = arrays.to_numpy_ndarrays()
         self.arrays = self._global
         self.history.append(RoundRecord(round=server_round + self.round_offset))
+        self._round_started = time.monotonic()
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -173,6 +177,7 @@ class ValidatingFedAvg(FedAvg):
                 continue
             valid.append(msg)
             record.site_accuracy[name] = float(accuracy)
+        record.seconds = time.monotonic() - self._round_started
         result = super().aggregate_evaluate(server_round, valid)
         if result is not None:
             record.accuracy = float(cast(float, result[protocol.ACCURACY]))

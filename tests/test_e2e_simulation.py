@@ -166,9 +166,10 @@ def test_a_simulation_runs_on_an_existing_ray_cluster(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads((out / "report.json").read_text())["rounds"][0]["round"] == 1
         # The sites ran as actors of that cluster: their workers logged in its session.
-        logs = list((ray_tmp / "session_latest" / "logs").glob("worker-*.out"))
+        logs = ray_tmp / "session_latest" / "logs"
         wait_until(lambda: any("ClientAppActor" in p.read_text(errors="replace")
-                               for p in logs), 30, "the cluster's worker logs")
+                               for p in logs.glob("worker-*.out")), 30,
+                   "the cluster's worker logs")
     finally:
         head.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
