@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from common import protocol
 from common.config import RunConfig, SiteConfig
-from common.data import check_same_classes, list_dataset
+from common.data import Listing, check_same_classes, list_dataset
 from common.errors import BudgetExhaustedError, FedtlError
 from common.features import LazyBase
 from common.ledger import PrivacyLedger
@@ -50,14 +50,21 @@ def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message,
 @functools.lru_cache(maxsize=256)
 def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
     base = LazyBase.for_spec(base_spec(cfg))
-    max_per_class = cfg.max_per_class if site.partition is not None else 0
-    listing = list_dataset(site.data, max_per_class)
-    check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
-    seed: tuple[int, ...] = (cfg.seed,)
-    if site.partition is not None:
-        listing = partition_listing(cfg, listing)[site.partition]
-        seed = (cfg.seed, site.partition)
-    return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=seed)
+    if site.partition is None:
+        listing = list_dataset(site.data)
+        check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
+        return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=(cfg.seed,))
+    share = _simulated_shares(cfg, site.data, run_key)[site.partition]
+    return load_site(cfg, site.name, share, base, site.cache_dir,
+                     holdout_seed=(cfg.seed, site.partition))
+
+
+@functools.lru_cache(maxsize=2)
+def _simulated_shares(cfg: RunConfig, data: str, run_key: str) -> list[Listing]:
+    """Every simulated site's share of ``data``: listed once per worker, not once per site."""
+    listing = list_dataset(data, cfg.max_per_class)
+    check_same_classes(cfg.classes, listing.classes, f"the simulated dataset {data}")
+    return partition_listing(cfg, listing)
 
 
 def _refuse(msg: Message, code: int, reason: str) -> Message:
