@@ -318,13 +318,18 @@ COMMANDS = {"simulate": _run_simulate, "evaluate": _run_evaluate, "server": _run
             "budget": _run_budget, "demo-data": _run_demo_data}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `fedtl` command line with all its subcommands."""
     parser = argparse.ArgumentParser(prog="fedtl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_simulate_parser, _evaluate_parser, _server_parser, _client_parser,
                 _run_parser, _certs_parser, _keys_parser, _budget_parser, _demo_data_parser):
         add(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except FedtlError as exc:

@@ -58,3 +58,19 @@ def test_calibrated_noise_meets_the_target_and_no_less_noise_would() -> None:
 def test_impossible_or_malformed_budgets_are_refused(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         noise_for_budget(**kwargs)
+
+
+def test_cached_rdp_curves_give_exactly_the_accountants_epsilon() -> None:
+    import dp_accounting
+
+    from common.accounting import Mechanism, composed_epsilon
+
+    runs = [Mechanism(0.64, 1.3, 7), Mechanism(0.05, 0.9, 300), Mechanism(0.64, 1.3, 2)]
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+            m.sampling_rate, dp_accounting.GaussianDpEvent(m.noise_multiplier)), m.steps)
+        for m in runs]))
+    expected = accountant.get_epsilon(1e-5)
+    assert composed_epsilon(runs, delta=1e-5) == pytest.approx(expected, rel=1e-12)
+    assert composed_epsilon(runs, delta=1e-5) == pytest.approx(expected, rel=1e-12)  # cached
