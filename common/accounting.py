@@ -119,19 +119,8 @@ def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
 def epsilon(*, sampling_rate: float, noise_multiplier: float, steps: int, delta: float,
             accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` after ``steps`` DP-SGD steps (0 steps spend nothing)."""
-    _check_rate(sampling_rate)
-    if steps < 0:
-        raise ConfigError(f"steps must be non-negative. Found {steps}.")
-    if steps == 0:
-        return 0.0
-    if noise_multiplier <= 0:
-        return float("inf")
-    if accountant == "rdp":
-        return _rdp_epsilon([Mechanism(sampling_rate, noise_multiplier, steps)], delta)
-    acc = _accountant(accountant)
-    acc.compose(_event(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier,
-                       steps=steps))
-    return float(acc.get_epsilon(delta))
+    return composed_epsilon([Mechanism(sampling_rate, noise_multiplier, steps)], delta=delta,
+                            accountant=accountant)
 
 
 def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: float, steps: int,
