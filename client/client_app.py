@@ -10,11 +10,14 @@ from flwr.clientapp import ClientApp
 
 from common import protocol
 from common.config import RunConfig, SiteConfig
-from common.data import Listing, check_same_classes, list_dataset
+from common.data import check_same_classes, list_dataset
 from common.errors import BudgetExhaustedError, FedtlError
 from common.features import LazyBase
 from common.ledger import PrivacyLedger
-from common.site import SiteData, base_spec, evaluate, load_site, partition_listing, train_round
+from common.model import full_model, head_shapes, save_model
+from common.personal import MODEL_FILE, load_head, personal_dir, save_head
+from common.scenario import Scenario, build_scenario
+from common.site import SiteData, base_spec, evaluate, load_site, train_round
 
 
 def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunConfig:
@@ -40,7 +43,7 @@ def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message,
 
     The base fingerprint is checked against the server's before any image is read.
     """
-    base = LazyBase.for_spec(base_spec(cfg))
+    base = LazyBase.shared(base_spec(cfg))
     _check_federation(msg, cfg, base.fingerprint, site.name)
     return _site_data(cfg, site, run_key), base.fingerprint
 
@@ -49,22 +52,20 @@ def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message,
 # processes, where listing and hashing a folder for every message would dominate a round.
 @functools.lru_cache(maxsize=256)
 def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
-    base = LazyBase.for_spec(base_spec(cfg))
+    base = LazyBase.shared(base_spec(cfg))
     if site.partition is None:
         listing = list_dataset(site.data)
         check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
         return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=(cfg.seed,))
-    share = _simulated_shares(cfg, site.data, run_key)[site.partition]
-    return load_site(cfg, site.name, share, base, site.cache_dir,
-                     holdout_seed=(cfg.seed, site.partition))
+    virtual = _scenario(cfg, run_key).sites[site.partition]
+    return load_site(cfg, virtual.name, virtual.listing, base, site.cache_dir,
+                     holdout_seed=virtual.holdout_seed, shift=virtual.shift)
 
 
 @functools.lru_cache(maxsize=2)
-def _simulated_shares(cfg: RunConfig, data: str, run_key: str) -> list[Listing]:
-    """Every simulated site's share of ``data``: listed once per worker, not once per site."""
-    listing = list_dataset(data, cfg.max_per_class)
-    check_same_classes(cfg.classes, listing.classes, f"the simulated dataset {data}")
-    return partition_listing(cfg, listing)
+def _scenario(cfg: RunConfig, run_key: str) -> Scenario:
+    """Every simulated site's share and shift: built once per worker, not once per site."""
+    return build_scenario(cfg)
 
 
 def _refuse(msg: Message, code: int, reason: str) -> Message:
@@ -101,7 +102,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             data, fingerprint = _open_site(cfg, site, msg, run_key)
             weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
             result = train_round(cfg, data, weights, PrivacyLedger(site.state), run_key,
-                                 _rng(cfg), site.budget)
+                                 _rng(cfg), site.budget, proximal_mu=_proximal_mu(msg))
         except BudgetExhaustedError as exc:
             return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
         except FedtlError as exc:
@@ -118,6 +119,42 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             protocol.METRICS: metrics,
             protocol.SITE: _site_record(data, fingerprint),
         })
+        return Message(content, reply_to=msg)
+
+    @app.train(protocol.PERSONALIZE)
+    def personalize(msg: Message, context: Context) -> Message:
+        """Fine-tune this site's own head from the global one (DP, same budget); report both
+        accuracies. The personal head stays here, with a Keras model of it."""
+        try:
+            cfg = settings(msg, context)
+            site = _site_config(cfg, context)
+            run_key = _run_key(msg, context)
+            data, fingerprint = _open_site(cfg, site, msg, run_key)
+            global_weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+            ledger = PrivacyLedger(site.state)
+            folder = personal_dir(site.state, run_key)
+            shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
+            weights = load_head(folder, shapes)  # a repeated request spends nothing again
+            if weights is None:
+                weights = train_round(cfg, data, global_weights, ledger, run_key, _rng(cfg),
+                                      site.budget, personal=True).weights
+                save_head(folder, weights)
+                base = LazyBase.shared(base_spec(cfg)).get()
+                save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
+                           folder / MODEL_FILE)
+        except BudgetExhaustedError as exc:
+            return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
+        except FedtlError as exc:
+            return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
+        spent = ledger.get(run_key)
+        metrics = MetricRecord({
+            protocol.NUM_EXAMPLES: len(data.test_y),
+            protocol.ACCURACY: evaluate(cfg, data, weights),
+            protocol.GLOBAL_ACCURACY: evaluate(cfg, data, global_weights),
+            protocol.EPSILON: spent.epsilon if spent else 0.0,
+        })
+        content = RecordDict({protocol.METRICS: metrics,
+                              protocol.SITE: _site_record(data, fingerprint)})
         return Message(content, reply_to=msg)
 
     @app.evaluate()
@@ -137,6 +174,14 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         return Message(content, reply_to=msg)
 
     return app
+
+
+def _proximal_mu(msg: Message) -> float:
+    # Flower's FedProx strategy sends its mu under this key; FedAvg and FedAdam send none.
+    mu = msg.content.config_records[protocol.CONFIG].get(protocol.PROXIMAL_MU, 0.0)
+    if not isinstance(mu, (int, float)) or not 0.0 <= mu < 1e6:
+        raise FedtlError(f"the server sent proximal-mu {mu!r}; it must be a number >= 0")
+    return float(mu)
 
 
 def _run_key(msg: Message, context: Context) -> str:

@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from common.config import PARTITIONS, POOL_LAYERS, RunConfig
+from common.config import PARTITIONS, POOL_LAYERS, STRATEGIES, RunConfig
 from common.errors import ConfigError, FedtlError
 
 _D = RunConfig()
@@ -51,6 +51,18 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="server rejects head updates that move further than this")
     p.add_argument("--round-timeout", type=float, default=_D.round_timeout,
                    help="seconds a round waits for sites that do not answer")
+    p.add_argument("--strategy", choices=STRATEGIES, default=_D.strategy,
+                   help="server strategy (Flower's): fedavg, fedprox (proximal term inside "
+                        "each site's DP-SGD) or fedadam (Adam on the server)")
+    p.add_argument("--proximal-mu", type=float, default=_D.proximal_mu,
+                   help="FedProx's proximal weight mu (with --strategy fedprox)")
+    p.add_argument("--server-lr", type=float, default=_D.server_lr,
+                   help="FedAdam's server learning rate (with --strategy fedadam)")
+    p.add_argument("--personalize", action="store_true",
+                   help="after the last round each site fine-tunes its own head from the "
+                        "global one, with DP, within the same budget, and keeps it")
+    p.add_argument("--personal-epochs", type=int, default=_D.personal_epochs,
+                   help="epochs of that personal fine-tuning")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out (counted in the report) instead of failing")
     p.add_argument("--seed", type=int, default=_D.seed)
@@ -59,13 +71,38 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def _simulate_parser(sub: Any) -> None:
     p = sub.add_parser("simulate", help="simulate a whole federation in one process",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _simulation_options(p)
+
+
+def _compare_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="run several strategies on one simulated scenario and "
+                       "write one comparison report with plots",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variants", default="fedavg,fedprox,fedadam,fedavg+personalize",
+                   help="comma-separated strategies; '+personalize' adds personal heads")
+    _simulation_options(p)
+
+
+def _simulation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=_D.dataset,
-                   help="'digits' (bundled, offline) or a folder with one subfolder per class")
+                   help="'digits' (bundled, offline), a folder with one subfolder per class, "
+                        "or with --partition folders a folder with one such folder per site")
     p.add_argument("--max-per-class", type=int, default=_D.max_per_class,
                    help="use the first K images of each class in sorted file order (0: all)")
     p.add_argument("--clients", type=int, default=_D.clients, help="number of simulated sites")
-    p.add_argument("--partition", choices=PARTITIONS, default=_D.partition)
-    p.add_argument("--alpha", type=float, default=_D.alpha, help="Dirichlet label-skew alpha")
+    p.add_argument("--partition", choices=PARTITIONS, default=_D.partition,
+                   help="iid; dirichlet (label skew); domain (each site sees its images "
+                        "through its own acquisition shift, plus an unseen-domain site for "
+                        "evaluation; add --alpha for label skew); folders (each subfolder of "
+                        "--dataset is one site)")
+    p.add_argument("--alpha", type=float, default=_D.alpha,
+                   help="Dirichlet label-skew alpha, smaller is more skewed (0: none; "
+                        "--partition dirichlet alone means 0.5)")
+    p.add_argument("--size-alpha", type=float, default=_D.size_alpha,
+                   help="quantity skew: site sizes in Dirichlet(size-alpha) proportions "
+                        "(0: equal sizes)")
+    p.add_argument("--shift-severity", type=int, default=_D.shift_severity,
+                   help="highest acquisition-shift severity 1..5 (--partition domain)")
     _training_options(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/<time>)")
     p.add_argument("--state", "--cache-dir", dest="state", default=_D.state,
@@ -186,11 +223,30 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_compare(args: argparse.Namespace) -> int:
+    from simulations.compare import compare, parse_variants
+
+    out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = _run_config(args, out=out)
+    result = compare(cfg, parse_variants(args.variants), verbose=args.verbose)
+    print()
+    print(result["table"])
+    print(f"written: {out}/report.json and {out}/*.png; each variant's run in {out}/<variant>/")
+    return 0
+
+
 def _print_summary(report: dict[str, Any], out: str) -> None:
     final = report["final"]
     eps = final["epsilon"]
     print()
     print(f"final held-out accuracy (mean over sites): {final['accuracy']:.4f}")
+    if final.get("worst_site_accuracy") is not None:
+        which = "own heads" if final.get("personalized") else "global head"
+        print(f"per site ({which}): worst {final['worst_site_accuracy']:.4f}, mean "
+              f"{final['mean_site_accuracy']:.4f}, spread (std) "
+              f"{final['site_accuracy_std']:.4f}")
+    if final.get("unseen_domain_accuracy") is not None:
+        print(f"unseen-domain site (global head): {final['unseen_domain_accuracy']:.4f}")
     if final["private"]:
         print(f"epsilon per site at delta={final['delta']}: "
               + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items()))
@@ -313,7 +369,7 @@ def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
 
-COMMANDS = {"simulate": _run_simulate, "evaluate": _run_evaluate, "server": _run_server,
+COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run_evaluate, "server": _run_server,
             "client": _run_client, "run": _run_run, "certs": _run_certs, "keys": _run_keys,
             "budget": _run_budget, "demo-data": _run_demo_data}
 
@@ -322,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `fedtl` command line with all its subcommands."""
     parser = argparse.ArgumentParser(prog="fedtl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_simulate_parser, _evaluate_parser, _server_parser, _client_parser,
+    for add in (_simulate_parser, _compare_parser, _evaluate_parser, _server_parser, _client_parser,
                 _run_parser, _certs_parser, _keys_parser, _budget_parser, _demo_data_parser):
         add(sub)
     return parser

@@ -12,7 +12,10 @@ from common.accounting import ACCOUNTANTS
 from common.errors import ConfigError
 from common.ledger import SiteBudget
 
-PARTITIONS = ("iid", "dirichlet")
+# iid / dirichlet (label skew) / domain (each site its own acquisition shift; label skew too
+# with --alpha) split one dataset; folders: the dataset folder holds one folder per site.
+PARTITIONS = ("iid", "dirichlet", "domain", "folders")
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 
@@ -36,7 +39,9 @@ class RunConfig:
     clients: int = 4
     rounds: int = 10
     partition: str = "iid"
-    alpha: float = 0.5
+    alpha: float = 0.0  # Dirichlet label skew (0: none; --partition dirichlet means 0.5)
+    size_alpha: float = 0.0  # Dirichlet quantity skew of site sizes (0: equal sizes)
+    shift_severity: int = 3  # highest acquisition-shift severity (1..5) with --partition domain
     holdout: float = 0.2
     skip_bad_images: bool = False
     classes: tuple[str, ...] = ()
@@ -58,6 +63,12 @@ class RunConfig:
     noise_multiplier: float = 0.0
     clip_norm: float = 1.0
     accountant: str = "rdp"
+    # heterogeneity
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01  # FedProx's proximal weight (with --strategy fedprox)
+    server_lr: float = 0.03  # FedAdam's server learning rate (with --strategy fedadam)
+    personalize: bool = False  # each site fine-tunes its own head from the final global one
+    personal_epochs: int = 1  # epochs of that DP fine-tuning, charged to the same budget
     # server side
     max_update_norm: float = 1000.0
     min_sites: int = 0  # sites needed to start and accepted to aggregate a round (0: see below)
@@ -78,7 +89,23 @@ class RunConfig:
             (self.max_per_class >= 0, f"max-per-class must be >= 0. Found {self.max_per_class}."),
             (self.partition in PARTITIONS,
              f"partition must be one of {PARTITIONS}. Found {self.partition!r}."),
-            (self.alpha > 0, f"alpha must be positive. Found {self.alpha}."),
+            (self.alpha >= 0, f"alpha must be >= 0 (0: no label skew). Found {self.alpha}."),
+            (self.size_alpha >= 0,
+             f"size-alpha must be >= 0 (0: equal site sizes). Found {self.size_alpha}."),
+            (not (self.partition == "iid" and self.alpha > 0),
+             "alpha sets label skew, which --partition iid does not have; use --partition "
+             "dirichlet or domain"),
+            (not (self.partition == "folders" and (self.alpha > 0 or self.size_alpha > 0)),
+             "with --partition folders each site is its own folder; alpha and size-alpha "
+             "do not apply"),
+            (1 <= self.shift_severity <= 5,
+             f"shift-severity must be in 1..5. Found {self.shift_severity}."),
+            (self.strategy in STRATEGIES,
+             f"strategy must be one of {STRATEGIES}. Found {self.strategy!r}."),
+            (self.proximal_mu >= 0, f"proximal-mu must be >= 0. Found {self.proximal_mu}."),
+            (self.server_lr > 0, f"server-lr must be positive. Found {self.server_lr}."),
+            (self.personal_epochs >= 1,
+             f"personal-epochs must be at least 1. Found {self.personal_epochs}."),
             (0 < self.holdout < 1, f"holdout must be in (0, 1). Found {self.holdout}."),
             (self.image_size >= 32, f"image-size must be at least 32 (VGG16's minimum). "
                                     f"Found {self.image_size}."),
@@ -113,6 +140,11 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def label_alpha(self) -> float:
+        """The Dirichlet label-skew alpha in force (0: labels spread evenly)."""
+        return (self.alpha or 0.5) if self.partition == "dirichlet" else self.alpha
 
     @property
     def required_sites(self) -> int:

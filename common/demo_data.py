@@ -9,7 +9,7 @@ from PIL import Image
 
 from common.data import _digits_arrays
 from common.errors import ConfigError
-from common.partition import iid_partition
+from common.partition import PartitionSpec, partition
 
 
 def write_demo_sites(out: Path, sites: int, seed: int = 0) -> list[Path]:
@@ -23,7 +23,7 @@ def write_demo_sites(out: Path, sites: int, seed: int = 0) -> list[Path]:
         raise ConfigError(f"{existing} already exist; choose another --out")
     images, labels = _digits_arrays()
     grey = (images * (255.0 / 16.0)).round().astype(np.uint8)
-    for folder, share in zip(folders, iid_partition(len(labels), sites, seed), strict=True):
+    for folder, share in zip(folders, partition(labels, PartitionSpec(sites, seed=seed)), strict=True):
         for i in share:
             target = folder / str(labels[i])
             target.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,10 @@ class HeadTrainer:
         # site and run, whatever clip norm and noise multiplier they use.
         self._clip = tf.Variable(1.0, trainable=False, dtype=tf.float32)
         self._sigma = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        # FedProx: weight of (w - anchor) in the summed gradient, and the anchor (the global
+        # head the round started from). 0 turns the term off without a second trace.
+        self._prox = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        self._anchor = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
         dim = key.feature_dim
         self._run = tf.function(self._steps, input_signature=[
             tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.int64),
@@ -103,6 +107,8 @@ class HeadTrainer:
         for step in tf.range(tf.shape(index)[0]):
             xb, yb, wb = tf.gather(x, index[step]), tf.gather(y, index[step]), mask[step]
             grads, logits = self._gradients(xb, yb, wb)
+            grads = [g + self._prox * (v - a) for g, v, a in
+                     zip(grads, self.model.trainable_variables, self._anchor, strict=True)]
             # Loss before the update, over the drawn rows only (padding has weight 0).
             total += tf.reduce_sum(wb * self._per_example_loss(yb, logits))
             self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
@@ -110,9 +116,15 @@ class HeadTrainer:
 
     def train(self, x: np.ndarray, y: np.ndarray, weights: Sequence[np.ndarray],
               settings: SgdSettings, learning_rate: float, index: np.ndarray,
-              mask: np.ndarray) -> tuple[list[np.ndarray], float]:
-        """Run one step per row of ``index`` (rows of ``x``; ``mask`` 0 marks padding)."""
+              mask: np.ndarray, proximal_weight: float = 0.0) -> tuple[list[np.ndarray], float]:
+        """Run one step per row of ``index`` (rows of ``x``; ``mask`` 0 marks padding).
+
+        ``proximal_weight`` multiplies (w - weights) in the summed gradient (FedProx).
+        """
         self.model.set_weights(list(weights))
+        for anchor, start in zip(self._anchor, weights, strict=True):
+            anchor.assign(start)
+        self._prox.assign(proximal_weight)
         for variable in self.optimizer.variables:  # momentum and step count start afresh
             variable.assign(tf.zeros_like(variable))
         self.optimizer.learning_rate.assign(learning_rate)
@@ -174,9 +186,13 @@ def train_head(
     stacked = features if views is None or len(views) == 0 else np.concatenate(
         [features[None], views]).reshape(-1, dim)
     index, mask, drawn = sample_batches(n, settings, rng, len(stacked) // n)
+    expected_batch = settings.sampling_rate * n
+    # The step divides the summed gradient by the expected batch through the learning rate;
+    # the proximal gradient mu * (w - w_global) belongs to the mean loss, so it is scaled up.
     new_weights, total = trainer_for(key).train(
         stacked, np.tile(labels, len(stacked) // n), weights, settings,
-        settings.learning_rate / (settings.sampling_rate * n), index, mask)
+        settings.learning_rate / expected_batch, index, mask,
+        proximal_weight=settings.proximal_mu * expected_batch)
     return new_weights, total / max(drawn, 1)
 
 

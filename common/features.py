@@ -15,6 +15,7 @@ from common.data import Listing, content_digests, load_images
 from common.errors import DataError, WeightsError
 from common.feature_cache import DigestMemo, FeatureCache, namespace, private_dir
 from common.model import BaseSpec, FrozenBase, base_fingerprint, build_base
+from common.shift import Shift
 
 EXTRACT_BATCH = 64
 CHUNK = 1024  # images per shard: an interrupted extraction loses at most this many
@@ -55,6 +56,11 @@ class LazyBase:
         """A lazy base whose expected fingerprint is that of ``spec`` on this machine."""
         return cls(spec, _fingerprint(spec))
 
+    @classmethod
+    def shared(cls, spec: BaseSpec) -> LazyBase:
+        """This process's one lazy base for ``spec``: built at most once per worker."""
+        return _shared_base(spec)
+
     def get(self) -> FrozenBase:
         if self._base is None:
             base = build_base(self.spec)
@@ -64,6 +70,13 @@ class LazyBase:
                     f"{base.fingerprint[:12]}, not the federation's {self.fingerprint[:12]}")
             self._base = base
         return self._base
+
+
+# Simulated sites share worker processes; building the base (with its public statistics)
+# costs ~10 s, too much to repeat for each site a worker serves.
+@functools.lru_cache(maxsize=2)
+def _shared_base(spec: BaseSpec) -> LazyBase:
+    return LazyBase.for_spec(spec)
 
 
 # Reading and hashing the weights costs ~1 s; a simulated site's worker asks for every message.
@@ -79,20 +92,22 @@ def extract(base: FrozenBase, pixels: np.ndarray) -> np.ndarray:
 
 
 def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
-                  skip_bad: bool = False, augment_views: int = 0,
+                  skip_bad: bool = False, augment_views: int = 0, shift: Shift | None = None,
                   progress: Progress | None = None) -> SiteFeatures:
     """Features of ``listing``: cached rows where ``cache_dir`` has them, the rest extracted.
 
     ``cache_dir`` None turns the cache off (everything is extracted, nothing is written).
     The VGG16 base is only built when some image is missing from the cache. An image known
-    to be unreadable raises `DataError` naming it unless ``skip_bad``.
+    to be unreadable raises `DataError` naming it unless ``skip_bad``. ``shift`` (a simulated
+    site's acquisition change) is applied to the decoded images before augmentation.
     """
     if cache_dir is not None:
         private_dir(cache_dir)
     memo = DigestMemo(cache_dir / "digests" / f"{namespace(listing.source, 'digests')}.npz"
                       if cache_dir is not None else None)
     digests = _digests(listing, memo)
-    caches = [FeatureCache(cache_dir / namespace(base.fingerprint, view_name(v))
+    seen_as = f"{shift.name}|" if shift is not None else ""
+    caches = [FeatureCache(cache_dir / namespace(base.fingerprint, seen_as + view_name(v))
                            if cache_dir is not None else None)
               for v in range(augment_views + 1)]
     known_bad = caches[0].bad
@@ -108,9 +123,10 @@ def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
         images = load_images(listing.subset(chunk), base.spec.image_size, skip_bad=skip_bad,
                              allow_empty=True)
         kept = [digests[i] for i in chunk[images.kept]]
+        pixels = shift.apply(images.pixels, kept) if shift is not None else images.pixels
         bad = sorted({digests[i] for i in chunk} - set(kept))
         for view, cache in enumerate(caches):
-            rows = (extract(base.get(), augmented(images.pixels, kept, view)) if kept
+            rows = (extract(base.get(), augmented(pixels, kept, view)) if kept
                     else np.zeros((0, base.spec.feature_dim), np.float32))
             cache.add(kept, rows, bad if view == 0 else ())
         bad_paths += images.skipped

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -181,3 +184,15 @@ def predict_classes(features: np.ndarray, weights: Sequence[np.ndarray], *, num_
     if [tuple(w.shape) for w in weights] != shapes:
         raise ValueError(f"head weights have shapes {[w.shape for w in weights]}, not {shapes}")
     return np.argmax(head_logits(features, weights), axis=1)
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save a Keras model to ``path`` through a temporary file, so no half-written model stays."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

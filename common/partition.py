@@ -1,50 +1,97 @@
-"""How a dataset is split among simulated sites, and each site's held-out split."""
+"""How a dataset is split among simulated sites, and each site's held-out split.
+
+The splitting itself is Flower Datasets' partitioners (IID, Dirichlet label skew, sizes, and
+inner-Dirichlet for label skew at given sizes); fedtl only turns labels into the table they
+expect and draws the site sizes for quantity skew.
+"""
 
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from common.errors import ConfigError
 
 
-def iid_partition(num_items: int, num_sites: int, seed: int) -> list[np.ndarray]:
-    """Shuffle the items and deal them out in near-equal, sorted shares."""
-    if num_sites > num_items:
-        raise ConfigError(f"--clients {num_sites} exceeds the {num_items} images available")
-    order = np.random.default_rng(seed).permutation(num_items)
-    return [np.sort(share) for share in np.array_split(order, num_sites)]
+@dataclass(frozen=True)
+class PartitionSpec:
+    """Which skews a split has: label skew (Dirichlet ``label_alpha``) and quantity skew
+    (site sizes in Dirichlet ``size_alpha`` proportions); 0 turns a skew off."""
+
+    sites: int
+    label_alpha: float = 0.0
+    size_alpha: float = 0.0
+    seed: int = 0
+    min_per_site: int = 10
+
+    def __post_init__(self) -> None:
+        if self.label_alpha < 0 or self.size_alpha < 0:
+            raise ConfigError(f"--alpha and --size-alpha must be >= 0 (0: no skew). Found "
+                              f"{self.label_alpha} and {self.size_alpha}.")
+        if self.sites < 1:
+            raise ConfigError(f"--clients must be at least 1. Found {self.sites}.")
 
 
-def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: int,
-                        min_per_site: int = 10, max_tries: int = 100) -> list[np.ndarray]:
-    """Label skew: each class is shared among sites in Dirichlet(alpha) proportions.
-
-    Small ``alpha`` gives each site a few dominant classes (Hsu et al., arXiv 1909.06335).
-    Draws again (up to ``max_tries``) until every site has at least ``min_per_site`` items.
-    """
-    if alpha <= 0:
-        raise ConfigError(f"--alpha must be positive. Found {alpha}.")
-    if num_sites * min_per_site > len(labels):
-        raise ConfigError(
-            f"{len(labels)} images cannot give {num_sites} sites {min_per_site} each"
-        )
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    for _ in range(max_tries):
-        shares: list[list[np.ndarray]] = [[] for _ in range(num_sites)]
-        for c in classes:
-            members = rng.permutation(np.flatnonzero(labels == c))
-            proportions = rng.dirichlet(np.full(num_sites, alpha))
-            cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(int)
-            for site, part in enumerate(np.split(members, cuts)):
-                shares[site].append(part)
-        parts = [np.sort(np.concatenate(s)) for s in shares]
-        if min(len(p) for p in parts) >= min_per_site:
-            return parts
-    raise ConfigError(
-        f"Dirichlet alpha={alpha} left a site with fewer than {min_per_site} images in "
-        f"{max_tries} draws; raise --alpha or lower --clients"
+def partition(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
+    """Sorted item positions of each site; disjoint, covering every item, deterministic."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        InnerDirichletPartitioner,
+        SizePartitioner,
     )
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if spec.sites * spec.min_per_site > n:
+        raise ConfigError(f"{n} images cannot give --clients {spec.sites} sites "
+                          f"{spec.min_per_site} images each; lower --clients")
+    table = Dataset.from_dict({"row": np.arange(n), "label": labels})
+    if spec.label_alpha == 0:
+        # IID and size partitioners deal out contiguous rows: shuffle first, as
+        # flwr_datasets.FederatedDataset does.
+        table = table.shuffle(seed=spec.seed)
+    if spec.size_alpha > 0:
+        sizes = quantity_sizes(n, spec.sites, spec.size_alpha, spec.seed, spec.min_per_site)
+        partitioner = (SizePartitioner(sizes) if spec.label_alpha == 0 else
+                       InnerDirichletPartitioner(sizes, partition_by="label",
+                                                 alpha=float(spec.label_alpha), seed=spec.seed))
+    elif spec.label_alpha > 0:
+        partitioner = DirichletPartitioner(
+            num_partitions=spec.sites, partition_by="label", alpha=float(spec.label_alpha),
+            min_partition_size=spec.min_per_site, seed=spec.seed)
+    else:
+        partitioner = IidPartitioner(spec.sites)
+    partitioner.dataset = table
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its progress warnings, not errors
+            return [np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64))
+                    for i in range(spec.sites)]
+    except ValueError as exc:  # e.g. no Dirichlet draw gave every site its minimum
+        raise ConfigError(f"cannot split {n} images among {spec.sites} sites with --alpha "
+                          f"{spec.label_alpha} / --size-alpha {spec.size_alpha}: {exc}; raise "
+                          "the alphas or lower --clients") from exc
+
+
+# Flower Datasets' size partitioners take sizes, or fixed linear/square/exponential shapes;
+# a Dirichlet draw of proportions (NIID-Bench's quantity skew) is the tunable one.
+def quantity_sizes(num_items: int, num_sites: int, alpha: float, seed: int,
+                   min_per_site: int = 10) -> list[int]:
+    """Site sizes summing to ``num_items``: ``min_per_site`` each, the rest in Dirichlet
+    (``alpha``) proportions (small alpha: a few large sites and many small ones)."""
+    if alpha <= 0:
+        raise ConfigError(f"--size-alpha must be positive for quantity skew. Found {alpha}.")
+    spare = num_items - num_sites * min_per_site
+    if spare < 0:
+        raise ConfigError(f"{num_items} images cannot give {num_sites} sites "
+                          f"{min_per_site} images each; lower --clients")
+    rng = np.random.default_rng([seed, 0x51CE])
+    extra = rng.multinomial(spare, rng.dirichlet(np.full(num_sites, alpha)))
+    return [int(min_per_site + e) for e in extra]
 
 
 def holdout_split(num_items: int, fraction: float, seed: int | tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

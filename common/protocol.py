@@ -29,6 +29,11 @@ EPSILON = "epsilon"
 ACCURACY = "accuracy"
 EXTRACT_SECONDS = "extract-seconds"
 SKIPPED_IMAGES = "skipped-images"
+GLOBAL_ACCURACY = "global-accuracy"
+PROXIMAL_MU = "proximal-mu"  # what Flower's FedProx puts in the train config
+
+# The message action (``train.personalize``) that asks a site to fine-tune its own head.
+PERSONALIZE = "personalize"
 
 # Error codes of replies in which a site declines or refuses a round.
 BUDGET_EXHAUSTED = 4001

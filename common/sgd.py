@@ -17,3 +17,6 @@ class SgdSettings:
     private: bool
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
+    # FedProx (Li et al., arXiv 1812.06127): mu/2 * ||w - w_global||^2 added to the mean loss.
+    # Its gradient depends on no example, so it is added after clipping and noise.
+    proximal_mu: float = 0.0

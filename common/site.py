@@ -12,12 +12,13 @@ import numpy as np
 from common.accounting import Mechanism, composed_epsilon, epsilon, noise_for_budget
 from common.config import RunConfig
 from common.data import Listing
+from common.shift import Shift
 from common.errors import BudgetExhaustedError, ConfigError
 from common.features import LazyBase, Progress, site_features
 from common.ledger import PrivacyLedger, RunSpending, SiteBudget
 from common.sgd import SgdSettings
 from common.model import BaseSpec, predict_classes
-from common.partition import dirichlet_partition, holdout_split, iid_partition
+from common.partition import holdout_split
 
 
 @dataclass(frozen=True)
@@ -51,24 +52,16 @@ def base_spec(cfg: RunConfig) -> BaseSpec:
     return BaseSpec(weights=cfg.weights, image_size=cfg.image_size, base_layer=cfg.base_layer)
 
 
-def partition_listing(cfg: RunConfig, listing: Listing) -> list[Listing]:
-    """The simulated sites' shares of ``listing``, deterministic in ``cfg.seed``."""
-    if cfg.partition == "iid":
-        parts = iid_partition(len(listing), cfg.clients, cfg.seed)
-    else:
-        parts = dirichlet_partition(listing.labels, cfg.clients, cfg.alpha, cfg.seed)
-    return [listing.subset(p) for p in parts]
-
-
 def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
               cache_dir: Path | None, holdout_seed: tuple[int, ...],
-              progress: Progress | None = None) -> SiteData:
+              progress: Progress | None = None, shift: Shift | None = None) -> SiteData:
     """Features of the site's images (cached), split into train and held-out parts.
 
     Held-out images are evaluated as they are; augmented views exist for training only.
+    ``shift`` is a simulated site's acquisition change (both parts are seen through it).
     """
     feats = site_features(base, listing, cache_dir, skip_bad=cfg.skip_bad_images,
-                          augment_views=cfg.augment_views, progress=progress)
+                          augment_views=cfg.augment_views, shift=shift, progress=progress)
     train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
     return SiteData(
         name=name, train_x=feats.features[train], train_y=feats.labels[train],
@@ -78,15 +71,24 @@ def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
     )
 
 
-def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0) -> SgdSettings:
-    """Per-round DP-SGD settings.
+def planned_steps(cfg: RunConfig, sampling_rate: float) -> int:
+    """DP-SGD steps a site takes in the whole run: every round, then personalization."""
+    per_epoch = math.ceil(1.0 / sampling_rate)
+    personal = cfg.personal_epochs * per_epoch if cfg.personalize else 0
+    return cfg.local_epochs * per_epoch * cfg.rounds + personal
+
+
+def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0,
+                 personal: bool = False) -> SgdSettings:
+    """DP-SGD settings of one round (or, ``personal``, of the final personal fine-tuning).
 
     The noise multiplier is ``noise_multiplier`` (a value already in the ledger), else
-    ``cfg.noise_multiplier``, else calibrated so that training in all ``cfg.rounds`` rounds
-    spends exactly the run's target epsilon.
+    ``cfg.noise_multiplier``, else calibrated so that all the run's planned steps (every
+    round and personalization) spend exactly the run's target epsilon.
     """
     rate = min(1.0, cfg.batch_size / num_train)
-    steps = cfg.local_epochs * math.ceil(1.0 / rate)
+    epochs = cfg.personal_epochs if personal else cfg.local_epochs
+    steps = epochs * math.ceil(1.0 / rate)
     if not cfg.dp:
         return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=cfg.learning_rate,
                            momentum=cfg.momentum, private=False)
@@ -95,7 +97,7 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0) 
                           f"{num_train} training examples; lower --delta")
     sigma = noise_multiplier or cfg.noise_multiplier or noise_for_budget(
         target_epsilon=cfg.target_epsilon, delta=cfg.delta, sampling_rate=rate,
-        steps=steps * cfg.rounds, accountant=cfg.accountant,
+        steps=planned_steps(cfg, rate), accountant=cfg.accountant,
     )
     return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=cfg.learning_rate,
                        momentum=cfg.momentum, private=True, clip_norm=cfg.clip_norm,
@@ -103,16 +105,16 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0) 
 
 
 def plan_noise(cfg: RunConfig, num_train: int, budget: SiteBudget,
-               prior: list[Mechanism]) -> SgdSettings:
+               prior: list[Mechanism], personal: bool = False) -> SgdSettings:
     """Settings for a run the site has not trained in yet.
 
     The noise is the run's (from its target epsilon), raised if needed so that this run's
     planned rounds, composed with the site's earlier runs, stay within the site's own budget.
     """
-    settings = sgd_settings(cfg, num_train)
+    settings = sgd_settings(cfg, num_train, personal=personal)
     if not settings.private:
         return settings
-    planned = settings.steps * cfg.rounds
+    planned = planned_steps(cfg, settings.sampling_rate)
     try:
         site_sigma = noise_for_budget(
             target_epsilon=budget.epsilon, delta=budget.delta,
@@ -126,48 +128,65 @@ def plan_noise(cfg: RunConfig, num_train: int, budget: SiteBudget,
                                noise_multiplier=max(settings.noise_multiplier, site_sigma))
 
 
-def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
-                ledger: PrivacyLedger, run_key: str, rng: np.random.Generator,
-                budget: SiteBudget | None = None) -> RoundResult:
-    """One round of local training, charged to the ledger *before* it runs.
+def charge(cfg: RunConfig, name: str, num_train: int, ledger: PrivacyLedger, run_key: str,
+           budget: SiteBudget, personal: bool = False) -> tuple[SgdSettings, float, int]:
+    """Settings for the next round (or the personal fine-tuning), charged to the ledger.
 
-    ``budget`` is the site's own cap over all its runs (default: the run's target). Raises
-    `BudgetExhaustedError` (and trains nothing) if the round would take this run past its
-    target epsilon or the site past its budget.
+    Returns the settings, the run's epsilon after them and its total steps. Raises
+    `BudgetExhaustedError`, and records nothing, if they would take this run past its target
+    epsilon or the site past its budget over all runs.
     """
-    budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
-    n = len(data.train_y)
     spent = ledger.get(run_key)
     prior = ledger.prior(run_key)  # the site's other runs: read once, used twice below
     if spent is not None or not cfg.dp:
-        settings = sgd_settings(cfg, n, spent.noise_multiplier if spent else 0.0)
+        settings = sgd_settings(cfg, num_train, spent.noise_multiplier if spent else 0.0,
+                                personal=personal)
     else:
-        settings = plan_noise(cfg, n, budget, prior)
-    eps = 0.0
+        settings = plan_noise(cfg, num_train, budget, prior, personal=personal)
     total_steps = settings.steps + (spent.steps if spent else 0)
-    if settings.private:
-        eps = epsilon(sampling_rate=settings.sampling_rate,
-                      noise_multiplier=settings.noise_multiplier, steps=total_steps,
-                      delta=cfg.delta, accountant=cfg.accountant)
-        already = spent.epsilon if spent else 0.0
-        if eps > cfg.target_epsilon * (1 + 1e-6):
-            raise BudgetExhaustedError(
-                f"site {data.name}: another round would raise this run's epsilon from "
-                f"{already:.3f} to {eps:.3f}, past the run's target of {cfg.target_epsilon} "
-                f"(delta {cfg.delta}); it declines to train")
-        mechanism = Mechanism(settings.sampling_rate, settings.noise_multiplier, total_steps)
-        total = composed_epsilon([*prior, mechanism], delta=budget.delta,
-                                 accountant=budget.accountant)
-        if total > budget.epsilon * (1 + 1e-6):
-            raise BudgetExhaustedError(
-                f"site {data.name}: another round would raise the site's total epsilon over "
-                f"all runs to {total:.3f}, past its budget of {budget.epsilon} "
-                f"(delta {budget.delta}); it declines to train")
-        ledger.record(run_key, RunSpending(
-            sampling_rate=settings.sampling_rate, noise_multiplier=settings.noise_multiplier,
-            steps=total_steps, epsilon=eps, delta=cfg.delta,
-            target_epsilon=cfg.target_epsilon, accountant=cfg.accountant,
-        ), budget)
+    if not settings.private:
+        return settings, 0.0, total_steps
+    what = "personal fine-tuning" if personal else "another round"
+    eps = epsilon(sampling_rate=settings.sampling_rate,
+                  noise_multiplier=settings.noise_multiplier, steps=total_steps,
+                  delta=cfg.delta, accountant=cfg.accountant)
+    already = spent.epsilon if spent else 0.0
+    if eps > cfg.target_epsilon * (1 + 1e-6):
+        raise BudgetExhaustedError(
+            f"site {name}: {what} would raise this run's epsilon from {already:.3f} to "
+            f"{eps:.3f}, past the run's target of {cfg.target_epsilon} (delta {cfg.delta}); "
+            "it declines to train")
+    mechanism = Mechanism(settings.sampling_rate, settings.noise_multiplier, total_steps)
+    total = composed_epsilon([*prior, mechanism], delta=budget.delta,
+                             accountant=budget.accountant)
+    if total > budget.epsilon * (1 + 1e-6):
+        raise BudgetExhaustedError(
+            f"site {name}: {what} would raise the site's total epsilon over all runs to "
+            f"{total:.3f}, past its budget of {budget.epsilon} (delta {budget.delta}); "
+            "it declines to train")
+    ledger.record(run_key, RunSpending(
+        sampling_rate=settings.sampling_rate, noise_multiplier=settings.noise_multiplier,
+        steps=total_steps, epsilon=eps, delta=cfg.delta,
+        target_epsilon=cfg.target_epsilon, accountant=cfg.accountant,
+    ), budget)
+    return settings, eps, total_steps
+
+
+def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
+                ledger: PrivacyLedger, run_key: str, rng: np.random.Generator,
+                budget: SiteBudget | None = None, *, proximal_mu: float = 0.0,
+                personal: bool = False) -> RoundResult:
+    """One round of local training (or, ``personal``, the site's own fine-tuning from the
+    global head), charged to the ledger *before* it runs.
+
+    ``budget`` is the site's own cap over all its runs (default: the run's target).
+    ``proximal_mu`` adds FedProx's proximal term towards ``weights``. Raises
+    `BudgetExhaustedError` (and trains nothing) if the budget does not allow it.
+    """
+    budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
+    n = len(data.train_y)
+    settings, eps, total_steps = charge(cfg, data.name, n, ledger, run_key, budget, personal)
+    settings = dataclasses.replace(settings, proximal_mu=proximal_mu)
     from common.dp import train_head  # TensorFlow only once the site trains
 
     new_weights, loss = train_head(

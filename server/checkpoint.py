@@ -32,12 +32,14 @@ class Checkpoint:
     skipped_by_site: dict[str, int] = field(default_factory=dict)
     extract_seconds: float = 0.0
     elapsed_seconds: float = 0.0
+    server_state: list[np.ndarray] = field(default_factory=list)  # e.g. FedAdam's moments
 
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> Path:
     state = asdict(checkpoint)
     arrays = state.pop("arrays")
     payload = {f"array_{i}": a for i, a in enumerate(arrays)}
+    payload.update({f"server_{i}": a for i, a in enumerate(state.pop("server_state"))})
     payload["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
     path = Path(out) / CHECKPOINT_FILE
     write_atomically(path, lambda handle: np.savez(handle, **payload))
@@ -54,7 +56,9 @@ def load_checkpoint(out: Path) -> Checkpoint | None:
             state = json.loads(npz["state"].tobytes().decode())
             count = sum(1 for key in npz.files if key.startswith("array_"))
             arrays = [npz[f"array_{i}"] for i in range(count)]
-        return Checkpoint(arrays=arrays, **state)
+            kept = sum(1 for key in npz.files if key.startswith("server_"))
+            server_state = [npz[f"server_{i}"] for i in range(kept)]
+        return Checkpoint(arrays=arrays, server_state=server_state, **state)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"server checkpoint {path} is unreadable ({exc}); move it away to "
                           "start the run afresh, or restore it from a backup") from exc

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
+import logging
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from flwr.app import ArrayRecord, ConfigRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common import protocol
 from common.config import RunConfig
 from common.errors import FedtlError
-from common.model import PREPROCESSING, build_base, full_model, initial_head_weights
+from common.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
 from common.report import versions, write_report
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from server.run_registry import RunRegistry
-from server.strategy import RoundRecord, ValidatingFedAvg
+from server.strategy import RoundRecord, Validation, make_strategy
+
+log = logging.getLogger("fedtl.server")
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,26 @@ class PreRun:
 
     feature_extraction_seconds: float = 0.0
     started: float = 0.0
+    # A simulation's scenario: what each site holds and sees (for the report), and the
+    # accuracy of a head on a held-out site whose domain no site trains on.
+    sites: dict[str, Any] = field(default_factory=dict)
+    unseen_accuracy: Callable[[list[np.ndarray]], float] | None = None
+
+
+@dataclass
+class PersonalResult:
+    """Per site: accuracy of its own fine-tuned head and of the global head, its epsilon."""
+
+    personal: dict[str, float] = field(default_factory=dict)
+    global_: dict[str, float] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
 
 
 class RoundTable:
     """Prints one table row per round as the run goes."""
 
-    HEADER = f"{'round':>5} | {'train loss':>10} | {'accuracy':>8} | {'max eps':>8} | sites"
+    HEADER = (f"{'round':>5} | {'train loss':>10} | {'accuracy':>8} | {'worst':>6} | "
+              f"{'unseen':>6} | {'max eps':>8} | sites")
 
     def __init__(self, stream: TextIO = sys.stdout) -> None:
         self.stream = stream
@@ -53,6 +70,7 @@ class RoundTable:
         if r.rejected:
             note += f", {len(r.rejected)} rejected"
         print(f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | {fmt(r.accuracy, '8.4f')} | "
+              f"{fmt(r.worst_site_accuracy, '6.3f')} | {fmt(r.unseen_accuracy, '6.3f')} | "
               f"{fmt(r.epsilon_max, '8.3f')} | {note}", file=self.stream, flush=True)
 
 
@@ -90,7 +108,8 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
     out, settings = Path(cfg.out), cfg.to_flower()
     base = build_base(base_spec(cfg))
-    strategy = ValidatingFedAvg(
+    strategy = make_strategy(
+        cfg.strategy, proximal_mu=cfg.proximal_mu, server_lr=cfg.server_lr,
         fingerprint=base.fingerprint, max_update_norm=cfg.max_update_norm,
         # Start a round once enough sites are connected; aggregate it with at least
         # --min-sites accepted updates (any one, if no minimum was set).
@@ -108,6 +127,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         strategy.resume(checkpoint.round, [RoundRecord(**r) for r in checkpoint.history],
                         checkpoint.epsilon_by_site, checkpoint.skipped_by_site,
                         checkpoint.extract_seconds)
+        strategy.restore_server_state(checkpoint.server_state)
         elapsed_before = checkpoint.elapsed_seconds
         print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.rounds} "
               f"(checkpoint in {out})", flush=True)
@@ -116,21 +136,24 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         table(record)
 
     def after_round(record: RoundRecord) -> None:
+        if prerun.unseen_accuracy is not None and strategy.arrays:
+            record.unseen_accuracy = prerun.unseen_accuracy(strategy.arrays)
         table(record)
         save_checkpoint(out, Checkpoint(
             run_id=run_id, settings=settings, round=record.round, arrays=strategy.arrays,
             history=[asdict(r) for r in strategy.history],
             epsilon_by_site=strategy.epsilon_by_site, skipped_by_site=strategy.skipped_by_site,
             extract_seconds=strategy.extract_seconds,
-            elapsed_seconds=elapsed_before + time.time() - prerun.started))
+            elapsed_seconds=elapsed_before + time.time() - prerun.started,
+            server_state=strategy.server_state()))
 
     strategy.on_round = after_round
     remaining = cfg.rounds - (checkpoint.round if checkpoint else 0)
+    # The server is the authority on the class list; sites check theirs against it.
+    federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
+                               protocol.CLASSES: list(cfg.classes),
+                               protocol.RUN_ID: run_id})
     if remaining > 0:
-        # The server is the authority on the class list; sites check theirs against it.
-        federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
-                                   protocol.CLASSES: list(cfg.classes),
-                                   protocol.RUN_ID: run_id})
         strategy.start(grid, ArrayRecord(initial), num_rounds=remaining,
                        train_config=federation,
                        evaluate_config=ConfigRecord(dict(federation)),
@@ -139,30 +162,80 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         raise FedtlError("no site contributed an accepted update in any round; nothing to save "
                          "(see the warnings above for why sites declined or were rejected)")
     weights = strategy.arrays or initial
+    personal = (personalize(grid, weights, federation, cfg.round_timeout, strategy)
+                if cfg.personalize else None)
     out.mkdir(parents=True, exist_ok=True)
     save_model(full_model(base, weights, len(cfg.classes), cfg.head_width), out / "model.keras")
-    report = build_report(cfg, base.fingerprint, strategy, prerun, run_id, elapsed_before)
+    report = build_report(cfg, base.fingerprint, strategy, prerun, run_id, elapsed_before,
+                          personal)
     path = write_report(out, report)
     if registry is not None:
         registry.finished(run_id)
     return path
 
 
-def save_model(model: Any, path: Path) -> None:
-    """Save a Keras model to ``path`` through a temporary file, so no half-written model stays."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
+                timeout: float, strategy: Validation) -> PersonalResult:
+    """Ask every site to fine-tune its own head from ``weights`` (with DP, on its own budget)
+    and to report that head's and the global head's accuracy on its held-out split."""
+    content = RecordDict({protocol.ARRAYS: ArrayRecord(weights),
+                          protocol.CONFIG: ConfigRecord(dict(federation))})
+    messages = [Message(content=content, dst_node_id=node,
+                        message_type=f"train.{protocol.PERSONALIZE}")
+                for node in grid.get_node_ids()]
+    result = PersonalResult()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        who = f"node {reply.metadata.src_node_id}"
+        if reply.has_error():
+            result.refused.append(who)
+            log.warning("personalization: %s did not fine-tune: %s", who, reply.error.reason)
+            continue
+        site = reply.content.config_records.get(protocol.SITE)
+        metrics = reply.content.metric_records.get(protocol.METRICS)
+        name = str(site.get(protocol.SITE_NAME)) if site else who
+        figures = [metrics.get(k) if metrics else None for k in
+                   (protocol.ACCURACY, protocol.GLOBAL_ACCURACY, protocol.EPSILON)]
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in figures) \
+                or max(figures[0], figures[1]) > 1.0:  # type: ignore[type-var]
+            result.refused.append(name)
+            log.warning("personalization: dropped the reply of %s: figures %r", name, figures)
+            continue
+        result.personal[name] = float(figures[0])  # type: ignore[arg-type]
+        result.global_[name] = float(figures[1])  # type: ignore[arg-type]
+        strategy.epsilon_by_site[name] = float(figures[2])  # type: ignore[arg-type]
+    print(f"personalization: {len(result.personal)} site(s) fine-tuned their own head"
+          + (f", {len(result.refused)} did not" if result.refused else ""), flush=True)
+    return result
 
 
-def build_report(cfg: RunConfig, fingerprint: str, strategy: ValidatingFedAvg,
-                 prerun: PreRun, run_id: str, elapsed_before: float = 0.0) -> dict[str, Any]:
+def site_summary(per_site: dict[str, float]) -> dict[str, float | None]:
+    """Mean (unweighted: every site counts once), worst and spread of per-site accuracies."""
+    values = np.array(list(per_site.values()), dtype=np.float64)
+    if values.size == 0:
+        return {"mean_site_accuracy": None, "worst_site_accuracy": None,
+                "site_accuracy_std": None}
+    return {"mean_site_accuracy": float(values.mean()),
+            "worst_site_accuracy": float(values.min()),
+            "site_accuracy_std": float(values.std())}
+
+
+def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
+                 prerun: PreRun, run_id: str, elapsed_before: float = 0.0,
+                 personal: PersonalResult | None = None) -> dict[str, Any]:
     last = strategy.history[-1]
+    global_acc = dict(last.site_accuracy)
+    if personal is not None:
+        global_acc.update(personal.global_)  # measured on the same final head
+    # The model each site would use: its own head where it has one, else the global head.
+    used = {**global_acc, **(personal.personal if personal else {})}
+    sites: dict[str, dict[str, Any]] = {name: dict(info) for name, info in prerun.sites.items()}
+    for name in set(global_acc) | set(strategy.epsilon_by_site):
+        entry = sites.setdefault(name, {})
+        entry["global_accuracy"] = global_acc.get(name)
+        if personal is not None:
+            entry["personal_accuracy"] = personal.personal.get(name)
+        if cfg.dp:
+            entry["epsilon"] = strategy.epsilon_by_site.get(name)
     return {
         "run_id": run_id,
         "settings": cfg.to_flower(),
@@ -173,12 +246,19 @@ def build_report(cfg: RunConfig, fingerprint: str, strategy: ValidatingFedAvg,
         "rounds": [asdict(r) for r in strategy.history],
         "final": {
             "accuracy": last.accuracy,
-            "per_site_accuracy": last.site_accuracy,
+            "per_site_accuracy": used,
+            **site_summary(used),
+            "per_site_global_accuracy": global_acc,
+            "per_site_personal_accuracy": personal.personal if personal else None,
+            "unseen_domain_accuracy": last.unseen_accuracy,
+            "strategy": cfg.strategy,
+            "personalized": personal is not None,
             "epsilon": strategy.epsilon_by_site if cfg.dp else {},
             "delta": cfg.delta,
             "target_epsilon": cfg.target_epsilon if cfg.dp else None,
             "private": cfg.dp,
         },
+        "sites": sites,
         "data": {"skipped_images": sum(strategy.skipped_by_site.values()),
                  "skipped_images_by_site": strategy.skipped_by_site},
         "timing": {

@@ -1,17 +1,18 @@
-"""FedAvg over head weights that admits only updates that pass fedtl's checks."""
+"""Flower's FedAvg, FedProx and FedAdam over head weights, admitting only updates that pass
+fedtl's checks, and measuring every site's accuracy each round."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 import logging
 import time
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from common import protocol
 from common.errors import UpdateRejectedError
@@ -30,7 +31,10 @@ class RoundRecord:
     sites_trained: list[str] = field(default_factory=list)
     declined: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
-    site_accuracy: dict[str, float] = field(default_factory=dict)
+    site_accuracy: dict[str, float] = field(default_factory=dict)  # global head, per site
+    worst_site_accuracy: float | None = None
+    site_accuracy_std: float | None = None  # spread over sites (population std)
+    unseen_accuracy: float | None = None  # a simulated site no one trains on
     seconds: float | None = None  # wall time from sending train messages to evaluating
 
 
@@ -46,10 +50,10 @@ class SiteUpdate:
     skipped_images: int
 
 
-class ValidatingFedAvg(FedAvg):
-    """FedAvg (McMahan et al., arXiv 1602.05629) weighted by example counts.
+class Validation:
+    """What fedtl adds to a Flower strategy (mixed in before it).
 
-    Before averaging it drops every reply whose base fingerprint differs from the
+    Before aggregating (FedAvg's example-weighted mean, then the strategy's own step) it drops every reply whose base fingerprint differs from the
     federation's, or whose arrays have the wrong shapes or dtypes, hold NaN/Inf, or moved
     further than ``max_update_norm`` from the global head; a declined or refused round of a
     site is logged. The round goes on with the rest.
@@ -58,7 +62,7 @@ class ValidatingFedAvg(FedAvg):
     def __init__(self, *, fingerprint: str, max_update_norm: float,
                  on_round: Callable[[RoundRecord], None] | None = None,
                  **fedavg_args: object) -> None:
-        super().__init__(**fedavg_args)  # type: ignore[arg-type]
+        super().__init__(**fedavg_args)  # type: ignore[call-arg]
         self.fingerprint = fingerprint
         self.max_update_norm = max_update_norm
         self.on_round = on_round
@@ -80,6 +84,20 @@ class ValidatingFedAvg(FedAvg):
         self.epsilon_by_site = dict(epsilon_by_site)
         self.skipped_by_site = dict(skipped_by_site)
         self.extract_seconds = extract_seconds
+
+    def server_state(self) -> list[np.ndarray]:
+        """The server optimizer's state (FedAdam's first and second moments; else nothing)."""
+        moments = [getattr(self, "m_t", None), getattr(self, "v_t", None)]
+        if not all(moments):
+            return []
+        return [a for m in moments for a in m.values()]  # type: ignore[union-attr]
+
+    def restore_server_state(self, state: list[np.ndarray]) -> None:
+        """Put back what `server_state` returned (a resumed FedAdam keeps its moments)."""
+        if state and hasattr(self, "m_t"):
+            half = len(state) // 2
+            self.m_t = {str(i): a for i, a in enumerate(state[:half])}
+            self.v_t = {str(i): a for i, a in enumerate(state[half:])}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -121,7 +139,8 @@ class ValidatingFedAvg(FedAvg):
                         "the global head stays as it was", record.round, len(accepted),
                         self.min_train_nodes)
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        # The run's round number, not this process's: FedAdam's bias correction depends on it.
+        arrays, metrics = super().aggregate_train(server_round + self.round_offset, accepted)
         if arrays is not None:
             self.arrays = arrays.to_numpy_ndarrays()
         total = sum(n for _, n in losses)
@@ -181,6 +200,36 @@ class ValidatingFedAvg(FedAvg):
         result = super().aggregate_evaluate(server_round, valid)
         if result is not None:
             record.accuracy = float(cast(float, result[protocol.ACCURACY]))
+        if record.site_accuracy:
+            values = np.array(list(record.site_accuracy.values()))
+            record.worst_site_accuracy = float(values.min())
+            record.site_accuracy_std = float(values.std())
         if self.on_round is not None:
             self.on_round(record)
         return result
+
+
+class ValidatingFedAvg(Validation, FedAvg):
+    """FedAvg (McMahan et al., arXiv 1602.05629) with fedtl's checks."""
+
+
+class ValidatingFedProx(Validation, FedProx):
+    """FedProx (Li et al., arXiv 1812.06127): FedAvg on the server; Flower sends
+    ``proximal-mu`` and each site adds the proximal term inside its DP-SGD."""
+
+
+class ValidatingFedAdam(Validation, FedAdam):
+    """FedAdam (Reddi et al., arXiv 2003.00295): Adam on the server over the averaged update."""
+
+
+def make_strategy(name: str, *, proximal_mu: float, server_lr: float,
+                  **common: Any) -> Validation:
+    """The strategy ``name`` (fedavg, fedprox, fedadam) with fedtl's checks."""
+    if name == "fedprox":
+        return ValidatingFedProx(proximal_mu=proximal_mu, **common)
+    if name == "fedadam":
+        # eta_l is only logged by Flower (sites use their own learning rate).
+        return ValidatingFedAdam(eta=server_lr, **common)
+    if name == "fedavg":
+        return ValidatingFedAvg(**common)
+    raise ValueError(f"unknown strategy {name!r}")

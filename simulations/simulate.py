@@ -7,46 +7,80 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.config import RunConfig
-from common.data import list_dataset
 from common.errors import ConfigError, FedtlError
-from common.features import LazyBase
-from common.site import base_spec, load_site, partition_listing, sgd_settings
+from common.features import LazyBase, site_features
+from common.model import predict_classes
+from common.scenario import Scenario, build_scenario, site_folders
+from common.site import base_spec, load_site, sgd_settings
 
 
-def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float]:
+def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
     """Check the data and budget and warm every site's feature cache before Flower starts.
 
-    Returns the config with the dataset's classes and the extraction seconds. Every data or
-    budget error surfaces here, before any training.
+    Returns the config with the dataset's classes (and, for ``--partition folders``, its
+    site count), the extraction seconds and the scenario. Every data or budget error
+    surfaces here, before any training.
     """
-    listing = list_dataset(cfg.dataset, cfg.max_per_class)
-    cfg = cfg.replace(classes=listing.classes)
+    if cfg.partition == "folders":
+        cfg = cfg.replace(clients=len(site_folders(cfg.dataset)))
+    scenario = build_scenario(cfg)
+    cfg = cfg.replace(classes=scenario.classes)
     base = LazyBase.for_spec(base_spec(cfg))
     seconds = 0.0
-    for index, share in enumerate(partition_listing(cfg, listing)):
-        name = f"site-{index}"
-        print(f"[prepare] {name}: {len(share)} images, extracting features...", end="",
-              file=sys.stderr, flush=True)
-        data = load_site(cfg, name, share, base, cfg.site_cache_dir(name),
-                         holdout_seed=(cfg.seed, index), progress=_progress)
+    for index, site in enumerate(scenario.sites):
+        seen = f" seen through {site.shift.kind} (severity {site.shift.severity})" \
+            if site.shift else ""
+        print(f"[prepare] {site.name}: {len(site.listing)} images{seen}, extracting "
+              "features...", end="", file=sys.stderr, flush=True)
+        data = load_site(cfg, site.name, site.listing, base, cfg.site_cache_dir(f"site-{index}"),
+                         holdout_seed=site.holdout_seed, progress=_progress, shift=site.shift)
         note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
               file=sys.stderr, flush=True)
         seconds += data.extraction_seconds
         if data.skipped:
-            print(f"[prepare] {name}: skipped {len(data.skipped)} unreadable images: "
+            print(f"[prepare] {site.name}: skipped {len(data.skipped)} unreadable images: "
                   + ", ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""),
                   file=sys.stderr, flush=True)
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
         if settings.private:
-            print(f"[prepare] {name}: sampling rate {settings.sampling_rate:.3f}, "
+            print(f"[prepare] {site.name}: sampling rate {settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
                   f"{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
-    return cfg, seconds
+    return cfg, seconds, scenario
+
+
+def unseen_evaluator(cfg: RunConfig, scenario: Scenario
+                     ) -> Callable[[list[np.ndarray]], float] | None:
+    """Accuracy of a head on the scenario's unseen-domain site (all its images), if it has one.
+
+    It runs in the simulation's server process: a simulated evaluation site, not a real one.
+    """
+    unseen = scenario.unseen
+    if unseen is None:
+        return None
+    print(f"[prepare] {unseen.name}: {len(unseen.listing)} images seen through "
+          f"{unseen.shift.kind if unseen.shift else 'nothing'}, evaluation only...", end="",
+          file=sys.stderr, flush=True)
+    feats = site_features(LazyBase.for_spec(base_spec(cfg)), unseen.listing,
+                          cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
+                          shift=unseen.shift)
+    print(" cached" if feats.cache_hit else f" {feats.seconds:.1f} s", file=sys.stderr,
+          flush=True)
+
+    def accuracy(weights: list[np.ndarray]) -> float:
+        predicted = predict_classes(feats.features, weights, num_classes=len(cfg.classes),
+                                    head_width=cfg.head_width)
+        return float(np.mean(predicted == feats.labels))
+
+    return accuracy
 
 
 def backend_config(cfg: RunConfig, verbose: bool) -> dict[str, Any]:
@@ -75,7 +109,8 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a finished run; choose another --out")
-    cfg, seconds = prepare_sites(cfg)
+    cfg, seconds, scenario = prepare_sites(cfg)
+    unseen = unseen_evaluator(cfg, scenario)
 
     from flwr.simulation import run_simulation
 
@@ -85,7 +120,8 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
 
     failures: list[BaseException] = []
     server_app = make_server_app(
-        cfg, PreRun(feature_extraction_seconds=seconds, started=started), failures)
+        cfg, PreRun(feature_extraction_seconds=seconds, started=started,
+                    sites=scenario.describe(), unseen_accuracy=unseen), failures)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     # Keep Ray from touching accelerator visibility for CPU-only sites (and from warning

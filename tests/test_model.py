@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.model import (BaseSpec, build_base, full_model, head_shapes,
+from common.model import (BaseSpec, build_base, full_model, head_shapes, save_model,
                           initial_head_weights, predict_classes)
 from common.weights import PYPI_SOURCE, load_conv_weights
-from server.federation import save_model
 
 
 @pytest.fixture(scope="module")

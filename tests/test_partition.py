@@ -1,49 +1,77 @@
-"""Partitioners: sizes, coverage, label skew and determinism by seed."""
+"""Partitioners (Flower Datasets' underneath): sizes, label proportions, coverage, seeds."""
 
 import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.partition import dirichlet_partition, holdout_split, iid_partition
+from common.partition import PartitionSpec, holdout_split, partition, quantity_sizes
+
+LABELS = np.repeat(np.arange(10), 100)
+
+
+def covers_everything_once(parts: list[np.ndarray], n: int) -> bool:
+    joined = np.concatenate(parts)
+    return sorted(joined.tolist()) == list(range(n))
+
+
+def top_class_share(parts: list[np.ndarray]) -> float:
+    return float(np.mean([np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts]))
 
 
 def test_iid_shares_are_disjoint_cover_everything_and_differ_by_at_most_one() -> None:
-    parts = iid_partition(103, 5, seed=1)
-    joined = np.concatenate(parts)
-    assert sorted(joined.tolist()) == list(range(103))
+    labels = np.arange(103) % 7
+    parts = partition(labels, PartitionSpec(5, seed=1))
+    assert covers_everything_once(parts, 103)
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_partitions_are_deterministic_in_the_seed() -> None:
-    labels = np.repeat(np.arange(10), 50)
-    a = dirichlet_partition(labels, 4, 0.3, seed=7)
-    b = dirichlet_partition(labels, 4, 0.3, seed=7)
-    c = dirichlet_partition(labels, 4, 0.3, seed=8)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    assert [p.tolist() for p in iid_partition(50, 3, 2)] == [
-        p.tolist() for p in iid_partition(50, 3, 2)]
+def test_iid_shares_have_about_the_overall_label_mix() -> None:
+    assert top_class_share(partition(LABELS, PartitionSpec(4, seed=0))) < 0.16
 
 
-def test_dirichlet_covers_everything_once_and_respects_the_minimum() -> None:
-    labels = np.repeat(np.arange(10), 100)
-    parts = dirichlet_partition(labels, 5, 0.5, seed=0, min_per_site=20)
-    joined = np.concatenate(parts)
-    assert sorted(joined.tolist()) == list(range(1000))
+def test_every_partitioner_is_deterministic_in_the_seed() -> None:
+    for kind in (dict(), dict(label_alpha=0.3), dict(size_alpha=0.5),
+                 dict(label_alpha=0.3, size_alpha=0.5)):
+        a = partition(LABELS, PartitionSpec(4, seed=7, **kind))
+        b = partition(LABELS, PartitionSpec(4, seed=7, **kind))
+        c = partition(LABELS, PartitionSpec(4, seed=8, **kind))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)), kind
+        assert not all(np.array_equal(x, y) for x, y in zip(a, c)), kind
+
+
+def test_label_skew_covers_everything_once_and_respects_the_minimum() -> None:
+    parts = partition(LABELS, PartitionSpec(5, label_alpha=0.5, seed=0, min_per_site=20))
+    assert covers_everything_once(parts, 1000)
     assert min(len(p) for p in parts) >= 20
 
 
 def test_small_alpha_skews_labels_far_more_than_large_alpha() -> None:
-    labels = np.repeat(np.arange(10), 200)
+    assert top_class_share(partition(LABELS, PartitionSpec(5, label_alpha=0.1, seed=3))) > 0.3
+    assert top_class_share(partition(LABELS, PartitionSpec(5, label_alpha=100.0, seed=3))) < 0.16
 
-    def mean_top_class_share(alpha: float) -> float:
-        parts = dirichlet_partition(labels, 5, alpha, seed=3)
-        return float(np.mean([np.bincount(labels[p], minlength=10).max() / len(p)
-                              for p in parts]))
 
-    assert mean_top_class_share(0.1) > 0.3
-    assert mean_top_class_share(100.0) < 0.15
+def test_quantity_skew_gives_sites_very_different_sizes_with_even_labels() -> None:
+    parts = partition(LABELS, PartitionSpec(5, size_alpha=0.3, seed=2))
+    sizes = sorted(len(p) for p in parts)
+    assert covers_everything_once(parts, 1000)
+    assert sizes[-1] > 4 * sizes[0] and sizes[0] >= 10
+    big = max(parts, key=len)
+    assert np.bincount(LABELS[big], minlength=10).max() / len(big) < 0.16
+
+
+def test_quantity_and_label_skew_combine_at_the_drawn_sizes() -> None:
+    spec = PartitionSpec(5, label_alpha=0.2, size_alpha=0.5, seed=4)
+    parts = partition(LABELS, spec)
+    assert [len(p) for p in parts] == quantity_sizes(1000, 5, 0.5, 4)
+    assert covers_everything_once(parts, 1000)
+    assert top_class_share(parts) > 0.3
+
+
+def test_quantity_sizes_sum_to_the_items_and_keep_the_minimum() -> None:
+    sizes = quantity_sizes(500, 8, 0.1, seed=0, min_per_site=12)
+    assert sum(sizes) == 500 and min(sizes) >= 12
+    assert quantity_sizes(500, 8, 0.1, seed=0, min_per_site=12) == sizes
 
 
 def test_holdout_split_is_disjoint_and_keeps_both_sides_non_empty() -> None:
@@ -56,8 +84,10 @@ def test_holdout_split_is_disjoint_and_keeps_both_sides_non_empty() -> None:
 
 def test_bad_partition_requests_are_refused_with_the_setting_named() -> None:
     with pytest.raises(ConfigError, match="--clients"):
-        iid_partition(3, 5, seed=0)
+        partition(np.zeros(30, int), PartitionSpec(5))
     with pytest.raises(ConfigError, match="alpha"):
-        dirichlet_partition(np.zeros(100, int), 2, 0.0, seed=0)
+        PartitionSpec(2, label_alpha=-1.0)
+    with pytest.raises(ConfigError, match="size-alpha"):
+        quantity_sizes(100, 2, 0.0, seed=0)
     with pytest.raises(ConfigError, match="fraction"):
         holdout_split(10, 1.0, seed=0)
