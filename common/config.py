@@ -103,6 +103,10 @@ class RunConfig:
             (self.strategy in STRATEGIES,
              f"strategy must be one of {STRATEGIES}. Found {self.strategy!r}."),
             (self.proximal_mu >= 0, f"proximal-mu must be >= 0. Found {self.proximal_mu}."),
+            (self.strategy != "fedprox" or self.learning_rate * self.proximal_mu < 1.0,
+             f"learning-rate x proximal-mu must be below 1 or the proximal step overshoots "
+             f"the global head (found {self.learning_rate} x {self.proximal_mu}); lower "
+             "--proximal-mu"),
             (self.server_lr > 0, f"server-lr must be positive. Found {self.server_lr}."),
             (self.personal_epochs >= 1,
              f"personal-epochs must be at least 1. Found {self.personal_epochs}."),

@@ -64,3 +64,14 @@ def test_the_registry_lists_only_runs_that_started_and_did_not_end(tmp_path: Pat
     registry.failed("r3")
     assert [(r.run_id, r.out) for r in registry.unfinished()] == [("r2", "/out/r2")]
     assert RunRegistry(tmp_path).get("r1").status == "finished"
+
+
+def test_the_server_optimizer_state_survives_a_checkpoint(tmp_path: Path) -> None:
+    moments = [np.full((2, 2), 0.5, np.float32), np.ones(3, np.float32)]
+    save_checkpoint(tmp_path, Checkpoint(run_id="r", settings={}, round=2,
+                                         arrays=[np.zeros(2, np.float32)],
+                                         server_state=moments))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None and len(loaded.server_state) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.server_state, moments))
+    assert len(loaded.arrays) == 1

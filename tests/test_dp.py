@@ -109,3 +109,23 @@ def test_each_drawn_example_enters_a_step_as_exactly_one_of_its_views() -> None:
         examples = index[step][mask[step] > 0] % 50
         assert len(set(examples)) == len(examples)
     assert np.all(index[mask == 0] == 0)
+
+
+def test_the_proximal_term_pulls_towards_the_global_head_by_mu_times_the_distance() -> None:
+    start = initial_head_weights(6, 3, 0, seed=0)
+    moved = [w + 0.5 for w in start]  # the "global" head the round starts from
+    # No data signal (huge clip irrelevant, lr tiny on the data): one full-batch step.
+    free = run(moved, settings(sampling_rate=1.0, steps=1, noise_multiplier=0.0), width=0)
+    prox = run(moved, settings(sampling_rate=1.0, steps=1, noise_multiplier=0.0,
+                               proximal_mu=3.0), width=0)
+    # At the first step w == anchor, so the term adds nothing; it only acts once w moved.
+    for a, b in zip(free, prox):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    many_free = run(moved, settings(sampling_rate=1.0, steps=20, learning_rate=2.0), width=0)
+    many_prox = run(moved, settings(sampling_rate=1.0, steps=20, learning_rate=2.0,
+                                    proximal_mu=0.3), width=0)
+
+    def distance(ws: list[np.ndarray]) -> float:
+        return float(np.sqrt(sum(np.sum((w - m) ** 2) for w, m in zip(ws, moved))))
+
+    assert distance(many_prox) < 0.5 * distance(many_free)

@@ -129,3 +129,36 @@ def test_training_beats_chance_on_separable_features(tmp_path: Path) -> None:
 def test_delta_must_be_below_one_over_n() -> None:
     with pytest.raises(ConfigError, match="1/n"):
         sgd_settings(CFG.replace(delta=0.05), 100)
+
+
+def test_personalization_is_planned_into_the_noise_and_spends_the_rest_of_the_budget(
+        tmp_path: Path) -> None:
+    cfg = CFG.replace(personalize=True, personal_epochs=2)
+    data, ledger = site(), PrivacyLedger(tmp_path)
+    weights = start()
+    for _ in range(cfg.rounds):
+        result = train_round(cfg, data, weights, ledger, "run-p", RNG)
+        weights = result.weights
+    assert result.epsilon < 2.0 - 0.05  # the rounds leave room for the fine-tuning
+    assert sgd_settings(cfg, 100).noise_multiplier > sgd_settings(CFG, 100).noise_multiplier
+    personal = train_round(cfg, data, weights, ledger, "run-p", RNG, personal=True)
+    assert personal.epsilon == pytest.approx(2.0, abs=1e-3)
+    per_round = sgd_settings(cfg, 100).steps
+    assert ledger.get("run-p").steps == 3 * per_round + 2 * per_round
+    with pytest.raises(BudgetExhaustedError, match="personal fine-tuning"):
+        train_round(cfg, data, weights, ledger, "run-p", RNG, personal=True)
+
+
+def test_a_personal_head_reads_back_and_a_foreign_one_is_ignored(tmp_path: Path) -> None:
+    from common.personal import load_head, personal_dir, save_head
+
+    folder = personal_dir(tmp_path, "run-1")
+    weights = start()
+    assert load_head(folder, [w.shape for w in weights]) is None
+    save_head(folder, weights)
+    again = load_head(folder, [w.shape for w in weights])
+    assert again is not None and all(np.array_equal(a, b) for a, b in zip(again, weights))
+    assert (folder / "head.npz").stat().st_mode & 0o777 == 0o600  # private to the site
+    assert load_head(folder, [(8, 4), (4,)]) is None  # another head shape: train again
+    (folder / "head.npz").write_bytes(b"garbage")
+    assert load_head(folder, [w.shape for w in weights]) is None

@@ -8,7 +8,7 @@ from flwr.app import (ArrayRecord, ConfigRecord, Error, Message, MessageType, Me
                       MetricRecord, RecordDict)
 
 from common import protocol
-from server.strategy import RoundRecord, ValidatingFedAvg
+from server.strategy import RoundRecord, ValidatingFedAdam, ValidatingFedAvg, make_strategy
 
 FP = "f" * 64
 GLOBAL = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -109,15 +109,16 @@ def test_fewer_accepted_updates_than_required_sites_keep_the_global_head() -> No
     assert s.arrays == []  # nothing new to checkpoint: the round's global head stands
 
 
-def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped() -> None:
-    def evaluation(node: int, accuracy: object, n: int) -> Message:
-        content = RecordDict({
-            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n,
-                                            protocol.ACCURACY: accuracy}),
-            protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}"}),
-        })
-        return Message(content=content, metadata=metadata(node))
+def evaluation(node: int, accuracy: object, n: int) -> Message:
+    content = RecordDict({
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n,
+                                        protocol.ACCURACY: accuracy}),
+        protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}"}),
+    })
+    return Message(content=content, metadata=metadata(node))
 
+
+def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped() -> None:
     seen: list[RoundRecord] = []
     s = strategy()
     s.on_round = seen.append
@@ -126,3 +127,56 @@ def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped()
     assert s.history[-1].accuracy == pytest.approx(np.average([0.5, 1.0], weights=[10, 30]))
     assert s.history[-1].site_accuracy == {"site-1": 0.5, "site-2": 1.0}
     assert seen == [s.history[-1]]
+
+
+def common_args() -> dict:
+    return dict(fingerprint=FP, max_update_norm=100.0, min_train_nodes=1,
+                weighted_by_key=protocol.NUM_EXAMPLES, arrayrecord_key=protocol.ARRAYS,
+                configrecord_key=protocol.CONFIG)
+
+
+class FakeGrid:
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def configure(s, arrays: list[np.ndarray]) -> list[RecordDict]:  # type: ignore[no-untyped-def]
+    """The RecordDicts configure_train would send (Messages need a running Flower run)."""
+    s._construct_messages = lambda record, node_ids, message_type: [record] * len(node_ids)
+    return list(s.configure_train(1, ArrayRecord(arrays), ConfigRecord({}), FakeGrid()))
+
+
+def test_fedprox_sends_its_mu_to_the_sites_in_the_train_config() -> None:
+    s = make_strategy("fedprox", proximal_mu=0.25, server_lr=0.1, min_available_nodes=1,
+                      **common_args())
+    records = configure(s, GLOBAL)
+    assert len(records) == 2
+    assert all(r.config_records[protocol.CONFIG][protocol.PROXIMAL_MU] == 0.25 for r in records)
+
+
+def test_fedadam_steps_by_about_the_server_lr_per_coordinate_and_keeps_its_moments() -> None:
+    s = make_strategy("fedadam", proximal_mu=0.0, server_lr=0.1, min_available_nodes=1,
+                      **common_args())
+    assert isinstance(s, ValidatingFedAdam)
+    configure(s, GLOBAL)
+    arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), reply(2, full(2.0), 10)])
+    # Adam's first step moves each coordinate by ~eta in the update's direction, whatever
+    # its size (here 2.0): the server's step size, not the sites', sets the pace.
+    for got in arrays.to_numpy_ndarrays():
+        assert np.all(got > 0.05) and np.all(got < 0.5)
+    state = s.server_state()
+    assert len(state) == 4
+    resumed = make_strategy("fedadam", proximal_mu=0.0, server_lr=0.1, **common_args())
+    resumed.restore_server_state(state)
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.server_state(), state))
+    assert make_strategy("fedavg", proximal_mu=0.0, server_lr=0.1,
+                         **common_args()).server_state() == []
+
+
+def test_each_round_records_the_worst_site_and_the_spread() -> None:
+    s = strategy()
+    replies = [evaluation(1, 0.9, 10), evaluation(2, 0.5, 30), evaluation(3, 0.7, 20)]
+    s.aggregate_evaluate(1, replies)
+    record = s.history[-1]
+    assert record.worst_site_accuracy == pytest.approx(0.5)
+    assert record.site_accuracy_std == pytest.approx(np.std([0.9, 0.5, 0.7]))
