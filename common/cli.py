@@ -80,6 +80,8 @@ def _compare_parser(sub: Any) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variants", default="fedavg,fedprox,fedadam,fedavg+personalize",
                    help="comma-separated strategies; '+personalize' adds personal heads")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per variant (fresh DP noise each); figures are their mean ± sd")
     _simulation_options(p)
 
 
@@ -228,7 +230,8 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = _run_config(args, out=out)
-    result = compare(cfg, parse_variants(args.variants), verbose=args.verbose)
+    result = compare(cfg, parse_variants(args.variants), repeats=args.repeats,
+                     verbose=args.verbose)
     print()
     print(result["table"])
     print(f"written: {out}/report.json and {out}/*.png; each variant's run in {out}/<variant>/")

@@ -142,7 +142,10 @@ class Validation:
         # The run's round number, not this process's: FedAdam's bias correction depends on it.
         arrays, metrics = super().aggregate_train(server_round + self.round_offset, accepted)
         if arrays is not None:
-            self.arrays = arrays.to_numpy_ndarrays()
+            # FedAdam's step computes in float64; the head, and every site's check, is float32.
+            self.arrays = [a.astype(g.dtype) for a, g in
+                           zip(arrays.to_numpy_ndarrays(), self._global, strict=True)]
+            arrays = ArrayRecord(self.arrays)
         total = sum(n for _, n in losses)
         record.train_loss = sum(loss * n for loss, n in losses) / total
         record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)

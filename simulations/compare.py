@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.config import STRATEGIES, RunConfig
 from common.errors import ConfigError
 from common.report import plot_series, plot_site_bars
@@ -70,34 +72,73 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare(cfg: RunConfig, variants: list[Variant], *, verbose: bool = False
-            ) -> dict[str, Any]:
-    """Run every variant on ``cfg``'s scenario; write and return the comparison report."""
+FIGURES = ("mean_site_accuracy", "worst_site_accuracy", "site_accuracy_std",
+           "weighted_accuracy", "unseen_domain_accuracy", "max_epsilon")
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one variant: the mean of every figure, its standard deviation over
+    the repeats (``<figure>_sd``; DP training noise makes single runs vary), and the runs."""
+    out: dict[str, Any] = {"repeats": len(runs)}
+    for key in FIGURES:
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+        out[f"{key}_sd"] = float(np.std(values)) if len(values) > 1 else None
+    sites = runs[0]["per_site_accuracy"]
+    out["per_site_accuracy"] = {s: float(np.mean([r["per_site_accuracy"][s] for r in runs]))
+                                for s in sites}
+    out["rounds"] = [
+        {key: _mean([r["rounds"][i][key] for r in runs]) if key != "round" else rnd["round"]
+         for key in rnd} for i, rnd in enumerate(runs[0]["rounds"])]
+    out["runs"] = runs
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
+            verbose: bool = False) -> dict[str, Any]:
+    """Run every variant ``repeats`` times on ``cfg``'s scenario (same sites, shifts and
+    budget; fresh DP noise each time); write and return the comparison report."""
     out = Path(cfg.out)
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1. Found {repeats}.")
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a finished comparison; choose another --out")
     results: dict[str, dict[str, Any]] = {}
+    scenario: dict[str, Any] = {}
     for variant in variants:
-        run_cfg = cfg.replace(out=str(out / variant.name), strategy=variant.strategy,
-                              personalize=variant.personalize)
-        done = Path(run_cfg.out) / "report.json"
-        if done.exists():
-            report = json.loads(done.read_text())
-            if report["settings"] != _comparable(run_cfg, report["settings"]):
-                raise ConfigError(f"{done} is a run with other settings; choose another --out")
-            print(f"[compare] {variant.name}: finished before, read back", flush=True)
-        else:
-            print(f"[compare] {variant.name}: running", flush=True)
-            report = simulate(run_cfg, verbose=verbose)
-        results[variant.name] = summarize(report)
-        scenario = report.get("sites", {})
+        runs = []
+        for k in range(repeats):
+            folder = out / variant.name / (f"run-{k + 1}" if repeats > 1 else "")
+            report = _run_or_read(cfg.replace(out=str(folder), strategy=variant.strategy,
+                                              personalize=variant.personalize),
+                                  f"{variant.name} ({k + 1}/{repeats})", verbose)
+            runs.append(summarize(report))
+            scenario = report.get("sites", {})
+        results[variant.name] = combine(runs)
     comparison = {"settings": {k: v for k, v in cfg.to_flower().items()
                                if k not in ("strategy", "personalize", "out")},
-                  "scenario": scenario, "variants": results,
+                  "repeats": repeats, "scenario": scenario, "variants": results,
                   "table": table(results)}
     _plots(out, comparison, cfg)
     write_json_atomically(out / "report.json", comparison, mode=0o644)
     return comparison
+
+
+def _run_or_read(cfg: RunConfig, label: str, verbose: bool) -> dict[str, Any]:
+    done = Path(cfg.out) / "report.json"
+    if done.exists():
+        report: dict[str, Any] = json.loads(done.read_text())
+        if report["settings"] != _comparable(cfg, report["settings"]):
+            raise ConfigError(f"{done} is a run with other settings; choose another --out")
+        print(f"[compare] {label}: finished before, read back", flush=True)
+        return report
+    print(f"[compare] {label}: running", flush=True)
+    return simulate(cfg, verbose=verbose)
 
 
 def _comparable(cfg: RunConfig, stored: dict[str, Any]) -> dict[str, Any]:
@@ -111,15 +152,18 @@ def _comparable(cfg: RunConfig, stored: dict[str, Any]) -> dict[str, Any]:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """A plain-text table of the variants' final figures."""
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    def fmt(r: dict[str, Any], key: str) -> str:
+        value, sd = r[key], r.get(f"{key}_sd")
+        if value is None:
+            return "-"
+        return f"{value:.3f}" + (f" ±{sd:.3f}" if sd is not None else "")
 
-    lines = [f"{'variant':<22} {'mean site':>9} {'worst site':>10} {'std':>7} "
-             f"{'unseen':>7} {'max eps':>8}"]
+    keys = ("mean_site_accuracy", "worst_site_accuracy", "site_accuracy_std",
+            "unseen_domain_accuracy", "max_epsilon")
+    heads = ("mean site", "worst site", "site spread", "unseen site", "max eps")
+    lines = [f"{'variant':<22} " + " ".join(f"{h:>13}" for h in heads)]
     for name, r in results.items():
-        lines.append(f"{name:<22} {fmt(r['mean_site_accuracy']):>9} "
-                     f"{fmt(r['worst_site_accuracy']):>10} {fmt(r['site_accuracy_std']):>7} "
-                     f"{fmt(r['unseen_domain_accuracy']):>7} {fmt(r['max_epsilon']):>8}")
+        lines.append(f"{name:<22} " + " ".join(f"{fmt(r, k):>13}" for k in keys))
     return "\n".join(lines)
 
 

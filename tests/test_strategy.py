@@ -162,8 +162,9 @@ def test_fedadam_steps_by_about_the_server_lr_per_coordinate_and_keeps_its_momen
     arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), reply(2, full(2.0), 10)])
     # Adam's first step moves each coordinate by ~eta in the update's direction, whatever
     # its size (here 2.0): the server's step size, not the sites', sets the pace.
-    for got in arrays.to_numpy_ndarrays():
+    for got, want in zip(arrays.to_numpy_ndarrays(), GLOBAL):
         assert np.all(got > 0.05) and np.all(got < 0.5)
+        assert got.dtype == want.dtype  # the next round's replies are checked against it
     state = s.server_state()
     assert len(state) == 4
     resumed = make_strategy("fedadam", proximal_mu=0.0, server_lr=0.1, **common_args())

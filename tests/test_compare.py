@@ -1,0 +1,46 @@
+"""The comparison runner's bookkeeping: variants, repeats combined, the table."""
+
+import pytest
+
+from common.errors import ConfigError
+from simulations.compare import Variant, combine, parse_variants, table
+
+
+def run(worst: float, mean: float, unseen: float | None = 0.4) -> dict:
+    return {"mean_site_accuracy": mean, "worst_site_accuracy": worst,
+            "site_accuracy_std": 0.1, "weighted_accuracy": mean,
+            "unseen_domain_accuracy": unseen, "max_epsilon": 3.0,
+            "per_site_accuracy": {"a": worst, "b": 2 * mean - worst},
+            "rounds": [{"round": 1, "accuracy": mean - 0.1, "worst_site_accuracy": worst - 0.1,
+                        "site_accuracy_std": 0.1, "unseen_accuracy": None,
+                        "epsilon_max": 2.0}]}
+
+
+def test_variants_parse_with_personalization_and_bad_ones_are_named() -> None:
+    assert parse_variants("fedavg, fedadam+personalize") == [
+        Variant("fedavg"), Variant("fedadam", personalize=True)]
+    assert Variant("fedprox", True).name == "fedprox+personalize"
+    with pytest.raises(ConfigError, match="'fedsgd'"):
+        parse_variants("fedavg,fedsgd")
+    with pytest.raises(ConfigError, match="distinct"):
+        parse_variants("fedavg,fedavg")
+
+
+def test_repeats_combine_into_means_and_their_spread() -> None:
+    combined = combine([run(0.4, 0.6), run(0.6, 0.7, unseen=None)])
+    assert combined["repeats"] == 2
+    assert combined["worst_site_accuracy"] == pytest.approx(0.5)
+    assert combined["worst_site_accuracy_sd"] == pytest.approx(0.1)
+    assert combined["unseen_domain_accuracy"] == pytest.approx(0.4)  # the one run that had it
+    assert combined["per_site_accuracy"]["a"] == pytest.approx(0.5)
+    assert combined["rounds"][0]["accuracy"] == pytest.approx(0.55)
+    assert combined["rounds"][0]["unseen_accuracy"] is None
+    assert combine([run(0.4, 0.6)])["worst_site_accuracy_sd"] is None
+
+
+def test_the_table_has_a_row_per_variant_with_mean_and_spread() -> None:
+    text = table({"fedavg": combine([run(0.4, 0.6), run(0.6, 0.7)]),
+                  "fedavg+personalize": combine([run(0.7, 0.8)])})
+    lines = text.splitlines()
+    assert len(lines) == 3 and "worst site" in lines[0]
+    assert "0.500 ±0.100" in lines[1] and lines[2].startswith("fedavg+personalize")

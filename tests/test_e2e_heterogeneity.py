@@ -1,0 +1,90 @@
+"""End to end: a domain-shift scenario compared across strategies, with personal heads.
+
+Real ImageNet weights, Flower's simulation engine, the bundled digits seen by each site
+through its own acquisition shift, with label skew.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("compare") / "domain"
+    state = tmp_path_factory.mktemp("state")
+    done = subprocess.run(
+        [sys.executable, "-m", "common.cli", "compare", "--variants",
+         "fedadam,fedprox+personalize", "--dataset", "digits", "--clients", "3",
+         "--partition", "domain", "--alpha", "0.5", "--rounds", str(ROUNDS),
+         "--target-epsilon", "4", "--batch-size", "128", "--out", str(out),
+         "--state", str(state)],
+        capture_output=True, text=True, timeout=1500)
+    return out, done
+
+
+def test_the_comparison_report_has_every_variant_with_per_site_figures_and_plots(
+        comparison) -> None:
+    out, done = comparison
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["variants"]) == {"fedadam", "fedprox+personalize"}
+    for name, variant in report["variants"].items():
+        assert set(variant["per_site_accuracy"]) == {"site-0", "site-1", "site-2"}, name
+        assert variant["worst_site_accuracy"] == min(variant["per_site_accuracy"].values())
+        assert variant["worst_site_accuracy"] > 0.2, name  # ten classes: chance is 0.1
+        assert variant["unseen_domain_accuracy"] is not None
+        assert variant["max_epsilon"] <= 4.0 + 1e-6
+        assert [r["round"] for r in variant["rounds"]] == list(range(1, ROUNDS + 1))
+    for plot in ("accuracy.png", "sites.png", "epsilon.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    assert "worst site" in done.stdout
+    domains = {site["domain"] for site in report["scenario"].values()}
+    assert len(domains) == 4  # three training sites and the unseen one, each its own shift
+
+
+def test_each_run_reports_its_strategy_sites_and_the_unseen_domain(comparison) -> None:
+    out, done = comparison
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "fedadam" / "report.json").read_text())
+    assert run["settings"]["strategy"] == "fedadam" and run["final"]["strategy"] == "fedadam"
+    final = run["final"]
+    assert final["per_site_accuracy"] == final["per_site_global_accuracy"]
+    assert final["per_site_personal_accuracy"] is None
+    assert 0 <= final["unseen_domain_accuracy"] <= 1
+    assert all(r["unseen_accuracy"] is not None and r["worst_site_accuracy"] is not None
+               for r in run["rounds"])
+    assert run["sites"]["unseen-domain"]["trains"] is False
+    assert set(run["sites"]) == {"site-0", "site-1", "site-2", "unseen-domain"}
+
+
+def test_personal_heads_are_kept_at_each_site_within_the_same_budget(comparison) -> None:
+    from common.personal import load_head
+
+    out, done = comparison
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = out / "fedprox+personalize"
+    run = json.loads((run_dir / "report.json").read_text())
+    final = run["final"]
+    assert final["personalized"] is True and run["settings"]["proximal-mu"] > 0
+    assert set(final["per_site_personal_accuracy"]) == {"site-0", "site-1", "site-2"}
+    assert final["per_site_accuracy"] == final["per_site_personal_accuracy"]
+    # Personal fine-tuning was planned into the noise: the budget is spent, not exceeded.
+    assert all(3.9 < eps <= 4.0 + 1e-6 for eps in final["epsilon"].values())
+    for site in ("site-0", "site-1", "site-2"):
+        ledger = json.loads((run_dir / "sites" / site / "privacy-ledger.json").read_text())
+        assert all(r["epsilon"] <= 4.0 + 1e-6 for r in ledger["runs"].values())
+        heads = list((run_dir / "sites" / site / "personal").iterdir())
+        assert len(heads) == 1 and (heads[0] / "model.keras").stat().st_size > 0
+        weights = load_head(heads[0], [(512, 10), (10,)])
+        assert weights is not None and np.all(np.isfinite(weights[0]))
