@@ -217,7 +217,7 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
         wait_online(world, spent)
         wait_online(world, poison)
         done = world.run("run-a", "--rounds", "3", "--min-sites", "3",
-                         "--target-epsilon", "3")
+                         "--target-epsilon", "3", "--strategy", "fedprox", "--personalize")
     finally:
         spent.kill()
         poison.kill()
@@ -231,10 +231,19 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
         assert len(r["declined"]) == 1 and len(r["rejected"]) == 1
     assert int((world.root / "poison-count").read_text()) == 3  # NaN, shape and norm all sent
     final = report["final"]
-    assert set(final["epsilon"]) == set(GOOD)
+    assert set(GOOD) <= set(final["epsilon"]) and "spent" not in final["epsilon"]
     assert all(2.9 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
     assert final["accuracy"] > 0.5  # ten digits: chance is 0.1
     assert (world.root / "run-a" / "model.keras").stat().st_size > 0
+    # FedProx over gRPC, then each site fine-tuned and kept its own head (the spent site
+    # declined that too); the report has both accuracies per site.
+    assert report["settings"]["strategy"] == "fedprox" and final["personalized"] is True
+    assert set(GOOD) <= set(final["per_site_personal_accuracy"])
+    assert "spent" not in final["per_site_personal_accuracy"]
+    assert final["worst_site_accuracy"] == min(final["per_site_accuracy"].values())
+    for site in GOOD:
+        personal = world.root / "state" / site / "personal" / report["run_id"]
+        assert (personal / "model.keras").stat().st_size > 0
     # Each site's ledger: the run is recorded under the server's run id, within budget.
     ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
                               "--json").stdout)
