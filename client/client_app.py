@@ -138,10 +138,11 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             if weights is None:
                 weights = train_round(cfg, data, global_weights, ledger, run_key, _rng(cfg),
                                       site.budget, personal=True).weights
-                save_head(folder, weights)
                 base = LazyBase.shared(base_spec(cfg)).get()
+                folder.mkdir(parents=True, exist_ok=True)
                 save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
                            folder / MODEL_FILE)
+                save_head(folder, weights)  # last: its presence means "done, both saved"
         except BudgetExhaustedError as exc:
             return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
         except FedtlError as exc:
