@@ -66,7 +66,7 @@ class RunConfig:
     # heterogeneity
     strategy: str = "fedavg"
     proximal_mu: float = 0.01  # FedProx's proximal weight (with --strategy fedprox)
-    server_lr: float = 0.03  # FedAdam's server learning rate (with --strategy fedadam)
+    server_lr: float = 0.1  # FedAdam's server learning rate (with --strategy fedadam)
     personalize: bool = False  # each site fine-tunes its own head from the final global one
     personal_epochs: int = 1  # epochs of that DP fine-tuning, charged to the same budget
     # server side

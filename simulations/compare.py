@@ -133,7 +133,7 @@ def _run_or_read(cfg: RunConfig, label: str, verbose: bool) -> dict[str, Any]:
     done = Path(cfg.out) / "report.json"
     if done.exists():
         report: dict[str, Any] = json.loads(done.read_text())
-        if report["settings"] != _comparable(cfg, report["settings"]):
+        if not _same_run(cfg, report["settings"]):
             raise ConfigError(f"{done} is a run with other settings; choose another --out")
         print(f"[compare] {label}: finished before, read back", flush=True)
         return report
@@ -141,13 +141,20 @@ def _run_or_read(cfg: RunConfig, label: str, verbose: bool) -> dict[str, Any]:
     return simulate(cfg, verbose=verbose)
 
 
-def _comparable(cfg: RunConfig, stored: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` as a report stores it; classes come from the data, so take the stored ones."""
+# Settings one strategy ignores: changing them does not make its finished run stale.
+_ONLY_FOR = {"proximal-mu": "fedprox", "server-lr": "fedadam"}
+
+
+def _same_run(cfg: RunConfig, stored: dict[str, Any]) -> bool:
+    """Whether a finished run's ``stored`` settings are ``cfg``'s (classes and, for site
+    folders, the site count come from the data; other strategies' knobs do not matter)."""
     settings = cfg.to_flower()
     settings["classes"] = stored.get("classes", "")
-    settings["clients"] = stored.get("clients") if cfg.partition == "folders" \
-        else settings["clients"]
-    return settings
+    if cfg.partition == "folders":
+        settings["clients"] = stored.get("clients")
+    keys = (set(settings) | set(stored)) - {k for k, strategy in _ONLY_FOR.items()
+                                            if strategy != cfg.strategy}
+    return all(settings.get(k) == stored.get(k) for k in keys)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -180,7 +187,7 @@ def _plots(out: Path, comparison: dict[str, Any], cfg: RunConfig) -> None:
         series[f"{name}: worst site"] = [x["worst_site_accuracy"] for x in r["rounds"]]
         dashed.append(f"{name}: worst site")
     plot_series(out / "accuracy.png", rounds, series, "accuracy",
-                "Global head per round (solid: mean over sites, dashed: worst site)",
+                "Global head: mean over sites (solid), worst site (dashed)",
                 dashed=dashed)
     plot_site_bars(out / "sites.png", {name: r["per_site_accuracy"]
                                        for name, r in results.items()},

@@ -44,3 +44,16 @@ def test_the_table_has_a_row_per_variant_with_mean_and_spread() -> None:
     lines = text.splitlines()
     assert len(lines) == 3 and "worst site" in lines[0]
     assert "0.500 ±0.100" in lines[1] and lines[2].startswith("fedavg+personalize")
+
+
+def test_a_finished_run_is_reused_only_under_the_same_settings_that_matter_to_it() -> None:
+    from common.config import RunConfig
+    from simulations.compare import _same_run
+
+    cfg = RunConfig(strategy="fedavg", out="x")
+    stored = {**cfg.to_flower(), "classes": "a,b"}
+    assert _same_run(cfg, stored)
+    assert _same_run(cfg.replace(server_lr=0.5, proximal_mu=0.05), stored)  # not fedavg's
+    assert not _same_run(cfg.replace(rounds=3), stored)
+    adam = cfg.replace(strategy="fedadam")
+    assert not _same_run(adam.replace(server_lr=0.5), {**adam.to_flower(), "classes": "a,b"})
