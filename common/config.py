@@ -65,7 +65,7 @@ class RunConfig:
     accountant: str = "rdp"
     # heterogeneity
     strategy: str = "fedavg"
-    proximal_mu: float = 0.01  # FedProx's proximal weight (with --strategy fedprox)
+    proximal_mu: float = 0.001  # FedProx's proximal weight (with --strategy fedprox)
     server_lr: float = 0.1  # FedAdam's server learning rate (with --strategy fedadam)
     personalize: bool = False  # each site fine-tunes its own head from the final global one
     personal_epochs: int = 1  # epochs of that DP fine-tuning, charged to the same budget
