@@ -23,7 +23,7 @@ from common.report import versions, write_report
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from server.run_registry import RunRegistry
-from server.strategy import RoundRecord, Validation, make_strategy
+from server.strategy import RoundRecord, Validation, make_strategy, site_summary
 
 log = logging.getLogger("fedtl.server")
 
@@ -206,17 +206,6 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
     print(f"personalization: {len(result.personal)} site(s) fine-tuned their own head"
           + (f", {len(result.refused)} did not" if result.refused else ""), flush=True)
     return result
-
-
-def site_summary(per_site: dict[str, float]) -> dict[str, float | None]:
-    """Mean (unweighted: every site counts once), worst and spread of per-site accuracies."""
-    values = np.array(list(per_site.values()), dtype=np.float64)
-    if values.size == 0:
-        return {"mean_site_accuracy": None, "worst_site_accuracy": None,
-                "site_accuracy_std": None}
-    return {"mean_site_accuracy": float(values.mean()),
-            "worst_site_accuracy": float(values.min()),
-            "site_accuracy_std": float(values.std())}
 
 
 def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,

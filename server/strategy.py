@@ -203,13 +203,23 @@ class Validation:
         result = super().aggregate_evaluate(server_round, valid)
         if result is not None:
             record.accuracy = float(cast(float, result[protocol.ACCURACY]))
-        if record.site_accuracy:
-            values = np.array(list(record.site_accuracy.values()))
-            record.worst_site_accuracy = float(values.min())
-            record.site_accuracy_std = float(values.std())
+        summary = site_summary(record.site_accuracy)
+        record.worst_site_accuracy = summary["worst_site_accuracy"]
+        record.site_accuracy_std = summary["site_accuracy_std"]
         if self.on_round is not None:
             self.on_round(record)
         return result
+
+
+def site_summary(per_site: dict[str, float]) -> dict[str, float | None]:
+    """Mean (unweighted: every site counts once), worst and spread of per-site accuracies."""
+    values = np.array(list(per_site.values()), dtype=np.float64)
+    if values.size == 0:
+        return {"mean_site_accuracy": None, "worst_site_accuracy": None,
+                "site_accuracy_std": None}
+    return {"mean_site_accuracy": float(values.mean()),
+            "worst_site_accuracy": float(values.min()),
+            "site_accuracy_std": float(values.std())}
 
 
 class ValidatingFedAvg(Validation, FedAvg):
