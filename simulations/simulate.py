@@ -32,7 +32,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
         cfg = cfg.replace(clients=len(site_folders(cfg.dataset)))
     scenario = build_scenario(cfg)
     cfg = cfg.replace(classes=scenario.classes)
-    base = LazyBase.for_spec(base_spec(cfg))
+    base = LazyBase.shared(base_spec(cfg))
     seconds = 0.0
     for index, site in enumerate(scenario.sites):
         seen = f" seen through {site.shift.kind} (severity {site.shift.severity})" \
@@ -69,7 +69,7 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
     print(f"[prepare] {unseen.name}: {len(unseen.listing)} images seen through "
           f"{unseen.shift.kind if unseen.shift else 'nothing'}, evaluation only...", end="",
           file=sys.stderr, flush=True)
-    feats = site_features(LazyBase.for_spec(base_spec(cfg)), unseen.listing,
+    feats = site_features(LazyBase.shared(base_spec(cfg)), unseen.listing,
                           cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
                           shift=unseen.shift)
     print(" cached" if feats.cache_hit else f" {feats.seconds:.1f} s", file=sys.stderr,
