@@ -46,9 +46,12 @@ def partition(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
 
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    if spec.sites * spec.min_per_site > n:
-        raise ConfigError(f"{n} images cannot give --clients {spec.sites} sites "
-                          f"{spec.min_per_site} images each; lower --clients")
+    skewed = spec.label_alpha > 0 or spec.size_alpha > 0
+    # An even split only needs an image per site; a random one needs room for its minimum.
+    needed = spec.min_per_site if skewed else 1
+    if spec.sites * needed > n:
+        raise ConfigError(f"{n} images cannot give --clients {spec.sites} sites {needed} "
+                          "image(s) each; lower --clients")
     table = Dataset.from_dict({"row": np.arange(n), "label": labels})
     if spec.label_alpha == 0:
         # IID and size partitioners deal out contiguous rows: shuffle first, as

@@ -84,7 +84,10 @@ def test_holdout_split_is_disjoint_and_keeps_both_sides_non_empty() -> None:
 
 def test_bad_partition_requests_are_refused_with_the_setting_named() -> None:
     with pytest.raises(ConfigError, match="--clients"):
-        partition(np.zeros(30, int), PartitionSpec(5))
+        partition(np.zeros(30, int), PartitionSpec(5, label_alpha=0.5))
+    with pytest.raises(ConfigError, match="--clients"):
+        partition(np.zeros(4, int), PartitionSpec(5))
+    assert [len(p) for p in partition(np.zeros(12, int), PartitionSpec(2))] == [6, 6]
     with pytest.raises(ConfigError, match="alpha"):
         PartitionSpec(2, label_alpha=-1.0)
     with pytest.raises(ConfigError, match="size-alpha"):
