@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import functools
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common import protocol
-from common.config import RunConfig, SiteConfig
+from common.config import NODE_NAME, RunConfig, SiteConfig
 from common.data import check_same_classes, list_dataset
-from common.errors import BudgetExhaustedError, FedtlError
+from common.errors import BudgetExhaustedError, DataError, FedtlError
 from common.features import LazyBase
 from common.ledger import PrivacyLedger
 from common.model import full_model, head_shapes, save_model
 from common.personal import MODEL_FILE, load_head, personal_dir, save_head
 from common.scenario import Scenario, build_scenario
-from common.site import SiteData, base_spec, evaluate, load_site, train_round
+from common.site import (RoundResult, SiteData, base_spec, load_site, released_accuracies,
+                         train_round)
+
+log = logging.getLogger("fedtl.site")
 
 
 def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunConfig:
@@ -85,39 +90,78 @@ def _site_record(data: SiteData, fingerprint: str) -> ConfigRecord:
     return ConfigRecord({protocol.SITE_NAME: data.name, protocol.FINGERPRINT: fingerprint})
 
 
+def _refusal(msg: Message, exc: FedtlError, site: str) -> Message:
+    """An error reply that says why without leaking the site's data: a data error names
+    files, folders or class names, so those details stay in the site's own log."""
+    if isinstance(exc, BudgetExhaustedError):
+        return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
+    if isinstance(exc, DataError):
+        log.error("site %s: %s", site, exc)
+        return _refuse(msg, protocol.INCOMPATIBLE,
+                       f"site {site}: its data cannot be used for this federation (the "
+                       "site's log says why)")
+    return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """What every handler starts from: settings, the site, its data and the server's head."""
+
+    cfg: RunConfig
+    site: SiteConfig
+    run_key: str
+    data: SiteData
+    fingerprint: str
+    weights: list[np.ndarray] | None
+
+
+def train_figures(cfg: RunConfig, result: RoundResult, data: SiteData) -> dict[str, float]:
+    """The figures of a train reply (protocol.TRAIN_FIGURES, and with exact site metrics the
+    protocol.EXACT_TRAIN_FIGURES)."""
+    figures: dict[str, float] = {
+        protocol.NUM_EXAMPLES: result.num_examples,
+        protocol.EPSILON: result.epsilon,
+        protocol.SAMPLING_RATE: result.settings.sampling_rate,
+        protocol.NOISE_MULTIPLIER: result.settings.noise_multiplier,
+        protocol.STEPS: result.steps,
+    }
+    if cfg.site_metrics == "exact" or not cfg.dp:
+        figures.update({protocol.TRAIN_LOSS: result.train_loss,
+                        protocol.EXTRACT_SECONDS: data.extraction_seconds,
+                        protocol.SKIPPED_IMAGES: len(data.skipped)})
+    return figures
+
+
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """A ClientApp using ``config``, or parsing Flower's run config when it is None."""
     app = ClientApp()
 
-    def settings(msg: Message, context: Context) -> RunConfig:
+    def open_site(msg: Message, context: Context) -> _Opened:
         cfg = config if config is not None else RunConfig.from_flower(context.run_config)
-        return _federation_config(cfg, msg, context)
+        cfg = _federation_config(cfg, msg, context)
+        site = _site_config(cfg, context)
+        run_key = _run_key(msg, context)
+        data, fingerprint = _open_site(cfg, site, msg, run_key)
+        arrays = msg.content.array_records.get(protocol.ARRAYS)
+        return _Opened(cfg, site, run_key, data, fingerprint,
+                       arrays.to_numpy_ndarrays() if arrays is not None else None)
+
+    def site_name(context: Context) -> str:
+        return str(context.node_config.get(NODE_NAME) or f"node-{context.node_id}")
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         try:
-            cfg = settings(msg, context)
-            site = _site_config(cfg, context)
-            run_key = _run_key(msg, context)
-            data, fingerprint = _open_site(cfg, site, msg, run_key)
-            weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-            result = train_round(cfg, data, weights, PrivacyLedger(site.state), run_key,
-                                 _rng(cfg), site.budget, proximal_mu=_proximal_mu(msg))
-        except BudgetExhaustedError as exc:
-            return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
+            at = open_site(msg, context)
+            result = train_round(at.cfg, at.data, at.weights, PrivacyLedger(at.site.state),
+                                 at.run_key, _rng(at.cfg), at.site.budget,
+                                 proximal_mu=_proximal_mu(msg))
         except FedtlError as exc:
-            return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
-        metrics = MetricRecord({
-            protocol.NUM_EXAMPLES: result.num_examples,
-            protocol.TRAIN_LOSS: result.train_loss,
-            protocol.EPSILON: result.epsilon,
-            protocol.EXTRACT_SECONDS: data.extraction_seconds,
-            protocol.SKIPPED_IMAGES: len(data.skipped),
-        })
+            return _refusal(msg, exc, site_name(context))
         content = RecordDict({
             protocol.ARRAYS: ArrayRecord(result.weights),
-            protocol.METRICS: metrics,
-            protocol.SITE: _site_record(data, fingerprint),
+            protocol.METRICS: MetricRecord(train_figures(at.cfg, result, at.data)),
+            protocol.SITE: _site_record(at.data, at.fingerprint),
         })
         return Message(content, reply_to=msg)
 
@@ -126,52 +170,50 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         """Fine-tune this site's own head from the global one (DP, same budget); report both
         accuracies. The personal head stays here, with a Keras model of it."""
         try:
-            cfg = settings(msg, context)
-            site = _site_config(cfg, context)
-            run_key = _run_key(msg, context)
-            data, fingerprint = _open_site(cfg, site, msg, run_key)
-            global_weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-            ledger = PrivacyLedger(site.state)
-            folder = personal_dir(site.state, run_key)
+            at = open_site(msg, context)
+            cfg, data = at.cfg, at.data
+            ledger = PrivacyLedger(at.site.state)
+            folder = personal_dir(at.site.state, at.run_key)
             shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
             weights = load_head(folder, shapes)  # a repeated request spends nothing again
             if weights is None:
-                weights = train_round(cfg, data, global_weights, ledger, run_key, _rng(cfg),
-                                      site.budget, personal=True).weights
+                weights = train_round(cfg, data, at.weights, ledger, at.run_key, _rng(cfg),
+                                      at.site.budget, personal=True).weights
                 base = LazyBase.shared(base_spec(cfg)).get()
                 folder.mkdir(parents=True, exist_ok=True)
                 save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
                            folder / MODEL_FILE)
                 save_head(folder, weights)  # last: its presence means "done, both saved"
-        except BudgetExhaustedError as exc:
-            return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
+            accuracies, weight = released_accuracies(cfg, data, [weights, at.weights], ledger,
+                                                     at.run_key, _rng(cfg), at.site.budget)
         except FedtlError as exc:
-            return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
-        spent = ledger.get(run_key)
-        metrics = MetricRecord({
-            protocol.NUM_EXAMPLES: len(data.test_y),
-            protocol.ACCURACY: evaluate(cfg, data, weights),
-            protocol.GLOBAL_ACCURACY: evaluate(cfg, data, global_weights),
-            protocol.EPSILON: spent.epsilon if spent else 0.0,
-        })
-        content = RecordDict({protocol.METRICS: metrics,
-                              protocol.SITE: _site_record(data, fingerprint)})
+            return _refusal(msg, exc, site_name(context))
+        spent = ledger.get(at.run_key)
+        figures = {protocol.NUM_EXAMPLES: weight,
+                   protocol.EPSILON: spent.epsilon if spent else 0.0,
+                   protocol.STEPS: spent.steps if spent else 0}
+        if accuracies:
+            figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
+        content = RecordDict({protocol.METRICS: MetricRecord(figures),
+                              protocol.SITE: _site_record(data, at.fingerprint)})
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate_global(msg: Message, context: Context) -> Message:
         try:
-            cfg = settings(msg, context)
-            data, fingerprint = _open_site(cfg, _site_config(cfg, context), msg,
-                                           _run_key(msg, context))
+            at = open_site(msg, context)
+            accuracies, weight = released_accuracies(
+                at.cfg, at.data, [at.weights], PrivacyLedger(at.site.state), at.run_key,
+                _rng(at.cfg), at.site.budget)
         except FedtlError as exc:
-            return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
-        weights = msg.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-        accuracy = evaluate(cfg, data, weights)
-        metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.test_y),
-                                protocol.ACCURACY: accuracy})
+            return _refusal(msg, exc, site_name(context))
+        if not accuracies:
+            return _refuse(msg, protocol.WITHHELD,
+                           f"site {at.data.name} releases no held-out figures (site-metrics none)")
+        metrics = MetricRecord({protocol.NUM_EXAMPLES: weight,
+                                protocol.ACCURACY: accuracies[0]})
         content = RecordDict({protocol.METRICS: metrics,
-                              protocol.SITE: _site_record(data, fingerprint)})
+                              protocol.SITE: _site_record(at.data, at.fingerprint)})
         return Message(content, reply_to=msg)
 
     return app

@@ -146,7 +146,8 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: floa
         raise ConfigError(
             f"target epsilon {target_epsilon} at delta {delta} cannot be met with {steps} "
             f"steps at sampling rate {sampling_rate:.4g} even with noise multiplier {upper}"
-            + (f" (earlier runs already spent {already:.3f})" if prior else "")
+            + (f" (earlier runs and this run's count and figure releases already spend "
+               f"{already:.3f})" if prior else "")
             + ": raise the budget, or lower rounds, local epochs or the batch size"
         )
     import dp_accounting

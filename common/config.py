@@ -11,6 +11,7 @@ from typing import Any
 from common.accounting import ACCOUNTANTS
 from common.errors import ConfigError
 from common.ledger import SiteBudget
+from common.release import COUNT_MODES, METRIC_MODES
 
 # iid / dirichlet (label skew) / domain (each site its own acquisition shift; label skew too
 # with --alpha) split one dataset; folders: the dataset folder holds one folder per site.
@@ -63,6 +64,12 @@ class RunConfig:
     noise_multiplier: float = 0.0
     clip_norm: float = 1.0
     accountant: str = "rdp"
+    # what a site releases besides the head (common/release.py)
+    example_counts: str = "noised"  # exact | rounded | noised (Gaussian, accounted)
+    count_noise: float = 10.0  # std of the noised count, in images
+    count_rounding: int = 50  # granularity of rounded counts
+    site_metrics: str = "exact"  # held-out accuracy and train loss: exact | noised | none
+    metric_noise: float = 30.0  # std, in images, of each noised (correct, total) release
     # heterogeneity
     strategy: str = "fedavg"
     proximal_mu: float = 0.001  # FedProx's proximal weight (with --strategy fedprox)
@@ -133,6 +140,15 @@ class RunConfig:
             (self.clip_norm > 0, f"clip-norm must be positive. Found {self.clip_norm}."),
             (self.accountant in ACCOUNTANTS,
              f"accountant must be one of {ACCOUNTANTS}. Found {self.accountant!r}."),
+            (self.example_counts in COUNT_MODES,
+             f"example-counts must be one of {COUNT_MODES}. Found {self.example_counts!r}."),
+            (self.count_noise > 0, f"count-noise must be positive. Found {self.count_noise}."),
+            (self.count_rounding >= 1,
+             f"count-rounding must be at least 1. Found {self.count_rounding}."),
+            (self.site_metrics in METRIC_MODES,
+             f"site-metrics must be one of {METRIC_MODES}. Found {self.site_metrics!r}."),
+            (self.metric_noise > 0,
+             f"metric-noise must be positive. Found {self.metric_noise}."),
             (self.max_update_norm > 0,
              f"max-update-norm must be positive. Found {self.max_update_norm}."),
             (self.min_sites >= 0, f"min-sites must be >= 0. Found {self.min_sites}."),

@@ -186,7 +186,7 @@ def train_head(
     stacked = features if views is None or len(views) == 0 else np.concatenate(
         [features[None], views]).reshape(-1, dim)
     index, mask, drawn = sample_batches(n, settings, rng, len(stacked) // n)
-    expected_batch = settings.sampling_rate * n
+    expected_batch = settings.expected_batch or settings.sampling_rate * n
     # The step divides the summed gradient by the expected batch through the learning rate;
     # the proximal gradient mu * (w - w_global) belongs to the mean loss, so it is scaled up.
     new_weights, total = trainer_for(key).train(

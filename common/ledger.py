@@ -1,8 +1,9 @@
 """A site's privacy ledger: what it has spent, written before any update leaves the site.
 
 One JSON file in the site's state folder holds the site's budget and, per run, the DP-SGD
-mechanism it ran (sampling rate, noise multiplier, steps so far). The site's total spending
-composes every run's mechanism in one accountant, so the budget holds across runs and restarts.
+mechanism it ran (sampling rate, noise multiplier, steps so far) and the Gaussian releases of
+its count and figures. The site's total spending composes every run's mechanisms in one
+accountant, so the budget holds across runs and restarts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from common.accounting import ACCOUNTANTS, Mechanism, composed_epsilon
 from common.errors import ConfigError, DataError
+from common.release import count_mechanism, metric_mechanism
 from common.storage import write_json_atomically
 
 LEDGER_FILE = "privacy-ledger.json"
@@ -38,7 +40,12 @@ class SiteBudget:
 
 @dataclass(frozen=True)
 class RunSpending:
-    """One run's DP-SGD at one site: the mechanism and how many steps it has taken."""
+    """One run at one site: its DP-SGD mechanism and steps, and what else it released.
+
+    ``public_count`` is the training-example count the site released (exact, rounded or
+    noised with std ``count_noise``); ``metric_releases`` noised (correct, total) pairs of
+    std ``metric_noise`` went out so far. ``epsilon`` composes all of it.
+    """
 
     sampling_rate: float
     noise_multiplier: float
@@ -47,10 +54,22 @@ class RunSpending:
     delta: float
     target_epsilon: float
     accountant: str
+    public_count: int = 0
+    count_noise: float = 0.0  # 0: the count was not noised (exact or rounded: not DP)
+    metric_noise: float = 0.0
+    metric_releases: int = 0
 
     @property
     def mechanism(self) -> Mechanism:
+        """The DP-SGD steps alone."""
         return Mechanism(self.sampling_rate, self.noise_multiplier, self.steps)
+
+    @property
+    def mechanisms(self) -> list[Mechanism]:
+        """Everything this run released under DP: the steps, the count, the figures."""
+        extra = [count_mechanism("noised", self.count_noise) if self.count_noise else None,
+                 metric_mechanism(self.metric_noise, self.metric_releases)]
+        return [self.mechanism, *(m for m in extra if m is not None)]
 
 
 @dataclass(frozen=True)
@@ -113,11 +132,11 @@ class PrivacyLedger:
 
     def prior(self, run_key: str) -> list[Mechanism]:
         """The mechanisms of every run except ``run_key``."""
-        return [s.mechanism for key, s in self.runs().items() if key != run_key]
+        return [m for key, s in self.runs().items() if key != run_key for m in s.mechanisms]
 
     def spent(self, budget: SiteBudget) -> float:
         """Epsilon at the budget's delta of all runs composed."""
-        return composed_epsilon([s.mechanism for s in self.runs().values()],
+        return composed_epsilon([m for s in self.runs().values() for m in s.mechanisms],
                                 delta=budget.delta, accountant=budget.accountant)
 
     def summary(self) -> LedgerSummary:
@@ -126,7 +145,8 @@ class PrivacyLedger:
         if budget is None:
             # No budget recorded: compose at the smallest delta any run used (the larger epsilon).
             delta = min((s.delta for s in runs.values()), default=1e-5)
-            spent = composed_epsilon([s.mechanism for s in runs.values()], delta=delta)
+            spent = composed_epsilon([m for s in runs.values() for m in s.mechanisms],
+                                     delta=delta)
             return LedgerSummary(state=str(self.path.parent), budget=None, delta=None,
                                  accountant=None, spent=spent, remaining=None, runs=per_run)
         spent = self.spent(budget)

@@ -30,7 +30,17 @@ ACCURACY = "accuracy"
 EXTRACT_SECONDS = "extract-seconds"
 SKIPPED_IMAGES = "skipped-images"
 GLOBAL_ACCURACY = "global-accuracy"
+SAMPLING_RATE = "sampling-rate"
+NOISE_MULTIPLIER = "noise-multiplier"
+STEPS = "steps"
 PROXIMAL_MU = "proximal-mu"  # what Flower's FedProx puts in the train config
+
+# Everything a site's train reply holds besides the head arrays and its name and base
+# fingerprint (README, "What leaves a site"). The count is the released one (exact, rounded
+# or noised); the DP-SGD settings are computed from it and from public settings.
+TRAIN_FIGURES = (NUM_EXAMPLES, EPSILON, SAMPLING_RATE, NOISE_MULTIPLIER, STEPS)
+# Added only with --site-metrics exact: computed from private images outside the guarantee.
+EXACT_TRAIN_FIGURES = (TRAIN_LOSS, EXTRACT_SECONDS, SKIPPED_IMAGES)
 
 # The message action (``train.personalize``) that asks a site to fine-tune its own head.
 PERSONALIZE = "personalize"
@@ -38,6 +48,7 @@ PERSONALIZE = "personalize"
 # Error codes of replies in which a site declines or refuses a round.
 BUDGET_EXHAUSTED = 4001
 INCOMPATIBLE = 4002
+WITHHELD = 4003  # the site releases no held-out figures (--site-metrics none)
 
 
 def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray], *,

@@ -20,3 +20,6 @@ class SgdSettings:
     # FedProx (Li et al., arXiv 1812.06127): mu/2 * ||w - w_global||^2 added to the mean loss.
     # Its gradient depends on no example, so it is added after clipping and noise.
     proximal_mu: float = 0.0
+    # The divisor of each step's noisy gradient sum: sampling rate x the site's *released*
+    # count (0: sampling rate x the number of examples trained on, for non-private runs).
+    expected_batch: float = 0.0

@@ -30,6 +30,7 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
     epsilon_by_site: dict[str, float] = field(default_factory=dict)
     skipped_by_site: dict[str, int] = field(default_factory=dict)
+    privacy_by_site: dict[str, dict[str, float]] = field(default_factory=dict)
     extract_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     server_state: list[np.ndarray] = field(default_factory=list)  # e.g. FedAdam's moments

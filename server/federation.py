@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import logging
@@ -46,6 +47,7 @@ class PersonalResult:
 
     personal: dict[str, float] = field(default_factory=dict)
     global_: dict[str, float] = field(default_factory=dict)
+    fine_tuned: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
 
@@ -126,7 +128,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         initial = checkpoint.arrays
         strategy.resume(checkpoint.round, [RoundRecord(**r) for r in checkpoint.history],
                         checkpoint.epsilon_by_site, checkpoint.skipped_by_site,
-                        checkpoint.extract_seconds)
+                        checkpoint.extract_seconds, checkpoint.privacy_by_site)
         strategy.restore_server_state(checkpoint.server_state)
         elapsed_before = checkpoint.elapsed_seconds
         print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.rounds} "
@@ -143,6 +145,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
             run_id=run_id, settings=settings, round=record.round, arrays=strategy.arrays,
             history=[asdict(r) for r in strategy.history],
             epsilon_by_site=strategy.epsilon_by_site, skipped_by_site=strategy.skipped_by_site,
+            privacy_by_site={k: asdict(v) for k, v in strategy.privacy_by_site.items()},
             extract_seconds=strategy.extract_seconds,
             elapsed_seconds=elapsed_before + time.time() - prerun.started,
             server_state=strategy.server_state()))
@@ -194,18 +197,63 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
         metrics = reply.content.metric_records.get(protocol.METRICS)
         name = str(site.get(protocol.SITE_NAME)) if site else who
         figures = [metrics.get(k) if metrics else None for k in
-                   (protocol.ACCURACY, protocol.GLOBAL_ACCURACY, protocol.EPSILON)]
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in figures) \
-                or max(figures[0], figures[1]) > 1.0:  # type: ignore[type-var]
+                   (protocol.ACCURACY, protocol.GLOBAL_ACCURACY, protocol.EPSILON,
+                    protocol.STEPS)]
+        withheld = figures[0] is None and figures[1] is None  # --site-metrics none
+        checked = figures[2:] if withheld else figures
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in checked) \
+                or (not withheld and max(figures[0], figures[1]) > 1.0):  # type: ignore[type-var]
             result.refused.append(name)
             log.warning("personalization: dropped the reply of %s: figures %r", name, figures)
             continue
-        result.personal[name] = float(figures[0])  # type: ignore[arg-type]
-        result.global_[name] = float(figures[1])  # type: ignore[arg-type]
+        if not withheld:
+            result.personal[name] = float(figures[0])  # type: ignore[arg-type]
+            result.global_[name] = float(figures[1])  # type: ignore[arg-type]
+        result.fine_tuned.append(name)
         strategy.epsilon_by_site[name] = float(figures[2])  # type: ignore[arg-type]
-    print(f"personalization: {len(result.personal)} site(s) fine-tuned their own head"
+        if name in strategy.privacy_by_site:
+            strategy.privacy_by_site[name] = dataclasses.replace(
+                strategy.privacy_by_site[name], epsilon=float(figures[2]),  # type: ignore[arg-type]
+                steps=int(figures[3]))  # type: ignore[arg-type]
+    print(f"personalization: {len(result.fine_tuned)} site(s) fine-tuned their own head"
           + (f", {len(result.refused)} did not" if result.refused else ""), flush=True)
     return result
+
+
+def site_privacy(cfg: RunConfig, strategy: Validation) -> dict[str, dict[str, Any]]:
+    """Per site: its record-level guarantee and the DP-SGD mechanism behind it, as stated
+    in the site's last accepted reply."""
+    if not cfg.dp:
+        return {site: {"epsilon": None, "delta": None, "private": False}
+                for site in strategy.epsilon_by_site}
+    return {site: {"epsilon": p.epsilon, "delta": cfg.delta,
+                   "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
+                   "steps": p.steps, "accountant": cfg.accountant,
+                   "sampling": "poisson", "private": True}
+            for site, p in sorted(strategy.privacy_by_site.items())}
+
+
+def guarantees(cfg: RunConfig) -> dict[str, Any]:
+    """What the run's epsilons cover and what left the sites outside them."""
+    outside = []
+    if cfg.dp and cfg.example_counts != "noised":
+        outside.append(f"example counts ({cfg.example_counts})")
+    if cfg.dp and cfg.site_metrics == "exact":
+        outside += ["held-out accuracy", "train loss", "skipped-image counts",
+                    "feature-extraction seconds"]
+    return {
+        "record_level": {
+            "private": cfg.dp,
+            "unit": "one image of one site (add/remove)",
+            "target_epsilon": cfg.target_epsilon if cfg.dp else None,
+            "delta": cfg.delta if cfg.dp else None,
+            "accountant": cfg.accountant,
+            "covers": ["head updates"]
+            + (["noised example counts"] if cfg.dp and cfg.example_counts == "noised" else [])
+            + (["noised held-out accuracy"] if cfg.dp and cfg.site_metrics == "noised" else []),
+            "released_outside_guarantee": outside,
+        },
+    }
 
 
 def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
@@ -248,6 +296,8 @@ def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
             "private": cfg.dp,
         },
         "sites": sites,
+        "privacy": site_privacy(cfg, strategy),
+        "guarantees": guarantees(cfg),
         "data": {"skipped_images": sum(strategy.skipped_by_site.values()),
                  "skipped_images_by_site": strategy.skipped_by_site},
         "timing": {

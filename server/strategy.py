@@ -39,15 +39,26 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
+class SitePrivacy:
+    """A site's record-level guarantee for the run, as its last accepted reply stated it."""
+
+    epsilon: float
+    sampling_rate: float
+    noise_multiplier: float
+    steps: int
+
+
+@dataclass(frozen=True)
 class SiteUpdate:
-    """The figures of a reply that passed every check."""
+    """The figures of a reply that passed every check (the optional ones come only from
+    sites that release exact figures)."""
 
     site: str
     num_examples: int
-    train_loss: float
-    epsilon: float
+    privacy: SitePrivacy
+    train_loss: float | None
     extract_seconds: float
-    skipped_images: int
+    skipped_images: int | None
 
 
 class Validation:
@@ -69,6 +80,7 @@ class Validation:
         self.history: list[RoundRecord] = []
         self._round_started = time.monotonic()
         self.epsilon_by_site: dict[str, float] = {}
+        self.privacy_by_site: dict[str, SitePrivacy] = {}
         self.extract_seconds = 0.0
         self.skipped_by_site: dict[str, int] = {}
         self.round_offset = 0
@@ -77,8 +89,11 @@ class Validation:
 
     def resume(self, rounds_done: int, history: list[RoundRecord],
                epsilon_by_site: dict[str, float], skipped_by_site: dict[str, int],
-               extract_seconds: float) -> None:
+               extract_seconds: float,
+               privacy_by_site: dict[str, dict[str, float]] | None = None) -> None:
         """Go on after ``rounds_done`` rounds of which a checkpoint kept this state."""
+        self.privacy_by_site = {site: SitePrivacy(**p)  # type: ignore[arg-type]
+                                for site, p in (privacy_by_site or {}).items()}
         self.round_offset = rounds_done
         self.history = list(history)
         self.epsilon_by_site = dict(epsilon_by_site)
@@ -130,10 +145,13 @@ class Validation:
                 continue
             accepted.append(msg)
             record.sites_trained.append(update.site)
-            losses.append((update.train_loss, update.num_examples))
-            self.epsilon_by_site[update.site] = update.epsilon
+            if update.train_loss is not None:
+                losses.append((update.train_loss, update.num_examples))
+            self.epsilon_by_site[update.site] = update.privacy.epsilon
+            self.privacy_by_site[update.site] = update.privacy
             self.extract_seconds += update.extract_seconds
-            self.skipped_by_site[update.site] = update.skipped_images
+            if update.skipped_images is not None:
+                self.skipped_by_site[update.site] = update.skipped_images
         if len(accepted) < self.min_train_nodes:
             log.warning("round %d: only %d accepted update(s), fewer than the %d required; "
                         "the global head stays as it was", record.round, len(accepted),
@@ -147,7 +165,7 @@ class Validation:
                            zip(arrays.to_numpy_ndarrays(), self._global, strict=True)]
             arrays = ArrayRecord(self.arrays)
         total = sum(n for _, n in losses)
-        record.train_loss = sum(loss * n for loss, n in losses) / total
+        record.train_loss = sum(loss * n for loss, n in losses) / total if total else None
         record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)
         return arrays, metrics
 
@@ -166,19 +184,27 @@ class Validation:
         n = metrics.get(protocol.NUM_EXAMPLES)
         if not isinstance(n, int) or n <= 0:
             raise UpdateRejectedError(f"{who}: example count {n!r} is not a positive integer")
-        figures: dict[str, float] = {}
-        for key in (protocol.TRAIN_LOSS, protocol.EPSILON, protocol.EXTRACT_SECONDS,
-                    protocol.SKIPPED_IMAGES):
+        figures: dict[str, float | None] = {}
+        for key in (*protocol.TRAIN_FIGURES[1:], *protocol.EXACT_TRAIN_FIGURES):
             value = metrics.get(key)
+            if value is None and key in protocol.EXACT_TRAIN_FIGURES:
+                figures[key] = None  # a site that releases only DP figures
+                continue
             if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise UpdateRejectedError(f"{who}: {key} {value!r} is not a finite number >= 0")
             figures[key] = float(value)
         arrays = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
         protocol.check_update(arrays, self._global, max_norm=self.max_update_norm, who=who)
-        return SiteUpdate(site=name, num_examples=n, train_loss=figures[protocol.TRAIN_LOSS],
-                          epsilon=figures[protocol.EPSILON],
-                          extract_seconds=figures[protocol.EXTRACT_SECONDS],
-                          skipped_images=int(figures[protocol.SKIPPED_IMAGES]))
+        skipped = figures[protocol.SKIPPED_IMAGES]
+        return SiteUpdate(
+            site=name, num_examples=n,
+            privacy=SitePrivacy(epsilon=cast(float, figures[protocol.EPSILON]),
+                                sampling_rate=cast(float, figures[protocol.SAMPLING_RATE]),
+                                noise_multiplier=cast(float, figures[protocol.NOISE_MULTIPLIER]),
+                                steps=int(cast(float, figures[protocol.STEPS]))),
+            train_loss=figures[protocol.TRAIN_LOSS],
+            extract_seconds=figures[protocol.EXTRACT_SECONDS] or 0.0,
+            skipped_images=None if skipped is None else int(skipped))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

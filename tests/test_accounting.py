@@ -74,3 +74,43 @@ def test_cached_rdp_curves_give_exactly_the_accountants_epsilon() -> None:
     expected = accountant.get_epsilon(1e-5)
     assert composed_epsilon(runs, delta=1e-5) == pytest.approx(expected, rel=1e-12)
     assert composed_epsilon(runs, delta=1e-5) == pytest.approx(expected, rel=1e-12)  # cached
+
+
+def tensorflow_privacy_epsilon(*, epochs: float, noise: float, rate: float, delta: float,
+                               accountant: str) -> float:
+    import common.dp  # noqa: F401  (sets tensorflow-privacy's import escape hatch)
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
+
+    return lib._compute_dp_sgd_example_privacy(
+        num_epochs=epochs, noise_multiplier=noise, example_delta=delta,
+        used_microbatching=False, poisson_subsampling_probability=rate,
+        accountant_type=lib.AccountantType[accountant.upper()])
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+@pytest.mark.parametrize(("n", "batch", "noise", "epochs"), [
+    (60000, 256, 1.1, 60),  # Abadi et al. 2016, MNIST
+    (60000, 150, 1.3, 15),  # tensorflow-privacy's tutorial setting
+    (2000, 512, 3.4, 10),  # a small fedtl site: few steps at a high sampling rate
+])
+def test_epsilon_matches_tensorflow_privacys_own_statement_for_poisson_dp_sgd(
+        accountant: str, n: int, batch: int, noise: float, epochs: int) -> None:
+    rate = batch / n
+    steps = math.ceil(epochs / rate)  # how tensorflow-privacy counts steps for epochs
+    ours = epsilon(sampling_rate=rate, noise_multiplier=noise, steps=steps, delta=1e-5,
+                   accountant=accountant)
+    theirs = tensorflow_privacy_epsilon(epochs=epochs, noise=noise, rate=rate, delta=1e-5,
+                                        accountant=accountant)
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_the_abadi_setting_as_tensorflow_privacys_statement_prints_it() -> None:
+    import common.dp  # noqa: F401
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
+
+    statement = lib.compute_dp_sgd_privacy_statement(
+        number_of_examples=60000, batch_size=256, num_epochs=60, noise_multiplier=1.1,
+        delta=1e-5, used_microbatching=False)
+    ours = epsilon(sampling_rate=256 / 60000, noise_multiplier=1.1,
+                   steps=math.ceil(60 * 60000 / 256), delta=1e-5)
+    assert f"{ours:.3f}" in statement  # its Poisson line; the shuffled-batch line is ~57

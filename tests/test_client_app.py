@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -42,37 +43,65 @@ def context() -> Context:
                    state=RecordDict(), run_config={})
 
 
-def test_train_reply_holds_only_the_head_and_the_documented_figures(cfg: RunConfig) -> None:
+def outgoing(reply: Message) -> dict[str, dict[str, object]]:
+    """Every record of a reply, by kind, as plain dicts (what goes over the wire)."""
+    content = reply.content
+    return {"arrays": {k: [a.shape for a in v.to_numpy_ndarrays()]
+                       for k, v in content.array_records.items()},
+            "metrics": {k: dict(v) for k, v in content.metric_records.items()},
+            "configs": {k: dict(v) for k, v in content.config_records.items()}}
+
+
+@pytest.mark.parametrize("site_metrics", ["exact", "noised"])
+def test_train_reply_holds_exactly_the_head_and_the_documented_figures(
+        cfg: RunConfig, site_metrics: str) -> None:
+    cfg = cfg.replace(site_metrics=site_metrics, out=f"{cfg.out}-{site_metrics}")
     fingerprint = base_fingerprint(base_spec(cfg))
     reply = make_client_app(cfg)(message(MessageType.TRAIN, fingerprint), context())
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    content = reply.content
-    assert set(content.array_records) == {protocol.ARRAYS}
-    assert set(content.metric_records) == {protocol.METRICS}
-    assert set(content.config_records) == {protocol.SITE}
-    arrays = content[protocol.ARRAYS].to_numpy_ndarrays()
-    assert [a.shape for a in arrays] == [(512, 10), (10,)]
-    assert set(content[protocol.METRICS]) == {
-        protocol.NUM_EXAMPLES, protocol.TRAIN_LOSS, protocol.EPSILON,
-        protocol.EXTRACT_SECONDS, protocol.SKIPPED_IMAGES}
-    assert 0 < content[protocol.METRICS][protocol.EPSILON] <= cfg.target_epsilon
-    assert dict(content[protocol.SITE]) == {protocol.SITE_NAME: "site-1",
-                                            protocol.FINGERPRINT: fingerprint}
-    assert Path(cfg.out, "sites", "site-1", "privacy-ledger.json").exists()
+    sent = outgoing(reply)
+    assert sent["arrays"] == {protocol.ARRAYS: [(512, 10), (10,)]}
+    assert set(sent["configs"]) == {protocol.SITE}
+    assert sent["configs"][protocol.SITE] == {protocol.SITE_NAME: "site-1",
+                                              protocol.FINGERPRINT: fingerprint}
+    figures = sent["metrics"][protocol.METRICS]
+    assert set(sent["metrics"]) == {protocol.METRICS}
+    expected = set(protocol.TRAIN_FIGURES)
+    if site_metrics == "exact":
+        expected |= set(protocol.EXACT_TRAIN_FIGURES)
+    assert set(figures) == expected
+    assert 0 < figures[protocol.EPSILON] <= cfg.target_epsilon
+    # Every DP figure is the one in the site's ledger: the count it released, the settings
+    # computed from that count.
+    ledger = json.loads(Path(cfg.out, "sites", "site-1", "privacy-ledger.json").read_text())
+    (entry,) = ledger["runs"].values()
+    assert figures[protocol.NUM_EXAMPLES] == entry["public_count"]
+    assert figures[protocol.SAMPLING_RATE] == entry["sampling_rate"]
+    assert figures[protocol.NOISE_MULTIPLIER] == entry["noise_multiplier"]
+    assert figures[protocol.STEPS] == entry["steps"]
+    assert figures[protocol.EPSILON] == pytest.approx(entry["epsilon"])
+    assert entry["count_noise"] == cfg.count_noise  # the noised count is accounted
+
+
+def test_a_data_error_reaches_the_server_without_the_sites_class_names(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    from .conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "data", {c: 3 for c in ("rare-disease-x", "other")})
+    node = {"data": str(data), "state": str(tmp_path / "state"), "site-name": "clinic",
+            "budget": 3.0}
+    site = Context(run_id=7, node_id=3, node_config=node, state=RecordDict(), run_config={})
+    reply = make_client_app(cfg)(
+        message(MessageType.TRAIN, base_fingerprint(base_spec(cfg))), site)
+    assert reply.has_error() and reply.error.code == protocol.INCOMPATIBLE
+    assert "clinic" in reply.error.reason
+    assert "rare-disease-x" not in reply.error.reason and str(data) not in reply.error.reason
 
 
 def test_a_foreign_base_fingerprint_is_refused_without_training(cfg: RunConfig) -> None:
     reply = make_client_app(cfg)(message(MessageType.TRAIN, "0" * 64), context())
     assert reply.has_error() and reply.error.code == protocol.INCOMPATIBLE
     assert "fingerprint" in reply.error.reason
-
-
-def test_a_federation_with_other_classes_is_refused_naming_them(cfg: RunConfig) -> None:
-    fingerprint = base_fingerprint(base_spec(cfg))
-    other = tuple("abcdefghij")
-    reply = make_client_app(cfg)(message(MessageType.TRAIN, fingerprint, other), context())
-    assert reply.has_error() and reply.error.code == protocol.INCOMPATIBLE
-    assert "unexpected" in reply.error.reason
 
 
 def test_evaluate_reports_held_out_accuracy(cfg: RunConfig) -> None:

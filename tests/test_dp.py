@@ -129,3 +129,37 @@ def test_the_proximal_term_pulls_towards_the_global_head_by_mu_times_the_distanc
         return float(np.sqrt(sum(np.sum((w - m) ** 2) for w, m in zip(ws, moved))))
 
     assert distance(many_prox) < 0.5 * distance(many_free)
+
+
+def test_batches_are_poisson_samples_at_the_accounted_rate_and_step_count() -> None:
+    """The accountant assumes each example joins each step independently with probability
+    q; the drawn batches must look exactly like that (sizes Binomial(n, q), every example
+    at rate q, no dependence between examples) and there must be exactly ``steps`` of them."""
+    from common.dp import sample_batches
+
+    n, q, steps = 200, 0.1, 3000
+    index, mask, drawn = sample_batches(n, settings(sampling_rate=q, steps=steps),
+                                        np.random.default_rng(1))
+    assert index.shape[0] == steps  # empty samples are kept as steps: they are accounted
+    sizes = mask.sum(axis=1)
+    assert sizes.mean() == pytest.approx(n * q, rel=0.02)
+    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.1)  # not a fixed batch size
+    member = np.zeros((steps, n))
+    for step in range(steps):
+        member[step, index[step][mask[step] > 0]] = 1
+    assert member.sum() == drawn
+    rates = member.mean(axis=0)
+    assert np.abs(rates - q).max() < 5 * np.sqrt(q * (1 - q) / steps)
+    corr = np.corrcoef(member[:, :20].T)[np.triu_indices(20, 1)]
+    assert np.abs(corr).max() < 0.1  # examples are drawn independently
+
+
+def test_the_noisy_sum_is_divided_by_the_public_expected_batch_not_the_drawn_one() -> None:
+    # One step at rate 1 with no noise and a huge clip: the update is lr * sum / divisor.
+    start = initial_head_weights(6, 3, 0, seed=0)
+    plain = dict(sampling_rate=1.0, steps=1, clip_norm=1e6)
+    by_count = run(start, settings(**plain), width=0)
+    by_public = run(start, settings(**plain, expected_batch=80.0), width=0)
+    moved = [np.abs(a - s).sum() for a, s in zip(by_count, start)]
+    moved_public = [np.abs(a - s).sum() for a, s in zip(by_public, start)]
+    assert moved_public[0] == pytest.approx(moved[0] * len(Y) / 80.0, rel=1e-4)

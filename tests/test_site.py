@@ -46,7 +46,8 @@ def test_planned_rounds_spend_exactly_the_budget_and_one_more_is_declined(
     assert spent[-1] <= 2.0 + 1e-6
     with pytest.raises(BudgetExhaustedError, match="past the run's target of 2.0"):
         train_round(CFG, data, weights, ledger, "run-1", RNG)
-    assert ledger.get("run-1").steps == 3 * sgd_settings(CFG, 100).steps
+    entry = ledger.get("run-1")
+    assert entry.steps == 3 * sgd_settings(CFG, entry.public_count).steps
 
 
 def test_a_second_run_fits_what_the_first_left_of_the_site_budget(tmp_path: Path) -> None:
@@ -162,3 +163,71 @@ def test_a_personal_head_reads_back_and_a_foreign_one_is_ignored(tmp_path: Path)
     assert load_head(folder, [(8, 4), (4,)]) is None  # another head shape: train again
     (folder / "head.npz").write_bytes(b"garbage")
     assert load_head(folder, [w.shape for w in weights]) is None
+
+
+def test_the_noised_count_is_released_once_accounted_and_drives_the_settings(
+        tmp_path: Path) -> None:
+    from common.accounting import composed_epsilon
+
+    data, ledger = site(), PrivacyLedger(tmp_path)
+    weights = start()
+    counts = set()
+    for _ in range(CFG.rounds):
+        result = train_round(CFG, data, weights, ledger, "run-1", np.random.default_rng())
+        weights = result.weights
+        counts.add(result.num_examples)
+    entry = ledger.get("run-1")
+    assert counts == {entry.public_count}  # drawn once per run, reused every round
+    assert abs(entry.public_count - 100) < 6 * CFG.count_noise
+    assert entry.sampling_rate == pytest.approx(CFG.batch_size / entry.public_count)
+    assert result.settings.expected_batch == pytest.approx(CFG.batch_size)
+    # The count's Gaussian query is part of the run's epsilon, and the run still lands on
+    # its target: the training noise was calibrated with the count composed in.
+    assert len(entry.mechanisms) == 2 and entry.mechanisms[1].noise_multiplier == CFG.count_noise
+    assert composed_epsilon([entry.mechanism], delta=CFG.delta) < entry.epsilon
+    assert entry.epsilon == pytest.approx(CFG.target_epsilon, abs=1e-3)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("exact", 100), ("rounded", 100)])
+def test_exact_and_rounded_counts_spend_nothing_on_the_count(
+        tmp_path: Path, mode: str, expected: int) -> None:
+    cfg = CFG.replace(example_counts=mode, count_rounding=40)
+    result = train_round(cfg, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+    assert result.num_examples == (expected if mode == "exact" else 80)
+    assert len(PrivacyLedger(tmp_path).get("run-1").mechanisms) == 1
+
+
+def test_noised_accuracy_releases_are_planned_charged_and_declined_past_the_plan(
+        tmp_path: Path) -> None:
+    from common.site import released_accuracies
+
+    cfg = CFG.replace(site_metrics="noised", metric_noise=30.0)
+    data, ledger = site(4000), PrivacyLedger(tmp_path)
+    weights = start()
+    released = []
+    for _ in range(cfg.rounds):
+        weights = train_round(cfg, data, weights, ledger, "run-1", RNG).weights
+        (accuracy,), weight = released_accuracies(cfg, data, [weights], ledger, "run-1", RNG)
+        released.append(accuracy)
+        assert 0.0 <= accuracy <= 1.0
+    entry = ledger.get("run-1")
+    assert entry.metric_releases == cfg.rounds and entry.metric_noise == 30.0
+    assert entry.epsilon == pytest.approx(cfg.target_epsilon, abs=1e-3)
+    assert weight == round(entry.public_count * cfg.holdout / (1 - cfg.holdout))
+    # Noise of std 30 images on 2,000 held-out images: close to the exact accuracy.
+    assert released[-1] == pytest.approx(evaluate(cfg, data, weights), abs=0.1)
+    with pytest.raises(BudgetExhaustedError, match="held-out accuracy"):
+        released_accuracies(cfg, data, [weights], ledger, "run-1", RNG)
+    assert ledger.get("run-1").metric_releases == cfg.rounds  # the declined one is not charged
+
+
+def test_a_site_releasing_no_figures_sends_no_accuracy_and_spends_nothing_on_it(
+        tmp_path: Path) -> None:
+    from common.site import released_accuracies
+
+    cfg = CFG.replace(site_metrics="none")
+    data, ledger = site(), PrivacyLedger(tmp_path)
+    weights = train_round(cfg, data, start(), ledger, "run-1", RNG).weights
+    before = ledger.get("run-1")
+    assert released_accuracies(cfg, data, [weights], ledger, "run-1", RNG)[0] == []
+    assert ledger.get("run-1") == before

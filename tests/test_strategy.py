@@ -21,13 +21,15 @@ def metadata(node: int) -> Metadata:
 
 
 def reply(node: int, arrays: list[np.ndarray], n: int, eps: float = 1.0,
-          fingerprint: str = FP) -> Message:
+          fingerprint: str = FP, exact: bool = True) -> Message:
+    figures = {protocol.NUM_EXAMPLES: n, protocol.EPSILON: eps,
+               protocol.SAMPLING_RATE: 0.5, protocol.NOISE_MULTIPLIER: 1.2, protocol.STEPS: 4}
+    if exact:  # a site that also releases its exact figures (--site-metrics exact)
+        figures.update({protocol.TRAIN_LOSS: 0.5, protocol.EXTRACT_SECONDS: 0.0,
+                        protocol.SKIPPED_IMAGES: 0})
     content = RecordDict({
         protocol.ARRAYS: ArrayRecord(arrays),
-        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n, protocol.TRAIN_LOSS: 0.5,
-                                        protocol.EPSILON: eps,
-                                        protocol.EXTRACT_SECONDS: 0.0,
-                                        protocol.SKIPPED_IMAGES: 0}),
+        protocol.METRICS: MetricRecord(figures),
         protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}",
                                      protocol.FINGERPRINT: fingerprint}),
     })
@@ -181,3 +183,23 @@ def test_each_round_records_the_worst_site_and_the_spread() -> None:
     record = s.history[-1]
     assert record.worst_site_accuracy == pytest.approx(0.5)
     assert record.site_accuracy_std == pytest.approx(np.std([0.9, 0.5, 0.7]))
+
+
+def test_sites_releasing_only_dp_figures_are_aggregated_and_their_guarantee_kept() -> None:
+    s = strategy()
+    arrays, _ = s.aggregate_train(1, [reply(1, full(1.0), 10, eps=0.5, exact=False),
+                                      reply(2, full(3.0), 10, eps=0.7, exact=False)])
+    assert arrays is not None
+    assert s.history[-1].train_loss is None  # no site sent a loss
+    assert s.skipped_by_site == {}
+    privacy = s.privacy_by_site["site-2"]
+    assert (privacy.epsilon, privacy.sampling_rate, privacy.noise_multiplier, privacy.steps) \
+        == (0.7, 0.5, 1.2, 4)
+
+
+def test_a_reply_without_its_dp_settings_is_rejected() -> None:
+    s = strategy()
+    bad = reply(1, full(1.0), 10)
+    del bad.content[protocol.METRICS][protocol.NOISE_MULTIPLIER]
+    assert s.aggregate_train(1, [bad]) == (None, None)
+    assert s.history[-1].rejected == ["node 1"]
