@@ -10,7 +10,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from common.config import PARTITIONS, POOL_LAYERS, STRATEGIES, RunConfig
+from common.config import CLIENT_DP, PARTITIONS, POOL_LAYERS, STRATEGIES, RunConfig
+from common.release import COUNT_MODES, METRIC_MODES
 from common.errors import ConfigError, FedtlError
 
 _D = RunConfig()
@@ -32,6 +33,30 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-norm", type=float, default=_D.clip_norm)
     p.add_argument("--accountant", choices=("rdp", "pld"), default=_D.accountant)
     p.add_argument("--no-dp", dest="dp", action="store_false", help="train without DP")
+    p.add_argument("--example-counts", choices=COUNT_MODES, default=_D.example_counts,
+                   help="how a site releases its example count: noised (Gaussian, once per "
+                        "run, accounted in its epsilon), rounded or exact (both outside it)")
+    p.add_argument("--count-noise", type=float, default=_D.count_noise,
+                   help="std, in images, of a noised count")
+    p.add_argument("--count-rounding", type=int, default=_D.count_rounding,
+                   help="granularity of a rounded count")
+    p.add_argument("--site-metrics", choices=METRIC_MODES, default=_D.site_metrics,
+                   help="held-out accuracy and train loss from sites: exact (outside the "
+                        "guarantee, flagged in the report), noised (accuracy only, Gaussian, "
+                        "accounted) or none")
+    p.add_argument("--metric-noise", type=float, default=_D.metric_noise,
+                   help="std, in images, of each noised (correct, total) release")
+    p.add_argument("--client-dp", choices=CLIENT_DP, default=_D.client_dp,
+                   help="client-level DP on the server (Flower's DP wrappers): clip each "
+                        "site's update (fixed or adaptive norm), average equally, add noise")
+    p.add_argument("--client-noise", type=float, default=_D.client_noise,
+                   help="client-level noise multiplier")
+    p.add_argument("--client-clip", type=float, default=_D.client_clip,
+                   help="clip norm of a site's update (initial norm with adaptive clipping)")
+    p.add_argument("--client-quantile", type=float, default=_D.client_quantile,
+                   help="adaptive clipping's target fraction of unclipped updates")
+    p.add_argument("--client-delta", type=float, default=_D.client_delta,
+                   help="delta of the client-level guarantee")
     p.add_argument("--batch-size", type=int, default=_D.batch_size,
                    help="expected batch size of the Poisson-sampled DP-SGD steps")
     p.add_argument("--local-epochs", type=int, default=_D.local_epochs)
@@ -242,7 +267,10 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
     final = report["final"]
     eps = final["epsilon"]
     print()
-    print(f"final held-out accuracy (mean over sites): {final['accuracy']:.4f}")
+    if final["accuracy"] is None:
+        print("final held-out accuracy: not released by the sites (--site-metrics none)")
+    else:
+        print(f"final held-out accuracy (mean over sites): {final['accuracy']:.4f}")
     if final.get("worst_site_accuracy") is not None:
         which = "own heads" if final.get("personalized") else "global head"
         print(f"per site ({which}): worst {final['worst_site_accuracy']:.4f}, mean "
@@ -256,6 +284,16 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
               + f" (budget {final['target_epsilon']})")
     else:
         print("no differential privacy (--no-dp)")
+    record_level = report.get("guarantees", {}).get("record_level", {})
+    if record_level.get("released_outside_guarantee"):
+        print("released by sites outside that guarantee: "
+              + ", ".join(record_level["released_outside_guarantee"]))
+    client_level = report.get("guarantees", {}).get("client_level", {})
+    if client_level.get("private"):
+        print(f"client-level epsilon (a whole site) at delta={client_level['delta']}: "
+              f"{client_level['epsilon']:.3f} after {client_level['releases']} noised "
+              f"aggregates ({client_level['clipping']} clipping, final clip norm "
+              f"{client_level['clip_norm']:.3g})")
     timing = report["timing"]
     print(f"time: {timing['total_seconds']:.1f} s in all, "
           f"{timing['feature_extraction_seconds']:.1f} s extracting features")

@@ -17,6 +17,7 @@ from common.release import COUNT_MODES, METRIC_MODES
 # with --alpha) split one dataset; folders: the dataset folder holds one folder per site.
 PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 
@@ -70,6 +71,12 @@ class RunConfig:
     count_rounding: int = 50  # granularity of rounded counts
     site_metrics: str = "exact"  # held-out accuracy and train loss: exact | noised | none
     metric_noise: float = 30.0  # std, in images, of each noised (correct, total) release
+    # client-level DP on the server (server/client_dp.py): a whole site is the unit
+    client_dp: str = "off"  # off | fixed | adaptive (clipping of each site's update)
+    client_noise: float = 1.0  # noise multiplier z: std z * clip / sites on the mean update
+    client_clip: float = 5.0  # clip norm of a site's update (initial norm when adaptive)
+    client_quantile: float = 0.5  # adaptive clipping's target fraction of unclipped updates
+    client_delta: float = 1e-3  # delta of the client-level guarantee
     # heterogeneity
     strategy: str = "fedavg"
     proximal_mu: float = 0.001  # FedProx's proximal weight (with --strategy fedprox)
@@ -149,6 +156,17 @@ class RunConfig:
              f"site-metrics must be one of {METRIC_MODES}. Found {self.site_metrics!r}."),
             (self.metric_noise > 0,
              f"metric-noise must be positive. Found {self.metric_noise}."),
+            (self.client_dp in CLIENT_DP,
+             f"client-dp must be one of {CLIENT_DP}. Found {self.client_dp!r}."),
+            (self.client_noise > 0, f"client-noise must be positive. Found {self.client_noise}."),
+            (self.client_clip > 0, f"client-clip must be positive. Found {self.client_clip}."),
+            (0 < self.client_quantile < 1,
+             f"client-quantile must be in (0, 1). Found {self.client_quantile}."),
+            (0 < self.client_delta < 1,
+             f"client-delta must be in (0, 1). Found {self.client_delta}."),
+            (self.client_dp == "off" or self.strategy != "fedadam",
+             "client-level DP noises the averaged update; FedAdam's step is not an average, "
+             "so its output would not carry the guarantee: use --strategy fedavg or fedprox"),
             (self.max_update_norm > 0,
              f"max-update-norm must be positive. Found {self.max_update_norm}."),
             (self.min_sites >= 0, f"min-sites must be >= 0. Found {self.min_sites}."),

@@ -34,6 +34,7 @@ class Checkpoint:
     extract_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     server_state: list[np.ndarray] = field(default_factory=list)  # e.g. FedAdam's moments
+    client_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP's releases
 
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> Path:

@@ -23,6 +23,8 @@ from common.model import PREPROCESSING, build_base, full_model, initial_head_wei
 from common.report import versions, write_report
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
+from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
+                              with_client_dp)
 from server.run_registry import RunRegistry
 from server.strategy import RoundRecord, Validation, make_strategy, site_summary
 
@@ -120,6 +122,9 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         weighted_by_key=protocol.NUM_EXAMPLES,
         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG,
     )
+    client_level = ClientLevelState(
+        **(checkpoint.client_dp if checkpoint and checkpoint.client_dp else {}))
+    runner = with_client_dp(strategy, cfg, client_level)
     elapsed_before = 0.0
     if checkpoint is None:
         initial = initial_head_weights(base.spec.feature_dim, len(cfg.classes), cfg.head_width,
@@ -140,6 +145,10 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     def after_round(record: RoundRecord) -> None:
         if prerun.unseen_accuracy is not None and strategy.arrays:
             record.unseen_accuracy = prerun.unseen_accuracy(strategy.arrays)
+        if cfg.client_dp != "off":
+            record.client_epsilon = client_level_epsilon(
+                client_level.noise_multipliers, delta=cfg.client_delta,
+                accountant=cfg.accountant)
         table(record)
         save_checkpoint(out, Checkpoint(
             run_id=run_id, settings=settings, round=record.round, arrays=strategy.arrays,
@@ -148,7 +157,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
             privacy_by_site={k: asdict(v) for k, v in strategy.privacy_by_site.items()},
             extract_seconds=strategy.extract_seconds,
             elapsed_seconds=elapsed_before + time.time() - prerun.started,
-            server_state=strategy.server_state()))
+            server_state=strategy.server_state(), client_dp=asdict(client_level)))
 
     strategy.on_round = after_round
     remaining = cfg.rounds - (checkpoint.round if checkpoint else 0)
@@ -157,7 +166,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                                protocol.CLASSES: list(cfg.classes),
                                protocol.RUN_ID: run_id})
     if remaining > 0:
-        strategy.start(grid, ArrayRecord(initial), num_rounds=remaining,
+        runner.start(grid, ArrayRecord(initial), num_rounds=remaining,
                        train_config=federation,
                        evaluate_config=ConfigRecord(dict(federation)),
                        timeout=cfg.round_timeout)
@@ -170,7 +179,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     out.mkdir(parents=True, exist_ok=True)
     save_model(full_model(base, weights, len(cfg.classes), cfg.head_width), out / "model.keras")
     report = build_report(cfg, base.fingerprint, strategy, prerun, run_id, elapsed_before,
-                          personal)
+                          personal, client_level)
     path = write_report(out, report)
     if registry is not None:
         registry.finished(run_id)
@@ -233,7 +242,7 @@ def site_privacy(cfg: RunConfig, strategy: Validation) -> dict[str, dict[str, An
             for site, p in sorted(strategy.privacy_by_site.items())}
 
 
-def guarantees(cfg: RunConfig) -> dict[str, Any]:
+def guarantees(cfg: RunConfig, client_level: ClientLevelState) -> dict[str, Any]:
     """What the run's epsilons cover and what left the sites outside them."""
     outside = []
     if cfg.dp and cfg.example_counts != "noised":
@@ -253,12 +262,14 @@ def guarantees(cfg: RunConfig) -> dict[str, Any]:
             + (["noised held-out accuracy"] if cfg.dp and cfg.site_metrics == "noised" else []),
             "released_outside_guarantee": outside,
         },
+        "client_level": client_level_guarantee(cfg, client_level),
     }
 
 
 def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
                  prerun: PreRun, run_id: str, elapsed_before: float = 0.0,
-                 personal: PersonalResult | None = None) -> dict[str, Any]:
+                 personal: PersonalResult | None = None,
+                 client_level: ClientLevelState | None = None) -> dict[str, Any]:
     last = strategy.history[-1]
     global_acc = dict(last.site_accuracy)
     if personal is not None:
@@ -297,7 +308,7 @@ def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
         },
         "sites": sites,
         "privacy": site_privacy(cfg, strategy),
-        "guarantees": guarantees(cfg),
+        "guarantees": guarantees(cfg, client_level or ClientLevelState()),
         "data": {"skipped_images": sum(strategy.skipped_by_site.values()),
                  "skipped_images_by_site": strategy.skipped_by_site},
         "timing": {

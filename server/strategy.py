@@ -35,6 +35,7 @@ class RoundRecord:
     worst_site_accuracy: float | None = None
     site_accuracy_std: float | None = None  # spread over sites (population std)
     unseen_accuracy: float | None = None  # a simulated site no one trains on
+    client_epsilon: float | None = None  # client-level DP's epsilon after this round
     seconds: float | None = None  # wall time from sending train messages to evaluating
 
 
@@ -86,6 +87,8 @@ class Validation:
         self.round_offset = 0
         self.arrays: list[np.ndarray] = []
         self._global: list[np.ndarray] = []
+        # Client-level DP averages with equal weights (its sensitivity analysis needs them).
+        self.uniform_weights = False
 
     def resume(self, rounds_done: int, history: list[RoundRecord],
                epsilon_by_site: dict[str, float], skipped_by_site: dict[str, int],
@@ -99,6 +102,11 @@ class Validation:
         self.epsilon_by_site = dict(epsilon_by_site)
         self.skipped_by_site = dict(skipped_by_site)
         self.extract_seconds = extract_seconds
+
+    @property
+    def global_head(self) -> list[np.ndarray]:
+        """The head this round's sites started from."""
+        return self._global
 
     def server_state(self) -> list[np.ndarray]:
         """The server optimizer's state (FedAdam's first and second moments; else nothing)."""
@@ -127,16 +135,12 @@ class Validation:
         record = self.history[-1]
         accepted: list[Message] = []
         losses: list[tuple[float, int]] = []
+        replies = list(replies)
+        self.note_refusals([msg for msg in replies if msg.has_error()])
         for msg in replies:
-            who = f"node {msg.metadata.src_node_id}"
             if msg.has_error():
-                if msg.error.code == protocol.BUDGET_EXHAUSTED:
-                    record.declined.append(who)
-                else:
-                    record.rejected.append(who)
-                log.warning("round %d: %s did not train: %s", record.round, who,
-                            msg.error.reason)
                 continue
+            who = f"node {msg.metadata.src_node_id}"
             try:
                 update = self._check_reply(msg, who)
             except UpdateRejectedError as exc:
@@ -157,6 +161,9 @@ class Validation:
                         "the global head stays as it was", record.round, len(accepted),
                         self.min_train_nodes)
             return None, None
+        if self.uniform_weights:
+            for msg in accepted:
+                msg.content[protocol.METRICS][protocol.NUM_EXAMPLES] = 1
         # The run's round number, not this process's: FedAdam's bias correction depends on it.
         arrays, metrics = super().aggregate_train(server_round + self.round_offset, accepted)
         if arrays is not None:
@@ -168,6 +175,17 @@ class Validation:
         record.train_loss = sum(loss * n for loss, n in losses) / total if total else None
         record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)
         return arrays, metrics
+
+    def note_refusals(self, replies: Iterable[Message]) -> None:
+        """Record (and log) the sites that declined (budget) or failed this round."""
+        record = self.history[-1]
+        for msg in replies:
+            who = f"node {msg.metadata.src_node_id}"
+            if msg.error.code == protocol.BUDGET_EXHAUSTED:
+                record.declined.append(who)
+            else:
+                record.rejected.append(who)
+            log.warning("round %d: %s did not train: %s", record.round, who, msg.error.reason)
 
     def _check_reply(self, msg: Message, who: str) -> SiteUpdate:
         content = msg.content

@@ -41,7 +41,7 @@ def test_noise_for_what_is_left_of_a_budget_uses_it_exactly() -> None:
 
 def test_no_noise_fits_a_budget_already_spent() -> None:
     prior = [Mechanism(0.5, 0.6, 1000)]
-    with pytest.raises(ConfigError, match="already spent"):
+    with pytest.raises(ConfigError, match="already spend"):
         noise_for_budget(target_epsilon=1.0, delta=1e-5, sampling_rate=0.01, steps=10,
                          prior=prior)
 

@@ -1,0 +1,175 @@
+"""Client-level DP (a site's whole contribution is the unit): Flower's DP strategy wrappers
+around fedtl's strategy, with the accounting Flower leaves out for them.
+
+DP-FedAvg (McMahan et al., arXiv 1710.06963): each site's head update is clipped to a norm,
+updates are averaged with equal weights, and Gaussian noise of std ``z * clip / m`` is added
+to the mean of ``m`` = the federation's site count. Adaptive clipping (Andrew et al., arXiv
+1905.03871) tunes the clip norm from a noised count of clipped updates. Flower's own
+accountant accepts only its unmodified FedAvg; this module accounts every aggregate it
+released itself, with dp-accounting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+
+from common import protocol
+from common.accounting import Mechanism, composed_epsilon
+from common.config import RunConfig
+from server.strategy import Validation
+log = logging.getLogger("fedtl.server")
+
+
+@dataclass
+class ClientLevelState:
+    """What the guarantee depends on: one effective noise multiplier per released aggregate,
+    and the clip norm in force (it moves with adaptive clipping)."""
+
+    noise_multipliers: list[float] = field(default_factory=list)
+    clip_norm: float = 0.0
+
+
+def effective_noise(noise_multiplier: float, aggregated: int, sites: int) -> float:
+    """The noise multiplier an aggregate of ``aggregated`` updates really got.
+
+    The noise is scaled for a mean over all ``sites``; the mean of fewer updates has a larger
+    sensitivity (clip / aggregated), so the same noise protects proportionally less.
+    """
+    return noise_multiplier * aggregated / sites
+
+
+def client_level_epsilon(noise_multipliers: list[float], *, delta: float,
+                         accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` for one site's whole data over all released aggregates.
+
+    Every site takes part in every round (no sampling), so there is no amplification: each
+    release is a plain Gaussian mechanism (a Poisson sample at rate 1).
+    """
+    return composed_epsilon([Mechanism(1.0, z, 1) for z in noise_multipliers], delta=delta,
+                            accountant=accountant)
+
+
+class _Accounted:
+    """Mixed in before one of Flower's DP wrappers: drops refusals before Flower sees them
+    (Flower skips the whole round on any error reply; a declining site must not stall the
+    federation) and records the noise of every aggregate released."""
+
+    strategy: Validation
+    noise_multiplier: float
+    num_sampled_clients: int
+    clipping_norm: float
+
+    def __init__(self, *args: Any, state: ClientLevelState, accounted_noise: float,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state = state
+        # Adaptive clipping keeps only the update's share of the noise in noise_multiplier;
+        # the guarantee is that of the effective multiplier it was given.
+        self.accounted_noise = accounted_noise
+        if state.clip_norm:  # a resumed run goes on with the clip norm it had reached
+            self.clipping_norm = state.clip_norm
+        state.clip_norm = self.clipping_norm
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.strategy.note_refusals([r for r in replies if r.has_error()])
+        good = [r for r in replies if not r.has_error() and not self._unchanged(r)]
+        if not good:
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        if arrays is not None:
+            # The noised head is the global head from now on: checkpoints, the unseen-site
+            # score and the final model must never hold the exact average.
+            self.strategy.arrays = [a.astype(g.dtype) for a, g in zip(
+                arrays.to_numpy_ndarrays(), self.strategy.arrays, strict=True)]
+            arrays = ArrayRecord(self.strategy.arrays)
+            aggregated = len(self.strategy.history[-1].sites_trained)
+            self.state.noise_multipliers.append(
+                effective_noise(self.accounted_noise, aggregated, self.num_sampled_clients))
+        self.state.clip_norm = self.clipping_norm
+        return arrays, metrics
+
+
+    def _unchanged(self, reply: Message) -> bool:
+        """A reply that is the global head itself: DP-SGD always adds noise, so it is no
+        site's training, and Flower's clipping divides by its zero norm."""
+        arrays = reply.content.array_records.get(protocol.ARRAYS)
+        if arrays is None:
+            return False  # the strategy's own checks reject it
+        sent = arrays.to_numpy_ndarrays()
+        start = self.strategy.global_head
+        if len(sent) != len(start) or not all(
+                a.shape == g.shape and np.array_equal(a, g) for a, g in zip(sent, start)):
+            return False
+        record = self.strategy.history[-1]
+        record.rejected.append(f"node {reply.metadata.src_node_id}")
+        log.warning("round %d: rejected update of node %d: it is the global head unchanged",
+                    record.round, reply.metadata.src_node_id)
+        return True
+
+
+class AccountedFixedClipping(_Accounted, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping, accounted."""
+
+
+class AccountedAdaptiveClipping(_Accounted, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping, accounted (``noise_multiplier`` is the
+    effective one of Andrew et al., covering the update and the clipped count)."""
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        # Flower 1.39 counts *clipped* updates but moves the norm by Andrew et al.'s rule for
+        # the *unclipped* fraction, so the norm runs away (all clipped -> it shrinks). The
+        # rule gets the noisy unclipped fraction it expects; the count's noise is the same.
+        return 1.0 - float(super()._noisy_fraction(count, total))  # type: ignore[misc]
+
+
+def with_client_dp(strategy: Validation, cfg: RunConfig,
+                   state: ClientLevelState) -> Strategy:
+    """``strategy`` wrapped for client-level DP as ``cfg.client_dp`` says (or as it is)."""
+    if cfg.client_dp == "off":
+        return strategy
+    strategy.uniform_weights = True  # DP-FedAvg's sensitivity needs equal weights
+    if cfg.client_dp == "fixed":
+        return AccountedFixedClipping(strategy, cfg.client_noise, cfg.client_clip,
+                                      cfg.clients, state=state,
+                                      accounted_noise=cfg.client_noise)
+    # Andrew et al.'s default count noise (m/20) is too small for a handful of sites; at
+    # least the update's noise multiplier keeps the update's own share of the noise sane.
+    return AccountedAdaptiveClipping(
+        strategy, cfg.client_noise, cfg.clients, initial_clipping_norm=cfg.client_clip,
+        target_clipped_quantile=cfg.client_quantile,
+        clipped_count_stddev=max(cfg.clients / 20, cfg.client_noise), state=state,
+        accounted_noise=cfg.client_noise)
+
+
+def client_level_guarantee(cfg: RunConfig, state: ClientLevelState) -> dict[str, Any]:
+    """The report's client-level entry: what protects a whole site's data."""
+    if cfg.client_dp == "off":
+        return {"private": False}
+    return {
+        "private": True,
+        "unit": "all images of one site (add/remove a site)",
+        "clipping": cfg.client_dp,
+        "noise_multiplier": cfg.client_noise,
+        "effective_noise_multipliers": list(state.noise_multipliers),
+        "clip_norm": state.clip_norm,
+        "releases": len(state.noise_multipliers),
+        "sites": cfg.clients,
+        "delta": cfg.client_delta,
+        "epsilon": client_level_epsilon(state.noise_multipliers, delta=cfg.client_delta,
+                                        accountant=cfg.accountant),
+        "accountant": cfg.accountant,
+        "sampling": "every site every round (no amplification)",
+    }
