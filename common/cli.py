@@ -234,6 +234,36 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _audit_parser(sub: Any) -> None:
+    p = sub.add_parser("audit", help="membership-inference attacks on a saved model: can they "
+                                     "tell its training images from others?")
+    p.add_argument("--model", required=True, help="a model.keras written by fedtl")
+    p.add_argument("--members", required=True,
+                   help="class folders of images the model was trained on")
+    p.add_argument("--nonmembers", required=True,
+                   help="class folders of images from the same source it never saw")
+    p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from common.audit import audit
+
+    result = audit(Path(args.model), args.members, args.nonmembers,
+                   skip_bad=args.skip_bad_images)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return 0
+    print(f"membership inference on {result.model}: {result.members} members, "
+          f"{result.nonmembers} non-members (accuracy {result.member_accuracy:.3f} vs "
+          f"{result.nonmember_accuracy:.3f})")
+    for name, figures in result.attacks.items():
+        print(f"  {name:<20} AUC {figures['auc']:.3f}  advantage {figures['advantage']:.3f}")
+    print(f"strongest attack: {result.attack}, AUC {result.auc:.3f}, advantage "
+          f"{result.advantage:.3f} (0.5 and 0: members cannot be told apart)")
+    return 0
+
+
 def _run_config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)
               if hasattr(args, f.name) and f.name not in ("out", "classes")}
@@ -411,7 +441,8 @@ def _path(value: str | None) -> Path | None:
 
 
 COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run_evaluate, "server": _run_server,
-            "client": _run_client, "run": _run_run, "certs": _run_certs, "keys": _run_keys,
+            "client": _run_client, "run": _run_run, "audit": _run_audit,
+            "certs": _run_certs, "keys": _run_keys,
             "budget": _run_budget, "demo-data": _run_demo_data}
 
 
@@ -419,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `fedtl` command line with all its subcommands."""
     parser = argparse.ArgumentParser(prog="fedtl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_simulate_parser, _compare_parser, _evaluate_parser, _server_parser, _client_parser,
+    for add in (_simulate_parser, _compare_parser, _evaluate_parser, _audit_parser,
+                _server_parser, _client_parser,
                 _run_parser, _certs_parser, _keys_parser, _budget_parser, _demo_data_parser):
         add(sub)
     return parser

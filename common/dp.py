@@ -1,4 +1,4 @@
-"""DP-SGD training of the head: the one module that imports tensorflow_privacy.
+"""DP-SGD training of the head, with tensorflow-privacy's fast gradient clipping.
 
 Each step draws a Poisson sample of the site's examples (every example independently with
 probability ``sampling_rate``), sums their per-example-clipped gradients, adds Gaussian noise
@@ -14,24 +14,16 @@ fastest of its DP implementations for Dense heads (README, "Performance").
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-# tensorflow_privacy's package __init__ imports the Estimator API that TF >= 2.16 removed;
-# this flag is its own escape hatch, after which we import the submodules we use directly.
-sys.skip_tf_privacy_import = True  # type: ignore[attr-defined]
-from tensorflow_privacy.privacy.fast_gradient_clipping import (  # noqa: E402
-    clip_grads,
-    gradient_clipping_utils,
-    layer_registry,
-)
-
-from common.model import head_layers  # noqa: E402
-from common.sgd import SgdSettings  # noqa: E402
+from common.model import head_layers
+from common.sgd import SgdSettings
+from common.tf_privacy import (clip_grads, dp_optimizer_keras, gradient_clipping_utils,
+                               layer_registry)
 
 __all__ = ["HeadTrainer", "SgdSettings", "sample_batches", "train_head"]
 
@@ -203,9 +195,7 @@ def microbatched_optimizer(settings: SgdSettings, batch_size: int) -> tf.keras.o
     fedtl does not train with it (it computes every per-example gradient, ~10x slower than
     fast clipping); `benchmarks/bench.py` uses it for the naive baseline.
     """
-    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
-
-    return dp_optimizer_keras.DPKerasSGDOptimizer(
+    return dp_optimizer_keras().DPKerasSGDOptimizer(
         l2_norm_clip=settings.clip_norm, noise_multiplier=settings.noise_multiplier,
         num_microbatches=batch_size, learning_rate=settings.learning_rate,
         momentum=settings.momentum)

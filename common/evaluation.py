@@ -28,15 +28,43 @@ def evaluate_model(model_path: Path, data: str, *, skip_bad: bool = False) -> Ev
     Output index i is the i-th class folder in sorted order, as in training; if the run's
     report.json is beside the model, the folder's class names must match its classes.
     """
+    model = load_model(model_path)
+    scored = predict_folder(model, model_path, data, skip_bad=skip_bad)
+    correct = np.argmax(scored.probabilities, axis=1) == scored.labels
+    per_class = {c: float(np.mean(correct[scored.labels == i]))
+                 for i, c in enumerate(scored.classes) if np.any(scored.labels == i)}
+    return Evaluation(accuracy=float(np.mean(correct)), n=int(len(correct)),
+                      skipped=scored.skipped, classes=scored.classes,
+                      per_class_accuracy=per_class)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's class probabilities for every readable image of a folder."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    skipped: int
+    classes: tuple[str, ...]
+
+
+def load_model(model_path: Path) -> tf.keras.Model:
+    """A saved fedtl model, or an error naming the file."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FedtlError(f"model file {model_path} does not exist")
     try:
-        model = tf.keras.models.load_model(model_path)
+        return tf.keras.models.load_model(model_path)
     except Exception as exc:  # Keras raises many types for a file it cannot read
         raise FedtlError(f"{model_path} is not a Keras model file: {exc}") from exc
+
+
+def predict_folder(model: tf.keras.Model, model_path: Path, data: str, *,
+                   skip_bad: bool = False) -> Scored:
+    """``model``'s probabilities on the class folders of ``data`` (classes checked against
+    the model's outputs and, if beside it, its run's report)."""
     listing = list_dataset(data)
-    report = model_path.parent / "report.json"
+    report = Path(model_path).parent / "report.json"
     if report.exists():
         trained = json.loads(report.read_text())["settings"].get("classes", "")
         check_same_classes(tuple(trained.split(",")), listing.classes, f"folder {data}")
@@ -45,11 +73,7 @@ def evaluate_model(model_path: Path, data: str, *, skip_bad: bool = False) -> Ev
         raise DataError(f"{data} has {len(listing.classes)} classes, the model predicts {outputs}")
     size = int(model.get_layer("resize").get_config()["height"])
     images = load_images(listing, size, skip_bad=skip_bad)
-    predicted = np.argmax(model.predict(images.pixels.astype(np.float32), batch_size=64,
-                                        verbose=0), axis=1)
-    correct = predicted == images.labels
-    per_class = {c: float(np.mean(correct[images.labels == i]))
-                 for i, c in enumerate(listing.classes) if np.any(images.labels == i)}
-    return Evaluation(accuracy=float(np.mean(correct)), n=int(len(correct)),
-                      skipped=len(images.skipped), classes=listing.classes,
-                      per_class_accuracy=per_class)
+    probabilities = model.predict(images.pixels.astype(np.float32), batch_size=64, verbose=0)
+    return Scored(probabilities=np.asarray(probabilities, dtype=np.float64),
+                  labels=np.asarray(images.labels), skipped=len(images.skipped),
+                  classes=listing.classes)
