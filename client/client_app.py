@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.secure_aggregation import legacy_messages_mod, secure_aggregation_mod
 from common import protocol
 from common.config import NODE_NAME, RunConfig, SiteConfig
 from common.data import check_same_classes, list_dataset
@@ -134,7 +135,8 @@ def train_figures(cfg: RunConfig, result: RoundResult, data: SiteData) -> dict[s
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """A ClientApp using ``config``, or parsing Flower's run config when it is None."""
-    app = ClientApp()
+    # SecAgg+ outermost: it runs its own stages and calls the handlers for the masked round.
+    app = ClientApp(mods=[secure_aggregation_mod, legacy_messages_mod])
 
     def open_site(msg: Message, context: Context) -> _Opened:
         cfg = config if config is not None else RunConfig.from_flower(context.run_config)

@@ -57,6 +57,11 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="adaptive clipping's target fraction of unclipped updates")
     p.add_argument("--client-delta", type=float, default=_D.client_delta,
                    help="delta of the client-level guarantee")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="Flower's SecAgg+: the server sees only the weighted mean of the "
+                        "sites' heads; tolerates sites dropping out mid-round")
+    p.add_argument("--secagg-clip", type=float, default=_D.secagg_clip,
+                   help="SecAgg+ clips every head weight to [-clip, clip] before quantizing")
     p.add_argument("--batch-size", type=int, default=_D.batch_size,
                    help="expected batch size of the Poisson-sampled DP-SGD steps")
     p.add_argument("--local-epochs", type=int, default=_D.local_epochs)

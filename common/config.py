@@ -77,6 +77,9 @@ class RunConfig:
     client_clip: float = 5.0  # clip norm of a site's update (initial norm when adaptive)
     client_quantile: float = 0.5  # adaptive clipping's target fraction of unclipped updates
     client_delta: float = 1e-3  # delta of the client-level guarantee
+    # secure aggregation (server/secure.py): the server sees only the sum of the heads
+    secure_aggregation: bool = False
+    secagg_clip: float = 8.0  # SecAgg+ clips every head weight to [-clip, clip]
     # heterogeneity
     strategy: str = "fedavg"
     proximal_mu: float = 0.001  # FedProx's proximal weight (with --strategy fedprox)
@@ -167,6 +170,13 @@ class RunConfig:
             (self.client_dp == "off" or self.strategy != "fedadam",
              "client-level DP noises the averaged update; FedAdam's step is not an average, "
              "so its output would not carry the guarantee: use --strategy fedavg or fedprox"),
+            (self.secagg_clip > 0, f"secagg-clip must be positive. Found {self.secagg_clip}."),
+            (not self.secure_aggregation or self.client_dp == "off",
+             "client-level DP clips each update on the server, which secure aggregation keeps "
+             "from seeing them; run one or the other"),
+            (not self.secure_aggregation or self.strategy in ("fedavg", "fedprox"),
+             "secure aggregation runs FedAvg or FedProx (SecAgg+ yields only the weighted "
+             "mean); use --strategy fedavg or fedprox"),
             (self.max_update_norm > 0,
              f"max-update-norm must be positive. Found {self.max_update_norm}."),
             (self.min_sites >= 0, f"min-sites must be >= 0. Found {self.min_sites}."),

@@ -26,6 +26,7 @@ from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save
 from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
                               with_client_dp)
 from server.run_registry import RunRegistry
+from server.secure import run_secure
 from server.strategy import RoundRecord, Validation, make_strategy, site_summary
 
 log = logging.getLogger("fedtl.server")
@@ -165,7 +166,9 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
                                protocol.CLASSES: list(cfg.classes),
                                protocol.RUN_ID: run_id})
-    if remaining > 0:
+    if remaining > 0 and cfg.secure_aggregation:
+        run_secure(grid, strategy, cfg, initial, dict(federation), remaining)
+    elif remaining > 0:
         runner.start(grid, ArrayRecord(initial), num_rounds=remaining,
                        train_config=federation,
                        evaluate_config=ConfigRecord(dict(federation)),
@@ -263,6 +266,12 @@ def guarantees(cfg: RunConfig, client_level: ClientLevelState) -> dict[str, Any]
             "released_outside_guarantee": outside,
         },
         "client_level": client_level_guarantee(cfg, client_level),
+        "secure_aggregation": {
+            "on": cfg.secure_aggregation,
+            **({"protocol": "SecAgg+ (Flower)", "server_sees": "the weighted mean of the "
+                "heads of the sites that completed the round",
+                "coordinate_clip": cfg.secagg_clip} if cfg.secure_aggregation else {}),
+        },
     }
 
 

@@ -3,7 +3,7 @@ fedtl's checks, and measuring every site's accuracy each round."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 import logging
@@ -89,6 +89,7 @@ class Validation:
         self._global: list[np.ndarray] = []
         # Client-level DP averages with equal weights (its sensitivity analysis needs them).
         self.uniform_weights = False
+        self._losses: list[tuple[float, int]] = []
 
     def resume(self, rounds_done: int, history: list[RoundRecord],
                epsilon_by_site: dict[str, float], skipped_by_site: dict[str, int],
@@ -122,19 +123,23 @@ class Validation:
             self.m_t = {str(i): a for i, a in enumerate(state[:half])}
             self.v_t = {str(i): a for i, a in enumerate(state[half:])}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._global = arrays.to_numpy_ndarrays()
+    def begin_round(self, server_round: int, head: list[np.ndarray]) -> RoundRecord:
+        """Start this process's round ``server_round`` from the global ``head``."""
+        self._global = head
         self.arrays = self._global
         self.history.append(RoundRecord(round=server_round + self.round_offset))
         self._round_started = time.monotonic()
+        return self.history[-1]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.begin_round(server_round, arrays.to_numpy_ndarrays())
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         record = self.history[-1]
         accepted: list[Message] = []
-        losses: list[tuple[float, int]] = []
         replies = list(replies)
         self.note_refusals([msg for msg in replies if msg.has_error()])
         for msg in replies:
@@ -148,14 +153,7 @@ class Validation:
                 log.warning("round %d: rejected update: %s", record.round, exc)
                 continue
             accepted.append(msg)
-            record.sites_trained.append(update.site)
-            if update.train_loss is not None:
-                losses.append((update.train_loss, update.num_examples))
-            self.epsilon_by_site[update.site] = update.privacy.epsilon
-            self.privacy_by_site[update.site] = update.privacy
-            self.extract_seconds += update.extract_seconds
-            if update.skipped_images is not None:
-                self.skipped_by_site[update.site] = update.skipped_images
+            self.accept(update)
         if len(accepted) < self.min_train_nodes:
             log.warning("round %d: only %d accepted update(s), fewer than the %d required; "
                         "the global head stays as it was", record.round, len(accepted),
@@ -171,10 +169,28 @@ class Validation:
             self.arrays = [a.astype(g.dtype) for a, g in
                            zip(arrays.to_numpy_ndarrays(), self._global, strict=True)]
             arrays = ArrayRecord(self.arrays)
-        total = sum(n for _, n in losses)
-        record.train_loss = sum(loss * n for loss, n in losses) / total if total else None
-        record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)
+        self.close_training()
         return arrays, metrics
+
+    def accept(self, update: SiteUpdate) -> None:
+        """Count ``update`` (which passed every check) in this round's record."""
+        self.history[-1].sites_trained.append(update.site)
+        if update.train_loss is not None:
+            self._losses.append((update.train_loss, update.num_examples))
+        self.epsilon_by_site[update.site] = update.privacy.epsilon
+        self.privacy_by_site[update.site] = update.privacy
+        self.extract_seconds += update.extract_seconds
+        if update.skipped_images is not None:
+            self.skipped_by_site[update.site] = update.skipped_images
+
+    def close_training(self) -> None:
+        """The round's training figures, once its updates are in."""
+        record = self.history[-1]
+        total = sum(n for _, n in self._losses)
+        record.train_loss = (sum(loss * n for loss, n in self._losses) / total
+                             if total else None)
+        record.epsilon_max = max(self.epsilon_by_site.values(), default=0.0)
+        self._losses = []
 
     def note_refusals(self, replies: Iterable[Message]) -> None:
         """Record (and log) the sites that declined (budget) or failed this round."""
@@ -199,34 +215,12 @@ class Validation:
         metrics = content.metric_records.get(protocol.METRICS)
         if metrics is None:
             raise UpdateRejectedError(f"{who}: reply has no metrics")
-        n = metrics.get(protocol.NUM_EXAMPLES)
-        if not isinstance(n, int) or n <= 0:
-            raise UpdateRejectedError(f"{who}: example count {n!r} is not a positive integer")
-        figures: dict[str, float | None] = {}
-        for key in (*protocol.TRAIN_FIGURES[1:], *protocol.EXACT_TRAIN_FIGURES):
-            value = metrics.get(key)
-            if value is None and key in protocol.EXACT_TRAIN_FIGURES:
-                figures[key] = None  # a site that releases only DP figures
-                continue
-            if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise UpdateRejectedError(f"{who}: {key} {value!r} is not a finite number >= 0")
-            figures[key] = float(value)
         arrays = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
         protocol.check_update(arrays, self._global, max_norm=self.max_update_norm, who=who)
-        skipped = figures[protocol.SKIPPED_IMAGES]
-        return SiteUpdate(
-            site=name, num_examples=n,
-            privacy=SitePrivacy(epsilon=cast(float, figures[protocol.EPSILON]),
-                                sampling_rate=cast(float, figures[protocol.SAMPLING_RATE]),
-                                noise_multiplier=cast(float, figures[protocol.NOISE_MULTIPLIER]),
-                                steps=int(cast(float, figures[protocol.STEPS]))),
-            train_loss=figures[protocol.TRAIN_LOSS],
-            extract_seconds=figures[protocol.EXTRACT_SECONDS] or 0.0,
-            skipped_images=None if skipped is None else int(skipped))
+        return site_update(name, metrics, who)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        record = self.history[-1]
         valid: list[Message] = []
         for msg in replies:
             if msg.has_error():
@@ -234,25 +228,62 @@ class Validation:
             site = msg.content.config_records.get(protocol.SITE)
             name = str(site.get(protocol.SITE_NAME)) if site else f"node {msg.metadata.src_node_id}"
             metrics = msg.content.metric_records.get(protocol.METRICS)
-            accuracy = metrics.get(protocol.ACCURACY) if metrics else None
-            n = metrics.get(protocol.NUM_EXAMPLES) if metrics else None
-            if (not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0
-                    or not isinstance(n, int) or n <= 0):
-                log.warning("round %d: dropped evaluation of %s: accuracy %r on %r examples",
-                            record.round, name, accuracy, n)
-                continue
-            valid.append(msg)
-            record.site_accuracy[name] = float(accuracy)
-        record.seconds = time.monotonic() - self._round_started
+            if self.record_accuracy(name, metrics):
+                valid.append(msg)
         result = super().aggregate_evaluate(server_round, valid)
-        if result is not None:
-            record.accuracy = float(cast(float, result[protocol.ACCURACY]))
+        self.close_round(None if result is None else float(cast(float, result[protocol.ACCURACY])))
+        return result
+
+    def record_accuracy(self, name: str, metrics: Mapping[str, Any] | None) -> bool:
+        """Note a site's held-out accuracy; False (and a warning) if its figures are bad."""
+        record = self.history[-1]
+        accuracy = metrics.get(protocol.ACCURACY) if metrics else None
+        n = metrics.get(protocol.NUM_EXAMPLES) if metrics else None
+        if (not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0
+                or not isinstance(n, int) or n <= 0):
+            log.warning("round %d: dropped evaluation of %s: accuracy %r on %r examples",
+                        record.round, name, accuracy, n)
+            return False
+        record.site_accuracy[name] = float(accuracy)
+        return True
+
+    def close_round(self, accuracy: float | None) -> None:
+        """Finish the round's record with its weighted ``accuracy`` and hand it on."""
+        record = self.history[-1]
+        record.seconds = time.monotonic() - self._round_started
+        record.accuracy = accuracy
         summary = site_summary(record.site_accuracy)
         record.worst_site_accuracy = summary["worst_site_accuracy"]
         record.site_accuracy_std = summary["site_accuracy_std"]
         if self.on_round is not None:
             self.on_round(record)
-        return result
+
+
+def site_update(name: str, metrics: Mapping[str, Any], who: str) -> SiteUpdate:
+    """A site's training figures, checked: a positive integer count, finite DP settings, and
+    the exact figures only if the site releases them."""
+    n = metrics.get(protocol.NUM_EXAMPLES)
+    if not isinstance(n, int) or n <= 0:
+        raise UpdateRejectedError(f"{who}: example count {n!r} is not a positive integer")
+    figures: dict[str, float | None] = {}
+    for key in (*protocol.TRAIN_FIGURES[1:], *protocol.EXACT_TRAIN_FIGURES):
+        value = metrics.get(key)
+        if value is None and key in protocol.EXACT_TRAIN_FIGURES:
+            figures[key] = None  # a site that releases only DP figures
+            continue
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise UpdateRejectedError(f"{who}: {key} {value!r} is not a finite number >= 0")
+        figures[key] = float(value)
+    skipped = figures[protocol.SKIPPED_IMAGES]
+    return SiteUpdate(
+        site=name, num_examples=n,
+        privacy=SitePrivacy(epsilon=cast(float, figures[protocol.EPSILON]),
+                            sampling_rate=cast(float, figures[protocol.SAMPLING_RATE]),
+                            noise_multiplier=cast(float, figures[protocol.NOISE_MULTIPLIER]),
+                            steps=int(cast(float, figures[protocol.STEPS]))),
+        train_loss=figures[protocol.TRAIN_LOSS],
+        extract_seconds=figures[protocol.EXTRACT_SECONDS] or 0.0,
+        skipped_images=None if skipped is None else int(skipped))
 
 
 def site_summary(per_site: dict[str, float]) -> dict[str, float | None]:

@@ -1,0 +1,135 @@
+"""Secure aggregation: Flower's SecAgg+ workflow (Bell et al., arXiv 2009.05586) runs each
+round, so the server learns only the weighted mean of the sites' heads, never one of them.
+
+Flower 1.39 offers SecAgg+ only on its legacy Strategy API (FitIns/FitRes through a
+`LegacyContext`). `SecureRounds` is that legacy strategy, thin: it forwards every figure to
+fedtl's own strategy object (`Validation`), which keeps the history, the per-site privacy
+and the checkpoint hook exactly as in an ordinary run.
+
+What the server can no longer do: check each update (shape, finiteness, norm). Every site
+checks its own; SecAgg+ clips every coordinate to ``[-clip, clip]`` before quantizing, which
+bounds what one site can add; the server checks the aggregate (and keeps the previous head
+if it fails).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, RecordDict
+from flwr.common import (EvaluateRes, FitIns, FitRes, Parameters, Scalar,
+                         ndarrays_to_parameters, parameters_to_ndarrays)
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import Grid
+
+from common import protocol
+from common.config import RunConfig
+from common.errors import UpdateRejectedError
+from server.strategy import Validation, site_update
+
+log = logging.getLogger("fedtl.server")
+
+# Each site's key is split among all sites of the round; 60 % of the shares rebuild it, so a
+# round survives sites dropping out after the key exchange as long as 60 % remain.
+SHARES, THRESHOLD = 1.0, 0.6
+# SecAgg+ weights a site by its (released) count over max_weight; above it the sum can wrap.
+MAX_WEIGHT = 1e5
+
+
+class SecureRounds(LegacyFedAvg):
+    """The legacy FedAvg that SecAgg+ drives, reporting into fedtl's strategy ``book``."""
+
+    def __init__(self, book: Validation, cfg: RunConfig, initial: list[np.ndarray],
+                 federation: Mapping[str, Any]) -> None:
+        super().__init__(
+            fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=cfg.required_sites,
+            min_evaluate_clients=1, min_available_clients=cfg.required_sites,
+            on_fit_config_fn=self._config, on_evaluate_config_fn=self._config,
+            initial_parameters=ndarrays_to_parameters(initial), accept_failures=True)
+        self.book = book
+        self.cfg = cfg
+        self.federation = dict(federation)
+        if cfg.strategy == "fedprox":
+            self.federation[protocol.PROXIMAL_MU] = cfg.proximal_mu
+
+    def _config(self, server_round: int) -> dict[str, Scalar]:
+        return {**self.federation, "server-round": server_round}
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.book.begin_round(server_round, parameters_to_ndarrays(parameters))
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        record = self.book.history[-1]
+        # Flower 1.39's SecAgg+ workflow lists each failed reply twice (same Error object).
+        unique = {id(f.args[0] if isinstance(f, Exception) and f.args else f): f
+                  for f in failures}
+        for failure in unique.values():
+            error = failure.args[0] if isinstance(failure, Exception) and failure.args else None
+            code = getattr(error, "code", None)
+            (record.declined if code == protocol.BUDGET_EXHAUSTED else record.rejected).append(
+                f"a site ({getattr(error, 'reason', failure)})")
+            log.warning("round %d: a site dropped out of the secure round: %s", record.round,
+                        getattr(error, "reason", failure))
+        for proxy, fitres in results:
+            who = f"node {proxy.node_id}"
+            name = str(fitres.metrics.get(protocol.SITE_NAME, who))
+            try:
+                if fitres.metrics.get(protocol.FINGERPRINT) != self.book.fingerprint:
+                    raise UpdateRejectedError(f"{who} ({name}): base fingerprint differs")
+                self.book.accept(site_update(name, fitres.metrics, f"{who} ({name})"))
+            except UpdateRejectedError as exc:
+                # Its masked head is already inside the sum; only its figures are dropped.
+                record.rejected.append(who)
+                log.warning("round %d: %s", record.round, exc)
+        if not results:
+            return None, {}
+        # SecAgg+ hands every result the same unmasked weighted mean.
+        mean = parameters_to_ndarrays(results[0][1].parameters)
+        start = self.book.global_head
+        try:
+            protocol.check_update([m.astype(g.dtype) for m, g in zip(mean, start, strict=True)],
+                                  start, max_norm=self.cfg.max_update_norm,
+                                  who="the securely aggregated head")
+        except (UpdateRejectedError, ValueError) as exc:
+            log.warning("round %d: %s; the global head stays as it was", record.round, exc)
+            return None, {}
+        self.book.arrays = [m.astype(g.dtype) for m, g in zip(mean, start, strict=True)]
+        self.book.close_training()
+        return ndarrays_to_parameters(self.book.arrays), {}
+
+    def aggregate_evaluate(self, server_round: int,
+                           results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
+        weighted, total = 0.0, 0
+        for proxy, res in results:
+            name = str(res.metrics.get(protocol.SITE_NAME, f"node {proxy.node_id}"))
+            if self.book.record_accuracy(name, {**res.metrics,
+                                                protocol.NUM_EXAMPLES: res.num_examples}):
+                weighted += float(res.metrics[protocol.ACCURACY]) * res.num_examples
+                total += res.num_examples
+        self.book.close_round(weighted / total if total else None)
+        return None, {}
+
+
+def run_secure(grid: Grid, book: Validation, cfg: RunConfig, initial: list[np.ndarray],
+               federation: Mapping[str, Any], rounds: int) -> None:
+    """``rounds`` rounds of FedAvg in which SecAgg+ sums the sites' heads."""
+    legacy = SecureRounds(book, cfg, initial, federation)
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        config=ServerConfig(num_rounds=rounds, round_timeout=cfg.round_timeout),
+        strategy=legacy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=SHARES, reconstruction_threshold=THRESHOLD, max_weight=MAX_WEIGHT,
+        clipping_range=cfg.secagg_clip, timeout=cfg.round_timeout))
+    workflow(grid, context)
