@@ -49,6 +49,21 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
     assert len(report["base"]["fingerprint"]) == 64
     assert report["versions"]["flwr"].startswith("1.39")
     assert "round | train loss" in done.stdout
+    # The privacy section: per site, the mechanism behind its epsilon, and what was
+    # released outside it (the default sends exact held-out accuracy and loss, flagged).
+    privacy = report["privacy"]
+    assert set(privacy) == {"site-0", "site-1", "site-2"}
+    for entry in privacy.values():
+        assert entry["epsilon"] == pytest.approx(final["epsilon"][next(
+            k for k, v in privacy.items() if v is entry)])
+        assert entry["delta"] == 1e-5 and entry["accountant"] == "rdp"
+        assert entry["noise_multiplier"] > 0 and 0 < entry["sampling_rate"] <= 1
+        assert entry["steps"] >= 4  # one or more per round
+    record_level = report["guarantees"]["record_level"]
+    assert "noised example counts" in record_level["covers"]
+    assert "held-out accuracy" in record_level["released_outside_guarantee"]
+    assert report["guarantees"]["client_level"] == {"private": False}
+    assert "outside that guarantee" in done.stdout
     for name in ("model.keras", "accuracy.png", "epsilon.png"):
         assert (out / name).stat().st_size > 0
 
@@ -173,3 +188,22 @@ def test_a_simulation_runs_on_an_existing_ray_cluster(tmp_path: Path) -> None:
     finally:
         head.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_client_level_dp_run_reports_both_guarantees_and_stays_useful(tmp_path: Path) -> None:
+    out = tmp_path / "client-dp"
+    done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "3",
+                 "--client-dp", "adaptive", "--client-noise", "0.5",
+                 "--out", str(out), "--state", str(tmp_path / "state"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    client_level = report["guarantees"]["client_level"]
+    assert client_level["private"] and client_level["releases"] == 3
+    assert client_level["clipping"] == "adaptive" and client_level["clip_norm"] > 0
+    assert 0 < client_level["epsilon"] < float("inf")
+    assert [r["client_epsilon"] for r in report["rounds"]] == sorted(
+        r["client_epsilon"] for r in report["rounds"])  # grows round by round
+    # The record-level guarantee holds as before, beside it.
+    assert all(2.9 < e["epsilon"] <= 3.0 + 1e-6 for e in report["privacy"].values())
+    assert report["final"]["accuracy"] > 0.3  # ten digits: chance is 0.1
+    assert "client-level epsilon (a whole site)" in done.stdout
