@@ -190,17 +190,21 @@ def test_a_simulation_runs_on_an_existing_ray_cluster(tmp_path: Path) -> None:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_client_level_dp_run_reports_both_guarantees_and_stays_useful(tmp_path: Path) -> None:
+def test_client_level_dp_run_reports_both_guarantees_and_uses_the_noised_head(
+        tmp_path: Path) -> None:
+    # Noise of std z * clip / sites per weight swamps a 5,130-weight head unless sites are
+    # many (z * sqrt(5130) / sites << 1; README, "Client-level DP"): with 3 sites only a tiny
+    # z leaves a usable model, and the epsilon it reports says how little that protects.
     out = tmp_path / "client-dp"
     done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "3",
-                 "--client-dp", "adaptive", "--client-noise", "0.5",
+                 "--client-dp", "adaptive", "--client-noise", "0.02",
                  "--out", str(out), "--state", str(tmp_path / "state"))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     client_level = report["guarantees"]["client_level"]
     assert client_level["private"] and client_level["releases"] == 3
     assert client_level["clipping"] == "adaptive" and client_level["clip_norm"] > 0
-    assert 0 < client_level["epsilon"] < float("inf")
+    assert client_level["epsilon"] > 100  # honest: z = 0.02 protects a site very little
     assert [r["client_epsilon"] for r in report["rounds"]] == sorted(
         r["client_epsilon"] for r in report["rounds"])  # grows round by round
     # The record-level guarantee holds as before, beside it.
