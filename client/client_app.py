@@ -142,6 +142,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         cfg = config if config is not None else RunConfig.from_flower(context.run_config)
         cfg = _federation_config(cfg, msg, context)
         site = _site_config(cfg, context)
+        cfg = site.policy(cfg)
         run_key = _run_key(msg, context)
         data, fingerprint = _open_site(cfg, site, msg, run_key)
         arrays = msg.content.array_records.get(protocol.ARRAYS)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from common.config import NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA, NODE_NAME, NODE_STATE
+from common.config import (NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA, NODE_METRICS,
+                           NODE_NAME, NODE_STATE)
 from common.control import flower_bin, flower_env
 from common.credentials import key_fingerprint
 from common.data import list_dataset
@@ -44,6 +45,7 @@ class ClientOptions:
     insecure: bool = False
     cache: bool = True
     max_wait: float | None = None
+    site_metrics: str = ""  # the strictest figures this site releases ("": as the run says)
 
     def __post_init__(self) -> None:
         if self.insecure and (self.key is not None or self.ca is not None):
@@ -84,6 +86,7 @@ def supernode_command(opts: ClientOptions, runtime_port: int) -> list[str]:
         NODE_BUDGET: repr(float(opts.budget.epsilon)),
         NODE_DELTA: repr(float(opts.budget.delta)),
         NODE_CACHE: "true" if opts.cache else "false",
+        **({NODE_METRICS: _quote(opts.site_metrics)} if opts.site_metrics else {}),
     }
     cmd = [flower_bin("flower-supernode"), "--superlink", opts.server,
            "--port", str(runtime_port),

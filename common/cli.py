@@ -178,6 +178,9 @@ def _client_parser(sub: Any) -> None:
                    help="the most epsilon this site will ever spend, over all runs")
     p.add_argument("--delta", type=float, default=1e-5, help="delta of the site's budget")
     p.add_argument("--name", default=None, help="site name in reports (default: key file name)")
+    p.add_argument("--site-metrics", choices=METRIC_MODES, default="",
+                   help="the most this site releases about its held-out images, whatever the "
+                        "run asks: noised (accounted) or none; default: as the run says")
     p.add_argument("--key", default=None, help="this site's private key (`fedtl keys`)")
     p.add_argument("--ca", default=None, help="the server's CA certificate (ca.crt)")
     p.add_argument("--insecure", action="store_true", help="no TLS, no key (experiments only)")
@@ -365,7 +368,7 @@ def _run_client(args: argparse.Namespace) -> int:
     opts = ClientOptions(server=args.server, data=Path(args.data), state=Path(args.state),
                          budget=SiteBudget(args.budget, args.delta), name=name, key=key,
                          ca=_path(args.ca), insecure=args.insecure, cache=args.cache,
-                         max_wait=args.max_wait)
+                         max_wait=args.max_wait, site_metrics=args.site_metrics)
     return run_site(opts)
 
 

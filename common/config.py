@@ -257,6 +257,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 # Keys of a real site's Flower node config (set by `fedtl client`, read once by the ClientApp).
 NODE_DATA, NODE_STATE, NODE_NAME = "data", "state", "site-name"
 NODE_BUDGET, NODE_DELTA, NODE_CACHE = "budget", "delta", "cache"
+NODE_METRICS = "site-metrics"
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,14 @@ class SiteConfig:
     budget: SiteBudget
     cache_dir: Path | None
     partition: int | None = None  # a simulated site trains on this share of ``data``
+    site_metrics: str = ""  # the strictest figures the site releases ("": as the run says)
+
+    def policy(self, run: RunConfig) -> RunConfig:
+        """The run as this site plays it: its own release policy wins where it is stricter."""
+        strictness = {mode: i for i, mode in enumerate(METRIC_MODES)}  # exact < noised < none
+        if self.site_metrics and strictness[self.site_metrics] > strictness[run.site_metrics]:
+            return run.replace(site_metrics=self.site_metrics)
+        return run
 
     @classmethod
     def simulated(cls, run: RunConfig, index: int) -> SiteConfig:
@@ -293,5 +302,10 @@ class SiteConfig:
             cache = _coerce("cache", node.get(NODE_CACHE, True), "bool")
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"this site's node config is malformed: {exc}") from exc
+        metrics = str(node.get(NODE_METRICS, ""))
+        if metrics and metrics not in METRIC_MODES:
+            raise ConfigError(f"this site's {NODE_METRICS} must be one of {METRIC_MODES}. "
+                              f"Found {metrics!r}.")
         return cls(name=str(node.get(NODE_NAME) or f"node-{node_id}"), data=str(node[NODE_DATA]),
-                   state=state, budget=budget, cache_dir=state / "features" if cache else None)
+                   state=state, budget=budget, cache_dir=state / "features" if cache else None,
+                   site_metrics=metrics)

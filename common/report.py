@@ -73,7 +73,8 @@ def plot_series(path: Path, x: Sequence[int], series: dict[str, Sequence[float |
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when sites released no figures
+        ax.legend(fontsize=8)
     fig.tight_layout()
     write_atomically(path, lambda handle: fig.savefig(handle, format="png"), mode=0o644)
     plt.close(fig)

@@ -67,7 +67,7 @@ class RoundTable:
 
     def __call__(self, r: RoundRecord) -> None:
         def fmt(value: float | None, spec: str) -> str:
-            return "-" if value is None else format(value, spec)
+            return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
         note = f"{len(r.sites_trained)} trained"
         if r.declined:

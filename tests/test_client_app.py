@@ -147,3 +147,26 @@ def test_a_real_site_spends_no_more_than_its_own_budget_and_keys_its_ledger_by_r
     assert ledger["budget"]["epsilon"] == 1.0
     # Two rounds planned: the first spends part of the site's 1.0, not of the run's 3.0.
     assert 0 < reply.content[protocol.METRICS][protocol.EPSILON] < 1.0
+
+
+def test_a_sites_own_release_policy_overrides_a_run_that_asks_for_more(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    site = real_site(tmp_path, budget=3.0)
+    site.node_config["site-metrics"] = "none"
+    fingerprint = base_fingerprint(base_spec(cfg))
+    app = make_client_app(cfg.replace(site_metrics="exact"))
+    trained = app(message(MessageType.TRAIN, fingerprint), site)
+    assert not trained.has_error(), trained.error.reason if trained.has_error() else ""
+    assert set(trained.content[protocol.METRICS]) == set(protocol.TRAIN_FIGURES)
+    evaluated = app(message(MessageType.EVALUATE, fingerprint), site)
+    assert evaluated.has_error() and evaluated.error.code == protocol.WITHHELD
+
+
+def test_a_site_policy_never_loosens_the_run() -> None:
+    from common.config import SiteConfig
+    from common.ledger import SiteBudget
+
+    site = SiteConfig(name="a", data="d", state=Path("s"), budget=SiteBudget(1.0),
+                      cache_dir=None, site_metrics="noised")
+    assert site.policy(RunConfig(site_metrics="exact")).site_metrics == "noised"
+    assert site.policy(RunConfig(site_metrics="none")).site_metrics == "none"
