@@ -8,6 +8,7 @@ and evaluate code serves both, and `secure_aggregation_mod` hands a round to Flo
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -67,6 +68,7 @@ def legacy_messages_mod(msg: Message, ctxt: Context, call_next: ClientAppCallabl
     ok = Status(code=Code.OK, message="")
     if msg.metadata.message_type == MessageType.TRAIN:
         arrays = reply.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+        _check_within_clip(arrays, modern.content.config_records[protocol.CONFIG], figures)
         out = compat.fitres_to_recorddict(FitRes(
             status=ok, parameters=ndarrays_to_parameters(arrays),
             num_examples=int(metrics[protocol.NUM_EXAMPLES]), metrics=figures), keep_input=True)
@@ -76,3 +78,17 @@ def legacy_messages_mod(msg: Message, ctxt: Context, call_next: ClientAppCallabl
             metrics=figures))
     return Message(out, reply_to=msg)
 
+
+
+def _check_within_clip(arrays: list, config: ConfigRecord, figures: dict) -> None:
+    """Refuse to send a head SecAgg+ would clip: it clips every weight to [-clip, clip]
+    silently, which would corrupt the sum without anyone noticing."""
+    clip = config.get(protocol.SECAGG_CLIP)
+    if not isinstance(clip, (int, float)):
+        return
+    largest = max(float(np.abs(a).max()) for a in arrays)
+    if largest > clip:
+        raise SiteRefused(Error(code=protocol.INCOMPATIBLE, reason=(
+            f"site {figures[protocol.SITE_NAME]}: its head has a weight of {largest:.3g}, "
+            f"beyond secure aggregation's clip of {clip}; SecAgg+ would clip it silently. "
+            "Raise --secagg-clip")))

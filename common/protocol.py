@@ -34,6 +34,7 @@ SAMPLING_RATE = "sampling-rate"
 NOISE_MULTIPLIER = "noise-multiplier"
 STEPS = "steps"
 PROXIMAL_MU = "proximal-mu"  # what Flower's FedProx puts in the train config
+SECAGG_CLIP = "secagg-clip"  # SecAgg+ clips every weight to [-clip, clip]: sites check first
 
 # Everything a site's train reply holds besides the head arrays and its name and base
 # fingerprint (README, "What leaves a site"). The count is the released one (exact, rounded

@@ -55,7 +55,7 @@ class SecureRounds(LegacyFedAvg):
             initial_parameters=ndarrays_to_parameters(initial), accept_failures=True)
         self.book = book
         self.cfg = cfg
-        self.federation = dict(federation)
+        self.federation = {**federation, protocol.SECAGG_CLIP: cfg.secagg_clip}
         if cfg.strategy == "fedprox":
             self.federation[protocol.PROXIMAL_MU] = cfg.proximal_mu
 

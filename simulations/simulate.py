@@ -51,9 +51,10 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
                   file=sys.stderr, flush=True)
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
         if settings.private:
-            print(f"[prepare] {site.name}: sampling rate {settings.sampling_rate:.3f}, "
+            # The site computes its own from the count it releases (noised by default).
+            print(f"[prepare] {site.name}: sampling rate ~{settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
-                  f"{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
+                  f"~{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
     return cfg, seconds, scenario
 
 
