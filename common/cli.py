@@ -321,7 +321,7 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
               + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items()))
               + f" (budget {final['target_epsilon']})")
     else:
-        print("no differential privacy (--no-dp)")
+        print("no record-level differential privacy (--no-dp)")
     record_level = report.get("guarantees", {}).get("record_level", {})
     if record_level.get("released_outside_guarantee"):
         print("released by sites outside that guarantee: "
