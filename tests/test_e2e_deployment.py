@@ -197,6 +197,16 @@ def start_poisoned_site(world: World) -> Proc:
     return proc
 
 
+def spent_site(world: World) -> Proc:
+    """A site whose budget an earlier run used up, started once and left running: a killed
+    site's SuperNode session outlives it on the SuperLink for a while, so a restart under the
+    same key could not reconnect at once."""
+    if "spent" not in world.procs:
+        spend_all_of(world.root / "state" / "spent", SiteBudget(1.0))
+        wait_online(world, world.start_site("spent", data="data/site-3", budget=1.0))
+    return world.procs["spent"]
+
+
 def spend_all_of(state: Path, budget: SiteBudget) -> None:
     """An earlier run that used up the site's whole budget, as its ledger would record it."""
     sigma, steps = 1.0, 1
@@ -208,18 +218,39 @@ def spend_all_of(state: Path, budget: SiteBudget) -> None:
         delta=budget.delta, target_epsilon=budget.epsilon, accountant="rdp"), budget)
 
 
+def test_secure_aggregation_recovers_a_site_that_drops_out_after_the_key_exchange(
+        world) -> None:
+    # The spent site takes part in SecAgg+'s key exchange (Flower's mod answers for it),
+    # then declines to train: a dropout mid-round, after its masks are in the others' sums.
+    spent = spent_site(world)
+    mark = len(spent.text())
+    done = world.run("run-s", "--rounds", "2", "--min-sites", "4", "--round-timeout", "300",
+                     "--target-epsilon", "3", "--secure-aggregation")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    report = report_of(world, "run-s")
+    assert report["guarantees"]["secure_aggregation"]["on"] is True
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for r in report["rounds"]:
+        assert sorted(r["sites_trained"]) == list(GOOD)
+        assert len(r["declined"]) == 1  # the spent site, recovered from by SecAgg+
+    final = report["final"]
+    assert final["accuracy"] > 0.5
+    assert set(final["epsilon"]) == set(GOOD)
+    assert set(report["privacy"]) == set(GOOD)
+    # Four messages a round reached the spent site (setup, key shares, masked round, and the
+    # evaluation), so it was inside the protocol when it dropped out.
+    assert spent.text()[mark:].count("Receiving: train message") >= 3 * 2
+
+
 def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_rejected(
         world) -> None:
-    spend_all_of(world.root / "state" / "spent", SiteBudget(1.0))
-    spent = world.start_site("spent", data="data/site-3", budget=1.0)
+    spent_site(world)
     poison = start_poisoned_site(world)
     try:
-        wait_online(world, spent)
         wait_online(world, poison)
         done = world.run("run-a", "--rounds", "3", "--min-sites", "3",
                          "--target-epsilon", "3", "--strategy", "fedprox", "--personalize")
     finally:
-        spent.kill()
         poison.kill()
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     assert "round | train loss" in done.stdout
@@ -255,35 +286,6 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     assert set(spent_ledger["runs"]) == {"an-earlier-run"}  # declining charged nothing
     assert spent_ledger["remaining"] == 0.0
     assert "1 declined (budget), 1 rejected" in done.stdout
-
-
-def test_secure_aggregation_recovers_a_site_that_drops_out_after_the_key_exchange(
-        world) -> None:
-    # The spent site takes part in SecAgg+'s key exchange (Flower's mod answers for it),
-    # then declines to train: a dropout mid-round, after its masks are in the others' sums.
-    spend_all_of(world.root / "state" / "spent", SiteBudget(1.0))
-    spent = world.start_site("spent", data="data/site-3", budget=1.0)
-    mark = len(spent.text())
-    try:
-        wait_online(world, spent)
-        done = world.run("run-s", "--rounds", "2", "--min-sites", "4", "--round-timeout", "300",
-                         "--target-epsilon", "3", "--secure-aggregation")
-    finally:
-        spent.kill()
-    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-    report = report_of(world, "run-s")
-    assert report["guarantees"]["secure_aggregation"]["on"] is True
-    assert [r["round"] for r in report["rounds"]] == [1, 2]
-    for r in report["rounds"]:
-        assert sorted(r["sites_trained"]) == list(GOOD)
-        assert len(r["declined"]) == 1  # the spent site, recovered from by SecAgg+
-    final = report["final"]
-    assert final["accuracy"] > 0.5
-    assert set(final["epsilon"]) == set(GOOD)
-    assert set(report["privacy"]) == set(GOOD)
-    # Four messages a round reached the spent site (setup, key shares, masked round, and the
-    # evaluation), so it was inside the protocol when it dropped out.
-    assert spent.text()[mark:].count("Receiving: train message") >= 3 * 2
 
 
 def test_a_site_killed_mid_round_does_not_stop_the_run_and_can_come_back(world) -> None:
