@@ -26,6 +26,7 @@ from .processes import Proc, fedtl_args, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 GOOD = ("site-1", "site-2", "site-3")
+SITE_BUDGET = 12.0  # room for the module's four runs at target epsilon 3 each
 REPORT_KEYS = {"settings", "base", "versions", "rounds", "final", "data", "timing", "run_id"}
 
 
@@ -70,13 +71,14 @@ class World:
         self.procs["server"] = proc
         return proc
 
-    def site_args(self, name: str, data: str, budget: float = 4.0) -> list[str]:
+    def site_args(self, name: str, data: str, budget: float = SITE_BUDGET) -> list[str]:
         return fedtl_args("client", "--server", self.fleet, "--data", str(self.root / data),
                           "--state", str(self.root / "state" / name), "--budget", str(budget),
                           "--key", str(self.root / "keys" / f"{name}.key"),
                           "--ca", str(self.root / "certs" / "ca.crt"), "--name", name)
 
-    def start_site(self, name: str, data: str | None = None, budget: float = 4.0) -> Proc:
+    def start_site(self, name: str, data: str | None = None,
+                   budget: float = SITE_BUDGET) -> Proc:
         data = data or f"data/{name}"
         proc = Proc(name, self.site_args(name, data, budget), self.root / f"{name}.log")
         self.procs[name] = proc
@@ -275,12 +277,14 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     for site in GOOD:
         personal = world.root / "state" / site / "personal" / report["run_id"]
         assert (personal / "model.keras").stat().st_size > 0
-    # Each site's ledger: the run is recorded under the server's run id, within budget.
+    # Each site's ledger: the run is recorded under the server's run id, within budget
+    # (beside the secure-aggregation run before it, composed with it).
     ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
                               "--json").stdout)
-    assert set(ledger["runs"]) == {report["run_id"]}
-    assert ledger["budget"] == 4.0 and ledger["spent"] == pytest.approx(3.0, abs=1e-3)
-    assert ledger["remaining"] == pytest.approx(1.0, abs=1e-3)
+    assert ledger["runs"][report["run_id"]]["epsilon"] == pytest.approx(3.0, abs=1e-3)
+    assert len(ledger["runs"]) == 2 and ledger["budget"] == SITE_BUDGET
+    assert 3.0 < ledger["spent"] < 6.0  # two runs of 3 compose to less than their sum
+    assert ledger["remaining"] == pytest.approx(SITE_BUDGET - ledger["spent"], abs=1e-6)
     spent_ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "spent"),
                                     "--json").stdout)
     assert set(spent_ledger["runs"]) == {"an-earlier-run"}  # declining charged nothing
