@@ -266,11 +266,11 @@ def released_accuracies(cfg: RunConfig, data: SiteData, heads: list[list[np.ndar
     longer fit.
     """
     budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
-    entry = ledger.get(run_key) if cfg.dp else None
-    if not cfg.dp or cfg.example_counts == "exact" or entry is None:
-        weight = len(data.test_y) if not cfg.dp or cfg.example_counts == "exact" else 1
-    else:
-        weight = held_out_weight(entry.public_count, cfg.holdout)
+    if not cfg.dp or cfg.example_counts == "exact":
+        weight = len(data.test_y)
+    else:  # derived from the released count (a site that never trained counts once)
+        entry = ledger.get(run_key)
+        weight = held_out_weight(entry.public_count, cfg.holdout) if entry else 1
     mode = cfg.site_metrics if cfg.dp else "exact"
     if mode == "none":
         return [], weight
