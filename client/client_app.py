@@ -1,9 +1,16 @@
-"""fedtl's Flower ClientApp: unpack the Message, call the site's code, pack the reply."""
+"""fedtl's Flower ClientApp: unpack the Message, call the site's code, pack the reply.
+
+Everything in a message is the server's word, which a site does not take on trust: the run
+config, class list, run id and arrays are checked, and the run is held against the site's own
+policy (`common.policy.admit`) before any of its data is read. Every decision goes to the
+site's audit trail; a refusal tells the server only that, the reasons stay in the site's log.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,25 +19,29 @@ from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import legacy_messages_mod, secure_aggregation_mod
 from common import protocol
-from common.config import NODE_NAME, RunConfig, SiteConfig
+from common.audit_trail import AuditTrail, Decision
+from common.config import NODE_NAME, RunConfig, SiteConfig, valid_run_id
 from common.data import check_same_classes, list_dataset
-from common.errors import BudgetExhaustedError, DataError, FedtlError
+from common.errors import (BudgetExhaustedError, DataError, FedtlError, PolicyRefusedError)
 from common.features import LazyBase
 from common.ledger import PrivacyLedger
 from common.model import full_model, head_shapes, save_model
 from common.personal import MODEL_FILE, load_head, personal_dir, save_head
+from common.policy import REFUSED, admit
 from common.scenario import Scenario, build_scenario
-from common.site import (RoundResult, SiteData, base_spec, load_site, released_accuracies,
-                         train_round)
+from common.site import (RoundResult, SiteAccount, SiteData, base_spec, figure_mode, load_site,
+                         released_accuracies, train_round)
 
 log = logging.getLogger("fedtl.site")
+DECLINED = "declined"  # the audit trail's word for a round the budget does not allow
+MALFORMED = "(malformed)"  # the audit trail's run id for a request whose id was refused
 
 
 def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunConfig:
     """The run config with the server's class list (and Flower's site count in simulation)."""
     sent = msg.content.config_records[protocol.CONFIG].get(protocol.CLASSES)
     if not isinstance(sent, list) or not sent:
-        raise FedtlError(f"the server sent no class list (got {sent!r})")
+        raise FedtlError(f"the server sent no class list (got {str(sent)[:80]!r})")
     cfg = cfg.replace(classes=tuple(str(c) for c in sent))
     partitions = context.node_config.get("num-partitions")
     return cfg if partitions is None else cfg.replace(clients=int(partitions))
@@ -41,17 +52,6 @@ def _site_config(cfg: RunConfig, context: Context) -> SiteConfig:
     if "partition-id" in node:  # a virtual site of a simulation
         return SiteConfig.simulated(cfg, int(node["partition-id"]))
     return SiteConfig.from_node_config(node, context.node_id)
-
-
-def _open_site(cfg: RunConfig, site: SiteConfig, msg: Message,
-               run_key: str) -> tuple[SiteData, str]:
-    """The site's held-out and training features.
-
-    The base fingerprint is checked against the server's before any image is read.
-    """
-    base = LazyBase.shared(base_spec(cfg))
-    _check_federation(msg, cfg, base.fingerprint, site.name)
-    return _site_data(cfg, site, run_key), base.fingerprint
 
 
 # A site reads its folder once per run and process: simulated sites share long-lived worker
@@ -78,35 +78,23 @@ def _refuse(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
-def _check_federation(msg: Message, cfg: RunConfig, fingerprint: str, site: str) -> None:
-    server = msg.content.config_records[protocol.CONFIG]
-    if server.get(protocol.FINGERPRINT) != fingerprint:
-        raise FedtlError(
-            f"site {site}: its VGG16 base fingerprint {fingerprint[:12]} differs from the "
-            f"federation's {str(server.get(protocol.FINGERPRINT))[:12]}; use the same "
-            "--weights, --image-size and --base-layer as the server")
+@dataclass(frozen=True)
+class _Request:
+    """A message as the server put it: the run it asks for, this site, the run's key."""
 
+    asked: RunConfig
+    site: SiteConfig
+    run_key: str
 
-def _site_record(data: SiteData, fingerprint: str) -> ConfigRecord:
-    return ConfigRecord({protocol.SITE_NAME: data.name, protocol.FINGERPRINT: fingerprint})
-
-
-def _refusal(msg: Message, exc: FedtlError, site: str) -> Message:
-    """An error reply that says why without leaking the site's data: a data error names
-    files, folders or class names, so those details stay in the site's own log."""
-    if isinstance(exc, BudgetExhaustedError):
-        return _refuse(msg, protocol.BUDGET_EXHAUSTED, str(exc))
-    if isinstance(exc, DataError):
-        log.error("site %s: %s", site, exc)
-        return _refuse(msg, protocol.INCOMPATIBLE,
-                       f"site {site}: its data cannot be used for this federation (the "
-                       "site's log says why)")
-    return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
+    def record(self, decision: str, reason: str = "", changes: tuple[str, ...] = ()) -> None:
+        AuditTrail(self.site.state).record(Decision(
+            run_id=self.run_key, decision=decision, reason=reason, changes=changes,
+            settings=self.asked.to_flower()))
 
 
 @dataclass(frozen=True)
 class _Opened:
-    """What every handler starts from: settings, the site, its data and the server's head."""
+    """What every handler starts from: the admitted run, the site, its data, the server's head."""
 
     cfg: RunConfig
     site: SiteConfig
@@ -114,6 +102,91 @@ class _Opened:
     data: SiteData
     fingerprint: str
     weights: list[np.ndarray] | None
+    tightened: tuple[str, ...]
+
+    @property
+    def account(self) -> SiteAccount:
+        return SiteAccount(PrivacyLedger(self.site.state), self.run_key, self.site.budget,
+                           self.site.policy)
+
+    def site_record(self) -> ConfigRecord:
+        return ConfigRecord({protocol.SITE_NAME: self.data.name,
+                             protocol.FINGERPRINT: self.fingerprint,
+                             protocol.TIGHTENED: "; ".join(self.tightened)})
+
+
+def _request(config: RunConfig | None, msg: Message, context: Context) -> _Request:
+    asked = config if config is not None else RunConfig.from_flower(context.run_config)
+    asked = _federation_config(asked, msg, context)
+    site = _site_config(asked, context)
+    try:
+        run_key = _run_key(msg, context)
+    except FedtlError as exc:  # on record, under a placeholder: the id itself is no name
+        _Request(asked, site, MALFORMED).record(REFUSED, reason=str(exc))
+        raise
+    return _Request(asked, site, run_key)
+
+
+def _open(request: _Request, msg: Message) -> _Opened:
+    """Admit the run under the site's policy, then check the server's base and head."""
+    site = request.site
+    trail = AuditTrail(site.state)
+    approved = site.policy.require_approval and trail.approved(request.run_key)
+    admission = admit(request.asked, site.policy, site.budget, run_id=request.run_key,
+                      approved=approved)
+    if admission.decision == REFUSED or admission.cfg is None:
+        raise PolicyRefusedError(admission.reason)
+    request.record(admission.decision, changes=admission.changes)
+    cfg = admission.cfg
+    if admission.changes:
+        log.info("site %s: run %s tightened by the site's policy: %s", site.name,
+                 request.run_key, "; ".join(admission.changes))
+    base = LazyBase.shared(base_spec(cfg))
+    server = msg.content.config_records[protocol.CONFIG]
+    if server.get(protocol.FINGERPRINT) != base.fingerprint:
+        raise FedtlError(
+            f"site {site.name}: its VGG16 base fingerprint {base.fingerprint[:12]} differs from "
+            f"the federation's {str(server.get(protocol.FINGERPRINT))[:12]}; use the same "
+            "--weights, --image-size and --base-layer as the server")
+    data = _site_data(cfg, site, request.run_key)
+    arrays = msg.content.array_records.get(protocol.ARRAYS)
+    weights = None
+    if arrays is not None:
+        shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
+        weights = protocol.check_global_head(arrays.to_numpy_ndarrays(), shapes)
+    return _Opened(cfg, site, request.run_key, data, base.fingerprint, weights,
+                   admission.changes)
+
+
+def _refusal(msg: Message, exc: Exception, site: str, request: _Request | None) -> Message:
+    """An error reply that says only that the site did not take part: budgets, policies,
+    data errors (which name files, folders or classes) stay in the site's log and trail."""
+    if isinstance(exc, _Withheld):
+        return _refuse(msg, protocol.WITHHELD, str(exc))
+    if isinstance(exc, (BudgetExhaustedError, PolicyRefusedError)):
+        decision = DECLINED if isinstance(exc, BudgetExhaustedError) else REFUSED
+        log.warning("site %s: %s the run's request: %s", site, decision, exc)
+        if request is not None:
+            request.record(decision, reason=str(exc))
+        if decision == DECLINED:
+            return _refuse(msg, protocol.BUDGET_EXHAUSTED,
+                           f"site {site} declines: its privacy budget does not allow this round")
+        return _refuse(msg, protocol.POLICY_REFUSED,
+                       f"site {site} does not admit this run under its own policy (its log "
+                       "and audit trail say why)")
+    if isinstance(exc, DataError):
+        log.error("site %s: %s", site, exc)
+        return _refuse(msg, protocol.INCOMPATIBLE,
+                       f"site {site}: its data cannot be used for this federation (the "
+                       "site's log says why)")
+    if isinstance(exc, FedtlError):
+        return _refuse(msg, protocol.INCOMPATIBLE, str(exc))
+    log.error("site %s: failed on a %s message", site, msg.metadata.message_type,
+              exc_info=exc)
+    simulated = request is not None and request.site.partition is not None
+    detail = f": {type(exc).__name__}: {exc}" if simulated else " (its log says why)"
+    return _refuse(msg, protocol.INCOMPATIBLE, f"site {site} could not process the message"
+                   + detail)
 
 
 def train_figures(cfg: RunConfig, result: RoundResult, data: SiteData) -> dict[str, float]:
@@ -126,7 +199,7 @@ def train_figures(cfg: RunConfig, result: RoundResult, data: SiteData) -> dict[s
         protocol.NOISE_MULTIPLIER: result.settings.noise_multiplier,
         protocol.STEPS: result.steps,
     }
-    if cfg.site_metrics == "exact" or not cfg.dp:
+    if figure_mode(cfg) == "exact":
         figures.update({protocol.TRAIN_LOSS: result.train_loss,
                         protocol.EXTRACT_SECONDS: data.extraction_seconds,
                         protocol.SKIPPED_IMAGES: len(data.skipped)})
@@ -138,103 +211,108 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     # SecAgg+ outermost: it runs its own stages and calls the handlers for the masked round.
     app = ClientApp(mods=[secure_aggregation_mod, legacy_messages_mod])
 
-    def open_site(msg: Message, context: Context) -> _Opened:
-        cfg = config if config is not None else RunConfig.from_flower(context.run_config)
-        cfg = _federation_config(cfg, msg, context)
-        site = _site_config(cfg, context)
-        cfg = site.policy(cfg)
-        run_key = _run_key(msg, context)
-        data, fingerprint = _open_site(cfg, site, msg, run_key)
-        arrays = msg.content.array_records.get(protocol.ARRAYS)
-        return _Opened(cfg, site, run_key, data, fingerprint,
-                       arrays.to_numpy_ndarrays() if arrays is not None else None)
-
-    def site_name(context: Context) -> str:
-        return str(context.node_config.get(NODE_NAME) or f"node-{context.node_id}")
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def handle(msg: Message, context: Context, work: Callable[[_Opened], RecordDict]) -> Message:
+        name = str(context.node_config.get(NODE_NAME) or f"node-{context.node_id}")
+        request = None
         try:
-            at = open_site(msg, context)
-            result = train_round(at.cfg, at.data, at.weights, PrivacyLedger(at.site.state),
-                                 at.run_key, _rng(at.cfg), at.site.budget,
-                                 proximal_mu=_proximal_mu(msg))
-        except FedtlError as exc:
-            return _refusal(msg, exc, site_name(context))
-        content = RecordDict({
+            request = _request(config, msg, context)
+            name = request.site.name
+            return Message(work(_open(request, msg)), reply_to=msg)
+        except Exception as exc:  # every failure becomes a refusal that leaks nothing
+            return _refusal(msg, exc, name, request)
+
+    def train(at: _Opened, msg: Message) -> RecordDict:
+        result = train_round(at.cfg, at.data, _head(at), at.account, _rng(at.cfg),
+                             proximal_mu=_proximal_mu(msg))
+        return RecordDict({
             protocol.ARRAYS: ArrayRecord(result.weights),
             protocol.METRICS: MetricRecord(train_figures(at.cfg, result, at.data)),
-            protocol.SITE: _site_record(at.data, at.fingerprint),
+            protocol.SITE: at.site_record(),
         })
-        return Message(content, reply_to=msg)
 
-    @app.train(protocol.PERSONALIZE)
-    def personalize(msg: Message, context: Context) -> Message:
+    def personalize(at: _Opened) -> RecordDict:
         """Fine-tune this site's own head from the global one (DP, same budget); report both
         accuracies. The personal head stays here, with a Keras model of it."""
-        try:
-            at = open_site(msg, context)
-            cfg, data = at.cfg, at.data
-            ledger = PrivacyLedger(at.site.state)
-            folder = personal_dir(at.site.state, at.run_key)
-            shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
-            weights = load_head(folder, shapes)  # a repeated request spends nothing again
-            if weights is None:
-                weights = train_round(cfg, data, at.weights, ledger, at.run_key, _rng(cfg),
-                                      at.site.budget, personal=True).weights
-                base = LazyBase.shared(base_spec(cfg)).get()
-                folder.mkdir(parents=True, exist_ok=True)
-                save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
-                           folder / MODEL_FILE)
-                save_head(folder, weights)  # last: its presence means "done, both saved"
-            accuracies, weight = released_accuracies(cfg, data, [weights, at.weights], ledger,
-                                                     at.run_key, _rng(cfg), at.site.budget)
-        except FedtlError as exc:
-            return _refusal(msg, exc, site_name(context))
-        spent = ledger.get(at.run_key)
+        cfg, data, account = at.cfg, at.data, at.account
+        folder = personal_dir(at.site.state, at.run_key)
+        shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
+        weights = load_head(folder, shapes)  # a repeated request spends nothing again
+        if weights is None:
+            weights = train_round(cfg, data, _head(at), account, _rng(cfg),
+                                  personal=True).weights
+            base = LazyBase.shared(base_spec(cfg)).get()
+            folder.mkdir(parents=True, exist_ok=True)
+            save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
+                       folder / MODEL_FILE)
+            save_head(folder, weights)  # last: its presence means "done, both saved"
+        accuracies, weight = released_accuracies(cfg, data, [weights, _head(at)], account,
+                                                 _rng(cfg))
+        spent = account.ledger.get(at.run_key)
         figures = {protocol.NUM_EXAMPLES: weight,
-                   protocol.EPSILON: spent.epsilon if spent else 0.0,
+                   protocol.EPSILON: spent.epsilon if spent and cfg.dp else 0.0,
                    protocol.STEPS: spent.steps if spent else 0}
         if accuracies:
             figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
-        content = RecordDict({protocol.METRICS: MetricRecord(figures),
-                              protocol.SITE: _site_record(data, at.fingerprint)})
-        return Message(content, reply_to=msg)
+        return RecordDict({protocol.METRICS: MetricRecord(figures),
+                           protocol.SITE: at.site_record()})
+
+    def evaluate(at: _Opened) -> RecordDict:
+        accuracies, weight = released_accuracies(at.cfg, at.data, [_head(at)], at.account,
+                                                 _rng(at.cfg))
+        if not accuracies:
+            raise _Withheld(f"site {at.data.name} releases no held-out figures "
+                            "(site-metrics none)")
+        return RecordDict({
+            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: weight,
+                                            protocol.ACCURACY: accuracies[0]}),
+            protocol.SITE: at.site_record(),
+        })
+
+    @app.train()
+    def train_handler(msg: Message, context: Context) -> Message:
+        return handle(msg, context, lambda at: train(at, msg))
+
+    @app.train(protocol.PERSONALIZE)
+    def personalize_handler(msg: Message, context: Context) -> Message:
+        return handle(msg, context, personalize)
 
     @app.evaluate()
-    def evaluate_global(msg: Message, context: Context) -> Message:
-        try:
-            at = open_site(msg, context)
-            accuracies, weight = released_accuracies(
-                at.cfg, at.data, [at.weights], PrivacyLedger(at.site.state), at.run_key,
-                _rng(at.cfg), at.site.budget)
-        except FedtlError as exc:
-            return _refusal(msg, exc, site_name(context))
-        if not accuracies:
-            return _refuse(msg, protocol.WITHHELD,
-                           f"site {at.data.name} releases no held-out figures (site-metrics none)")
-        metrics = MetricRecord({protocol.NUM_EXAMPLES: weight,
-                                protocol.ACCURACY: accuracies[0]})
-        content = RecordDict({protocol.METRICS: metrics,
-                              protocol.SITE: _site_record(at.data, at.fingerprint)})
-        return Message(content, reply_to=msg)
+    def evaluate_handler(msg: Message, context: Context) -> Message:
+        return handle(msg, context, evaluate)
 
     return app
+
+
+class _Withheld(Exception):
+    """The site releases no held-out figures: not a failure, a policy the server should see."""
+
+
+def _head(at: _Opened) -> list[np.ndarray]:
+    if at.weights is None:
+        raise FedtlError("the server's message carries no head weights")
+    return at.weights
 
 
 def _proximal_mu(msg: Message) -> float:
     # Flower's FedProx strategy sends its mu under this key; FedAvg and FedAdam send none.
     mu = msg.content.config_records[protocol.CONFIG].get(protocol.PROXIMAL_MU, 0.0)
-    if not isinstance(mu, (int, float)) or not 0.0 <= mu < 1e6:
-        raise FedtlError(f"the server sent proximal-mu {mu!r}; it must be a number >= 0")
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0.0 <= mu < 1e6:
+        raise FedtlError(f"the server sent proximal-mu {str(mu)[:40]!r}; it must be a number "
+                         ">= 0")
     return float(mu)
 
 
 def _run_key(msg: Message, context: Context) -> str:
     # The server's run id survives a server restart (Flower's run id does not), so a resumed
-    # run continues its ledger entry instead of starting a second one.
+    # run continues its ledger entry instead of starting a second one. It names ledger
+    # entries and folders here: anything but a plain name is refused before it is used.
     run_id = msg.content.config_records[protocol.CONFIG].get(protocol.RUN_ID)
-    return str(run_id) if run_id else str(context.run_id)
+    if run_id is None or run_id == "":
+        return str(context.run_id)
+    if not isinstance(run_id, str) or not valid_run_id(run_id):
+        raise FedtlError(f"the server sent a malformed run id {str(run_id)[:40]!r}; a run id "
+                         "is 1-128 letters, digits, '.', '_' or '-'")
+    return run_id
 
 
 def _rng(cfg: RunConfig) -> np.random.Generator:

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from common.config import (NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA, NODE_METRICS,
-                           NODE_NAME, NODE_STATE)
+from common.config import (NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA, NODE_NAME,
+                           NODE_POLICY, NODE_STATE)
 from common.control import flower_bin, flower_env
 from common.credentials import key_fingerprint
 from common.data import list_dataset
 from common.errors import ConfigError
 from common.ledger import PrivacyLedger, SiteBudget
+from common.policy import SitePolicy
+from common.storage import write_atomically
+
+POLICY_FILE = "site-policy.toml"  # the policy in force, as `fedtl client` resolved it
 
 INSECURE_WARNING = ("fedtl client --insecure: NO TLS and NO SITE KEY; this site's updates "
                     "travel in clear text. Only for experiments on a trusted network.")
@@ -45,7 +49,7 @@ class ClientOptions:
     insecure: bool = False
     cache: bool = True
     max_wait: float | None = None
-    site_metrics: str = ""  # the strictest figures this site releases ("": as the run says)
+    policy: SitePolicy = SitePolicy()  # what this site grants any run (safe defaults)
 
     def __post_init__(self) -> None:
         if self.insecure and (self.key is not None or self.ca is not None):
@@ -59,6 +63,10 @@ class ClientOptions:
             for what, path in (("private key", self.key), ("CA certificate", self.ca)):
                 if not Path(path).is_file():
                     raise ConfigError(f"the site's {what} {path} does not exist")
+
+    @property
+    def policy_file(self) -> Path:
+        return Path(self.state).expanduser().resolve() / POLICY_FILE
 
     @property
     def public_key(self) -> Path | None:
@@ -86,7 +94,7 @@ def supernode_command(opts: ClientOptions, runtime_port: int) -> list[str]:
         NODE_BUDGET: repr(float(opts.budget.epsilon)),
         NODE_DELTA: repr(float(opts.budget.delta)),
         NODE_CACHE: "true" if opts.cache else "false",
-        **({NODE_METRICS: _quote(opts.site_metrics)} if opts.site_metrics else {}),
+        NODE_POLICY: _quote(str(opts.policy_file)),
     }
     cmd = [flower_bin("flower-supernode"), "--superlink", opts.server,
            "--port", str(runtime_port),
@@ -97,6 +105,30 @@ def supernode_command(opts: ClientOptions, runtime_port: int) -> list[str]:
         return [*cmd, "--insecure"]
     return [*cmd, "--root-certificates", str(opts.ca),
             "--auth-supernode-private-key", str(opts.key)]
+
+
+def write_policy(policy: SitePolicy, path: Path) -> None:
+    """The policy every message of this site is held against (read by its ClientApp)."""
+    import tomli_w
+
+    text = tomli_w.dumps(policy.to_mapping()).encode()
+    write_atomically(path, lambda handle: handle.write(text))
+
+
+def describe(policy: SitePolicy) -> str:
+    """One line an operator can check at start-up."""
+    parts = ["DP required" if not policy.allow_no_dp else "runs without DP allowed",
+             f"at most epsilon {policy.max_run_epsilon} per run",
+             f"noise multiplier >= {policy.min_noise_multiplier}",
+             f"counts at most {policy.example_counts}",
+             f"figures at most {policy.site_metrics}",
+             f"on a looser run: {policy.on_violation}"]
+    if policy.require_secure_aggregation:
+        parts.append("secure aggregation required")
+    if policy.require_approval:
+        parts.append("runs need approval (`fedtl approve`)"
+                     + (f" or match {list(policy.approved_runs)}" if policy.approved_runs else ""))
+    return "; ".join(parts)
 
 
 def explain_line(line: str, opts: ClientOptions) -> str | None:
@@ -123,10 +155,13 @@ def run_site(opts: ClientOptions, out: TextIO = sys.stdout) -> int:
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     ledger = PrivacyLedger(state)
     ledger.set_budget(opts.budget)
+    write_policy(opts.policy, opts.policy_file)
     summary = ledger.summary()
     print(f"fedtl client: site {opts.name}: {len(listing)} images in {len(listing.classes)} "
           f"classes; privacy budget epsilon {opts.budget.epsilon} at delta "
           f"{opts.budget.delta}, {summary.spent:.3f} spent so far", file=out, flush=True)
+    print(f"fedtl client: site policy ({opts.policy_file}): {describe(opts.policy)}", file=out,
+          flush=True)
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
     process = subprocess.Popen(supernode_command(opts, _free_port()),

@@ -63,8 +63,7 @@ def legacy_messages_mod(msg: Message, ctxt: Context, call_next: ClientAppCallabl
     metrics = dict(reply.content.metric_records[protocol.METRICS])
     site = reply.content.config_records[protocol.SITE]
     # A legacy reply has no room for the site record: its two strings travel as metrics.
-    figures = {**metrics, protocol.SITE_NAME: str(site[protocol.SITE_NAME]),
-               protocol.FINGERPRINT: str(site[protocol.FINGERPRINT])}
+    figures = {**metrics, **{k: str(v) for k, v in site.items()}}
     ok = Status(code=Code.OK, message="")
     if msg.metadata.message_type == MessageType.TRAIN:
         arrays = reply.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from common.config import CLIENT_DP, PARTITIONS, POOL_LAYERS, STRATEGIES, RunConfig
-from common.release import COUNT_MODES, METRIC_MODES
 from common.errors import ConfigError, FedtlError
+from common.policy import ACTIONS, SitePolicy
+from common.release import COUNT_MODES, METRIC_MODES
 
 _D = RunConfig()
+_P = SitePolicy()
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -79,6 +81,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
     p.add_argument("--max-update-norm", type=float, default=_D.max_update_norm,
                    help="server rejects head updates that move further than this")
+    p.add_argument("--max-weight-ratio", type=float, default=_D.max_weight_ratio,
+                   help="a site weighs at most this many times the median of the other "
+                        "sites in the average (0: no cap)")
+    p.add_argument("--run-id", default=_D.run_id,
+                   help="the run's name at every site (ledger entry, audit trail; sites may "
+                        "pre-approve names by pattern); default: a random one")
     p.add_argument("--round-timeout", type=float, default=_D.round_timeout,
                    help="seconds a round waits for sites that do not answer")
     p.add_argument("--strategy", choices=STRATEGIES, default=_D.strategy,
@@ -178,9 +186,29 @@ def _client_parser(sub: Any) -> None:
                    help="the most epsilon this site will ever spend, over all runs")
     p.add_argument("--delta", type=float, default=1e-5, help="delta of the site's budget")
     p.add_argument("--name", default=None, help="site name in reports (default: key file name)")
-    p.add_argument("--site-metrics", choices=METRIC_MODES, default="",
-                   help="the most this site releases about its held-out images, whatever the "
-                        "run asks: noised (accounted) or none; default: as the run says")
+    g = p.add_argument_group(
+        "site policy", "what this site grants any run, whatever the server asks; a --policy "
+        "file (TOML) holds the full set, these flags override it; defaults are the safe ones")
+    g.add_argument("--policy", default=None, help="the site's policy file (TOML)")
+    g.add_argument("--allow-no-dp", action="store_true", default=None,
+                   help="admit runs without DP (the ledger then records infinite epsilon)")
+    g.add_argument("--max-run-epsilon", type=float, default=None,
+                   help=f"most epsilon one run may spend (default {_P.max_run_epsilon})")
+    g.add_argument("--min-noise-multiplier", type=float, default=None,
+                   help=f"least DP-SGD noise multiplier (default {_P.min_noise_multiplier})")
+    g.add_argument("--max-sampling-rate", type=float, default=None,
+                   help=f"largest Poisson sampling rate (default {_P.max_sampling_rate})")
+    g.add_argument("--example-counts", choices=COUNT_MODES, default=None,
+                   help=f"loosest count release allowed (default {_P.example_counts})")
+    g.add_argument("--site-metrics", choices=METRIC_MODES, default=None,
+                   help=f"loosest held-out figure release allowed (default {_P.site_metrics})")
+    g.add_argument("--require-secure-aggregation", action="store_true", default=None)
+    g.add_argument("--on-violation", choices=ACTIONS, default=None,
+                   help="a run asking for less privacy: tighten it to the policy, or refuse "
+                        f"it (default {_P.on_violation})")
+    g.add_argument("--require-approval", action="store_true", default=None,
+                   help="admit only runs approved with `fedtl approve` (or matching the "
+                        "policy's approved-runs patterns)")
     p.add_argument("--key", default=None, help="this site's private key (`fedtl keys`)")
     p.add_argument("--ca", default=None, help="the server's CA certificate (ca.crt)")
     p.add_argument("--insecure", action="store_true", help="no TLS, no key (experiments only)")
@@ -222,9 +250,17 @@ def _keys_parser(sub: Any) -> None:
 
 
 def _budget_parser(sub: Any) -> None:
-    p = sub.add_parser("budget", help="a site's privacy ledger: spent and remaining epsilon")
+    p = sub.add_parser("budget", help="a site's privacy ledger and its decisions on runs")
     p.add_argument("--state", required=True, help="the site's state folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _approve_parser(sub: Any) -> None:
+    p = sub.add_parser("approve", help="approve a run at a site whose policy requires it")
+    p.add_argument("--state", required=True, help="the site's state folder")
+    p.add_argument("run_id", metavar="RUN-ID", help="the run to admit (its id, as the site's "
+                                                    "log or `fedtl budget` shows it)")
+    p.add_argument("--by", default=None, help="who approves (default: the current user)")
 
 
 def _demo_data_parser(sub: Any) -> None:
@@ -359,6 +395,15 @@ def _run_server(args: argparse.Namespace) -> int:
     return serve(opts)
 
 
+def _site_policy(args: argparse.Namespace) -> SitePolicy:
+    """The policy file's settings, with the flags given on the command line over them."""
+    base = SitePolicy.load(Path(args.policy).expanduser()) if args.policy else SitePolicy()
+    flags = {f.name: getattr(args, f.name) for f in fields(SitePolicy)
+             if getattr(args, f.name, None) is not None}
+    return SitePolicy.from_mapping({**base.to_mapping(),
+                                    **{k.replace("_", "-"): v for k, v in flags.items()}})
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from client.daemon import ClientOptions, run_site
     from common.ledger import SiteBudget
@@ -368,7 +413,7 @@ def _run_client(args: argparse.Namespace) -> int:
     opts = ClientOptions(server=args.server, data=Path(args.data), state=Path(args.state),
                          budget=SiteBudget(args.budget, args.delta), name=name, key=key,
                          ca=_path(args.ca), insecure=args.insecure, cache=args.cache,
-                         max_wait=args.max_wait, site_metrics=args.site_metrics)
+                         max_wait=args.max_wait, policy=_site_policy(args))
     return run_site(opts)
 
 
@@ -413,14 +458,17 @@ def _run_keys(args: argparse.Namespace) -> int:
 
 
 def _run_budget(args: argparse.Namespace) -> int:
+    from common.audit_trail import AuditTrail
     from common.ledger import PrivacyLedger
 
     state = Path(args.state)
     if not state.is_dir():
         raise ConfigError(f"site state folder {state} does not exist")
     summary = PrivacyLedger(state).summary()
+    trail = AuditTrail(state)
     if args.json:
-        print(json.dumps(asdict(summary)))
+        print(json.dumps({**asdict(summary),
+                          "decisions": [asdict(d) for d in trail.decisions()]}))
         return 0
     if summary.budget is None:
         print(f"{state}: no budget recorded yet; spent epsilon {summary.spent:.4f}")
@@ -429,10 +477,40 @@ def _run_budget(args: argparse.Namespace) -> int:
               f"{summary.delta} ({summary.accountant}, all runs composed); remaining "
               f"{summary.remaining:.4f}")
     for run, spending in summary.runs.items():
+        if not spending["private"]:
+            print(f"  run {run}: NOT PRIVATE (trained without DP, allowed by the site's "
+                  f"policy): epsilon infinite, {spending['steps']} steps")
+            continue
+        rate = spending["sampling_rate"]
         print(f"  run {run}: epsilon {spending['epsilon']:.4f} (delta {spending['delta']}), "
-              f"{spending['steps']} steps, noise multiplier "
-              f"{spending['noise_multiplier']:.4f}, sampling rate "
-              f"{spending['sampling_rate']:.4f}")
+              f"{spending['steps']} steps in {spending['events']} charges, noise multiplier "
+              f"{spending['noise_multiplier']:.4f}, last sampling rate "
+              + ("-" if rate is None else f"{rate:.4f}"))
+    decisions = trail.decisions()
+    if decisions:
+        print("decisions on runs (audit trail):")
+    for d in decisions:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.at))
+        detail = d.reason or "; ".join(d.changes)
+        print(f"  {when}  run {d.run_id}: {d.decision}" + (f" ({detail})" if detail else ""))
+    if trail.damaged_lines():
+        print(f"  warning: {trail.damaged_lines()} damaged line(s) in {trail.path} skipped")
+    return 0
+
+
+def _run_approve(args: argparse.Namespace) -> int:
+    import getpass
+
+    from common.audit_trail import AuditTrail
+    from common.config import valid_run_id
+
+    state = Path(args.state).expanduser()
+    if not state.is_dir():
+        raise ConfigError(f"site state folder {state} does not exist")
+    if not valid_run_id(args.run_id):
+        raise ConfigError(f"{args.run_id!r} is not a run id (letters, digits, '.', '_', '-')")
+    AuditTrail(state).approve(args.run_id, by=args.by or getpass.getuser())
+    print(f"run {args.run_id} approved at {state}; the site admits it from its next message")
     return 0
 
 
@@ -451,7 +529,7 @@ def _path(value: str | None) -> Path | None:
 COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run_evaluate, "server": _run_server,
             "client": _run_client, "run": _run_run, "audit": _run_audit,
             "certs": _run_certs, "keys": _run_keys,
-            "budget": _run_budget, "demo-data": _run_demo_data}
+            "budget": _run_budget, "approve": _run_approve, "demo-data": _run_demo_data}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_simulate_parser, _compare_parser, _evaluate_parser, _audit_parser,
                 _server_parser, _client_parser,
-                _run_parser, _certs_parser, _keys_parser, _budget_parser, _demo_data_parser):
+                _run_parser, _certs_parser, _keys_parser, _budget_parser, _approve_parser,
+                _demo_data_parser):
         add(sub)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from common.accounting import ACCOUNTANTS
 from common.errors import ConfigError
 from common.ledger import SiteBudget
+from common.policy import SitePolicy
 from common.release import COUNT_MODES, METRIC_MODES
 
 # iid / dirichlet (label skew) / domain (each site its own acquisition shift; label skew too
@@ -87,7 +89,9 @@ class RunConfig:
     personalize: bool = False  # each site fine-tunes its own head from the final global one
     personal_epochs: int = 1  # epochs of that DP fine-tuning, charged to the same budget
     # server side
+    run_id: str = ""  # the run's name at every site (ledger, audit trail); "": a random one
     max_update_norm: float = 1000.0
+    max_weight_ratio: float = 10.0  # a site weighs at most this many times the others' median
     min_sites: int = 0  # sites needed to start and accepted to aggregate a round (0: see below)
     round_timeout: float = 3600.0  # seconds a round waits for sites that do not answer
     # where things go
@@ -102,7 +106,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
             (self.clients >= 1, f"clients must be at least 1. Found {self.clients}."),
-            (self.rounds >= 1, f"rounds must be at least 1. Found {self.rounds}."),
+            (1 <= self.rounds <= 100_000, f"rounds must be in 1..100000. Found {self.rounds}."),
+            (self.clients <= 100_000, f"clients must be at most 100000. Found {self.clients}."),
+            (self.run_id == "" or valid_run_id(self.run_id),
+             f"run-id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+             f"or digit. Found {self.run_id!r}."),
             (self.max_per_class >= 0, f"max-per-class must be >= 0. Found {self.max_per_class}."),
             (self.partition in PARTITIONS,
              f"partition must be one of {PARTITIONS}. Found {self.partition!r}."),
@@ -125,20 +133,23 @@ class RunConfig:
              f"the global head (found {self.learning_rate} x {self.proximal_mu}); lower "
              "--proximal-mu"),
             (self.server_lr > 0, f"server-lr must be positive. Found {self.server_lr}."),
-            (self.personal_epochs >= 1,
-             f"personal-epochs must be at least 1. Found {self.personal_epochs}."),
+            (1 <= self.personal_epochs <= 1000,
+             f"personal-epochs must be in 1..1000. Found {self.personal_epochs}."),
             (0 < self.holdout < 1, f"holdout must be in (0, 1). Found {self.holdout}."),
-            (self.image_size >= 32, f"image-size must be at least 32 (VGG16's minimum). "
-                                    f"Found {self.image_size}."),
+            (32 <= self.image_size <= 1024, f"image-size must be in 32..1024 (VGG16 needs "
+                                              f"at least 32). Found {self.image_size}."),
             (self.base_layer in POOL_LAYERS,
              f"base-layer must be one of {POOL_LAYERS}. Found {self.base_layer!r}."),
-            (self.head_width >= 0, f"head-width must be >= 0. Found {self.head_width}."),
+            (0 <= self.head_width <= 65536,
+             f"head-width must be in 0..65536. Found {self.head_width}."),
             (0 <= self.augment_views <= 16,
              f"augment-views must be in 0..16. Found {self.augment_views}."),
             (0 <= self.gpus_per_site <= 8,
              f"gpus-per-site must be in [0, 8]. Found {self.gpus_per_site}."),
-            (self.batch_size >= 1, f"batch-size must be at least 1. Found {self.batch_size}."),
-            (self.local_epochs >= 1, f"local-epochs must be at least 1. Found {self.local_epochs}."),
+            (1 <= self.batch_size <= 10_000_000,
+             f"batch-size must be in 1..10000000. Found {self.batch_size}."),
+            (1 <= self.local_epochs <= 1000,
+             f"local-epochs must be in 1..1000. Found {self.local_epochs}."),
             (self.learning_rate > 0, f"learning-rate must be positive. Found {self.learning_rate}."),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1). Found {self.momentum}."),
             (self.target_epsilon > 0,
@@ -179,11 +190,15 @@ class RunConfig:
              "mean); use --strategy fedavg or fedprox"),
             (self.max_update_norm > 0,
              f"max-update-norm must be positive. Found {self.max_update_norm}."),
+            (self.max_weight_ratio >= 1 or self.max_weight_ratio == 0,
+             f"max-weight-ratio must be at least 1 (0: no cap). Found {self.max_weight_ratio}."),
             (self.min_sites >= 0, f"min-sites must be >= 0. Found {self.min_sites}."),
             (self.round_timeout > 0,
              f"round-timeout must be positive. Found {self.round_timeout}."),
             (len(set(self.classes)) == len(self.classes),
-             f"classes must be distinct. Found {list(self.classes)}."),
+             f"classes must be distinct. Found {list(self.classes)[:20]}."),
+            (len(self.classes) <= 10_000 and all(0 < len(c) <= 255 for c in self.classes),
+             "classes must be at most 10000 names of 1-255 characters"),
         ]
         for ok, message in checks:
             if not ok:
@@ -257,7 +272,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 # Keys of a real site's Flower node config (set by `fedtl client`, read once by the ClientApp).
 NODE_DATA, NODE_STATE, NODE_NAME = "data", "state", "site-name"
 NODE_BUDGET, NODE_DELTA, NODE_CACHE = "budget", "delta", "cache"
-NODE_METRICS = "site-metrics"
+NODE_POLICY = "policy"  # path of the site's policy file (TOML), written by `fedtl client`
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def valid_run_id(value: str) -> bool:
+    """A run id that is safe as a file name at every site (it names ledger entries and folders)."""
+    return bool(_RUN_ID.fullmatch(value)) and ".." not in value
 
 
 @dataclass(frozen=True)
@@ -269,15 +290,8 @@ class SiteConfig:
     state: Path
     budget: SiteBudget
     cache_dir: Path | None
+    policy: SitePolicy = field(default_factory=SitePolicy)
     partition: int | None = None  # a simulated site trains on this share of ``data``
-    site_metrics: str = ""  # the strictest figures the site releases ("": as the run says)
-
-    def policy(self, run: RunConfig) -> RunConfig:
-        """The run as this site plays it: its own release policy wins where it is stricter."""
-        strictness = {mode: i for i, mode in enumerate(METRIC_MODES)}  # exact < noised < none
-        if self.site_metrics and strictness[self.site_metrics] > strictness[run.site_metrics]:
-            return run.replace(site_metrics=self.site_metrics)
-        return run
 
     @classmethod
     def simulated(cls, run: RunConfig, index: int) -> SiteConfig:
@@ -285,7 +299,8 @@ class SiteConfig:
         name = f"site-{index}"
         return cls(name=name, data=run.dataset, state=Path(run.out) / "sites" / name,
                    budget=SiteBudget(run.target_epsilon, run.delta, run.accountant),
-                   cache_dir=run.site_cache_dir(name), partition=index)
+                   cache_dir=run.site_cache_dir(name), policy=SitePolicy.unrestricted(),
+                   partition=index)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], node_id: int) -> SiteConfig:
@@ -302,10 +317,9 @@ class SiteConfig:
             cache = _coerce("cache", node.get(NODE_CACHE, True), "bool")
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"this site's node config is malformed: {exc}") from exc
-        metrics = str(node.get(NODE_METRICS, ""))
-        if metrics and metrics not in METRIC_MODES:
-            raise ConfigError(f"this site's {NODE_METRICS} must be one of {METRIC_MODES}. "
-                              f"Found {metrics!r}.")
+        # No policy file: the safe defaults, never the run's wishes.
+        policy = SitePolicy.load(Path(str(node[NODE_POLICY]))) if node.get(NODE_POLICY) \
+            else SitePolicy()
         return cls(name=str(node.get(NODE_NAME) or f"node-{node_id}"), data=str(node[NODE_DATA]),
                    state=state, budget=budget, cache_dir=state / "features" if cache else None,
-                   site_metrics=metrics)
+                   policy=policy)

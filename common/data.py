@@ -87,11 +87,12 @@ def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False,
         path = listing.root / item
         try:
             with Image.open(path) as img:
-                rgb = img.convert("RGB")
+                rgb = to_rgb8(img)
                 if rgb.size != (image_size, image_size):
                     rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
                 pixels[len(kept)] = np.asarray(rgb, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError,
+                ValueError) as exc:
             if not skip_bad:
                 raise DataError(
                     f"cannot read image {path}: {exc}. Remove or replace it, or pass "
@@ -105,6 +106,27 @@ def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False,
         raise DataError(f"no readable image in {listing.root}")
     return Images(pixels=pixels[: len(kept)], labels=listing.labels[kept_arr],
                   kept=kept_arr, skipped=skipped)
+
+
+# Pillow's modes for one channel of more than 8 bits; their full range maps onto 0..255.
+_WIDE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, wide grey levels scaled, never clipped.
+
+    Pillow's own conversion of a 16-bit image clips every value above 255 to white, which
+    turns most of a 16-bit scan into a blank square.
+    """
+    if img.mode in _WIDE or img.mode in ("I", "F"):
+        grey = np.asarray(img, dtype=np.float64)
+        top = _WIDE.get(img.mode) or (65535.0 if grey.max(initial=0) > 255 else 255.0)
+        if img.mode == "F":  # floating point: its own range
+            low, high = float(grey.min(initial=0)), float(grey.max(initial=1))
+            grey, top = grey - low, max(high - low, 1e-12)
+        scaled = np.clip(np.rint(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    return img.convert("RGB")
 
 
 def content_digests(listing: Listing, indices: Sequence[int]) -> list[str]:
@@ -150,11 +172,16 @@ def _list_folder(root: Path) -> Listing:
     labels: list[int] = []
     stamps: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(
-            (entry for entry in os.scandir(class_dir)
-             if entry.is_file() and not entry.name.startswith(".")),
-            key=lambda e: e.name,
-        )
+        entries = [e for e in os.scandir(class_dir) if not e.name.startswith(".")]
+        broken = sorted(e.name for e in entries
+                        if e.is_symlink() and not e.is_file() and not e.is_dir())
+        if broken:
+            raise DataError(
+                f"class folder {class_dir} holds {len(broken)} broken symbolic link(s) whose "
+                f"targets are missing: {', '.join(broken[:5])}"
+                + (" ..." if len(broken) > 5 else "") + "; restore the targets or remove "
+                "the links")
+        files = sorted((e for e in entries if e.is_file()), key=lambda e: e.name)
         if not files:
             raise DataError(f"class folder {class_dir} is empty")
         for entry in files:

@@ -21,5 +21,9 @@ class BudgetExhaustedError(FedtlError):
     """Training once more would spend more privacy budget than the site allows."""
 
 
+class PolicyRefusedError(FedtlError):
+    """The site's own policy does not admit what the run asks of it."""
+
+
 class UpdateRejectedError(FedtlError):
     """A site's update failed validation and must not be aggregated."""

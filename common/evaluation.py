@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,14 +50,27 @@ class Scored:
 
 
 def load_model(model_path: Path) -> tf.keras.Model:
-    """A saved fedtl model, or an error naming the file."""
+    """A saved fedtl model, or an error naming the file.
+
+    Only the Keras zip format, loaded in safe mode: an HDF5 file (whatever its name) goes
+    through tf-keras' legacy loader, which runs the code of Lambda layers, and safe mode
+    refuses to deserialise code from a zip file, so a model file cannot run code here.
+    """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FedtlError(f"model file {model_path} does not exist")
+    if not zipfile.is_zipfile(model_path):
+        raise FedtlError(f"{model_path} is not a Keras zip model file (.keras); fedtl loads "
+                         "no other format (an HDF5 file could run code when loaded)")
+    with zipfile.ZipFile(model_path) as archive:
+        if "config.json" not in archive.namelist():
+            raise FedtlError(f"{model_path} is a zip file but not a Keras model (no "
+                             "config.json in it)")
     try:
-        return tf.keras.models.load_model(model_path)
+        return tf.keras.models.load_model(model_path, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a file it cannot read
-        raise FedtlError(f"{model_path} is not a Keras model file: {exc}") from exc
+        raise FedtlError(f"{model_path} is not a Keras model fedtl can load safely: "
+                         f"{exc}") from exc
 
 
 def predict_folder(model: tf.keras.Model, model_path: Path, data: str, *,

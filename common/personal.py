@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ConfigError
 from common.storage import write_atomically
 
 HEAD_FILE = "head.npz"
@@ -20,8 +21,16 @@ MODEL_FILE = "model.keras"
 
 
 def personal_dir(state: Path, run_key: str) -> Path:
-    """Where a site keeps its personal head (and Keras model) of run ``run_key``."""
-    return Path(state) / "personal" / run_key
+    """Where a site keeps its personal head (and Keras model) of run ``run_key``.
+
+    The run key comes from the server: one that would lead out of the state folder is
+    refused (callers check its format first; this is the last line).
+    """
+    root = (Path(state) / "personal").resolve()
+    folder = (root / run_key).resolve()
+    if folder.parent != root:
+        raise ConfigError(f"run id {run_key[:40]!r} is not a plain name; refused")
+    return folder
 
 
 def save_head(folder: Path, weights: list[np.ndarray]) -> None:

@@ -23,6 +23,7 @@ FINGERPRINT = "fingerprint"
 CLASSES = "classes"
 RUN_ID = "run-id"
 SITE_NAME = "site-name"
+TIGHTENED = "tightened"  # what the site's policy changed in the run ("" if nothing)
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"
@@ -50,6 +51,20 @@ PERSONALIZE = "personalize"
 BUDGET_EXHAUSTED = 4001
 INCOMPATIBLE = 4002
 WITHHELD = 4003  # the site releases no held-out figures (--site-metrics none)
+POLICY_REFUSED = 4004  # the site's own policy does not admit the run
+
+
+def check_global_head(arrays: Sequence[np.ndarray],
+                      shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """The server's head as a site accepts it: the run's shapes, float32, finite values."""
+    if [tuple(a.shape) for a in arrays] != [tuple(s) for s in shapes]:
+        raise UpdateRejectedError(
+            f"the server sent head arrays of shapes {[tuple(a.shape) for a in arrays][:8]}, "
+            f"not the run's {list(shapes)}")
+    for i, a in enumerate(arrays):
+        if a.dtype != np.float32 or not np.all(np.isfinite(a)):
+            raise UpdateRejectedError(f"the server's head array {i} is not finite float32")
+    return list(arrays)
 
 
 def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray], *,

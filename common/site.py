@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +14,18 @@ from common.accounting import Mechanism, composed_epsilon, noise_for_budget
 from common.config import RunConfig
 from common.data import Listing
 from common.shift import Shift
-from common.errors import BudgetExhaustedError, ConfigError
+from common.errors import BudgetExhaustedError, ConfigError, PolicyRefusedError
 from common.features import LazyBase, Progress, site_features
-from common.ledger import PrivacyLedger, RunSpending, SiteBudget
+from common.ledger import (LedgerBook, LedgerEvent, PrivacyLedger, RunEntry, RunHeader,
+                           SiteBudget)
+from common.policy import SitePolicy
 from common.sgd import SgdSettings
 from common.model import BaseSpec, predict_classes
 from common.partition import holdout_split
 from common.release import (count_mechanism, held_out_weight, metric_mechanism,
                             noisy_accuracy, public_count)
+
+log = logging.getLogger("fedtl.site")
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def release_plan(cfg: RunConfig) -> list[Mechanism]:
     return [m for m in plan if m is not None]
 
 
-def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0,
+def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None = None,
                  personal: bool = False) -> SgdSettings:
     """DP-SGD settings of one round (or, ``personal``, of the final personal fine-tuning).
 
@@ -131,17 +136,33 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float = 0.0,
                        noise_multiplier=sigma, expected_batch=rate * num_train)
 
 
-def plan_noise(cfg: RunConfig, num_train: int, budget: SiteBudget,
-               prior: list[Mechanism], personal: bool = False) -> SgdSettings:
+@dataclass(frozen=True)
+class SiteAccount:
+    """What a site's rounds are charged against: its ledger under the run's key, its own
+    budget over all runs, and the floor and ceiling its policy puts on DP-SGD."""
+
+    ledger: PrivacyLedger
+    run_key: str
+    budget: SiteBudget
+    policy: SitePolicy = dataclasses.field(default_factory=SitePolicy.unrestricted)
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, state: Path, run_key: str) -> SiteAccount:
+        """A site whose budget is the run's own target and whose policy is the run's."""
+        return cls(PrivacyLedger(state), run_key,
+                   SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant))
+
+
+def plan_noise(cfg: RunConfig, num_train: int, account: SiteAccount, prior: list[Mechanism],
+               personal: bool = False) -> SgdSettings:
     """Settings for a run the site has not trained in yet.
 
     The noise is the run's (from its target epsilon), raised if needed so that this run's
     planned rounds and releases, composed with the site's earlier runs, stay within the
-    site's own budget.
+    site's own budget, and never below the policy's floor.
     """
     settings = sgd_settings(cfg, num_train, personal=personal)
-    if not settings.private:
-        return settings
+    budget = account.budget
     planned = planned_steps(cfg, settings.sampling_rate)
     try:
         site_sigma = noise_for_budget(
@@ -152,95 +173,127 @@ def plan_noise(cfg: RunConfig, num_train: int, budget: SiteBudget,
         raise BudgetExhaustedError(
             f"this site's budget of epsilon {budget.epsilon} (delta {budget.delta}) leaves "
             f"no room for this run: {exc}") from exc
-    return dataclasses.replace(settings,
-                               noise_multiplier=max(settings.noise_multiplier, site_sigma))
+    floor = account.policy.min_noise_multiplier
+    sigma = max(settings.noise_multiplier, site_sigma)
+    if sigma < floor:
+        if account.policy.on_violation == "refuse":
+            raise PolicyRefusedError(
+                f"the run would train with noise multiplier {sigma:.3g}, below this site's "
+                f"minimum of {floor} (min-noise-multiplier)")
+        log.info("policy: noise multiplier raised from %.4g to the site's minimum %s", sigma,
+                 floor)
+        sigma = floor
+    return dataclasses.replace(settings, noise_multiplier=sigma)
 
 
-def charge(cfg: RunConfig, name: str, num_train: int, ledger: PrivacyLedger, run_key: str,
-           budget: SiteBudget, rng: np.random.Generator,
-           personal: bool = False) -> tuple[SgdSettings, RunSpending | None]:
+def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
+           rng: np.random.Generator, personal: bool = False) -> tuple[SgdSettings, RunEntry]:
     """Settings for the next round (or the personal fine-tuning), charged to the ledger.
 
-    The first round of a run releases the site's count (``cfg.example_counts``) and records
-    it; later rounds reuse it. Returns the settings and the run's ledger entry after them
-    (None without DP). Raises `BudgetExhaustedError`, and records nothing, if they would take
-    this run past its target epsilon or the site past its budget over all runs.
+    Under the ledger's lock: the first round of a run releases the site's count
+    (``cfg.example_counts``) and fixes the run's header (target, delta, count, noise); every
+    round appends the mechanism it is about to run, with the sampling rate and noise it
+    really uses. Raises `BudgetExhaustedError` (and records nothing) if that would take the
+    run past its target or the site past its budget over all runs; `PolicyRefusedError` if
+    the sampling rate exceeds the site's policy.
     """
-    spent = ledger.get(run_key)
-    if not cfg.dp:
-        return sgd_settings(cfg, num_train, personal=personal), None
-    prior = ledger.prior(run_key)  # the site's other runs: read once, used twice
-    if spent is not None:
-        count = spent.public_count or num_train  # ledgers before counts were released: exact
-        settings = sgd_settings(cfg, count, spent.noise_multiplier, personal=personal)
-        entry = dataclasses.replace(spent, steps=spent.steps + settings.steps)
-    else:
-        count = public_count(num_train, mode=cfg.example_counts, noise=cfg.count_noise,
-                             rounding=cfg.count_rounding, rng=rng)
-        settings = plan_noise(cfg, count, budget, prior, personal=personal)
-        entry = RunSpending(
-            sampling_rate=settings.sampling_rate, noise_multiplier=settings.noise_multiplier,
-            steps=settings.steps, epsilon=0.0, delta=cfg.delta,
-            target_epsilon=cfg.target_epsilon, accountant=cfg.accountant, public_count=count,
-            count_noise=cfg.count_noise if cfg.example_counts == "noised" else 0.0,
-            metric_noise=cfg.metric_noise if planned_releases(cfg) else 0.0)
-    what = "personal fine-tuning" if personal else "another round"
-    return settings, _record(cfg, name, ledger, run_key, budget, prior, entry, what,
-                             spent.epsilon if spent else 0.0)
+    kind = "personal" if personal else "dp-sgd"
+    with account.ledger.transaction() as book:
+        _keep_budget(book, account.budget)
+        entry = book.runs.get(account.run_key)
+        if not cfg.dp:  # admitted only by a policy with allow-no-dp: recorded as spent in full
+            settings = sgd_settings(cfg, num_train, personal=personal)
+            header = entry.header if entry else RunHeader(
+                cfg.target_epsilon, cfg.delta, cfg.accountant, num_train, 0.0)
+            event = LedgerEvent("non-private", settings.sampling_rate, 0.0, settings.steps)
+            return settings, book.append(account.run_key, [event], header)
+        prior = book.prior(account.run_key)
+        new: list[LedgerEvent] = []
+        if entry is None:
+            count = public_count(num_train, mode=cfg.example_counts, noise=cfg.count_noise,
+                                 rounding=cfg.count_rounding, rng=rng)
+            settings = plan_noise(cfg, count, account, prior, personal=personal)
+            header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count,
+                               settings.noise_multiplier)
+            released = count_mechanism(cfg.example_counts, cfg.count_noise)
+            if released is not None:
+                new.append(_event("count", released))
+        else:
+            header = entry.header
+            count = header.public_count or num_train  # ledgers before counts were released
+            settings = sgd_settings(cfg, count, header.noise_multiplier or None,
+                                    personal=personal)
+        if settings.sampling_rate > account.policy.max_sampling_rate:
+            raise PolicyRefusedError(
+                f"the run's sampling rate {settings.sampling_rate:.3g} (batch-size over the "
+                f"site's count) exceeds this site's maximum of "
+                f"{account.policy.max_sampling_rate} (max-sampling-rate)")
+        new.append(LedgerEvent(kind, settings.sampling_rate, settings.noise_multiplier,
+                               settings.steps))
+        what = "personal fine-tuning" if personal else "another round"
+        _check_fits(name, header, [*(entry.mechanisms if entry else []),
+                                   *(e.mechanism for e in new)], prior, account.budget, what)
+        return settings, book.append(account.run_key, new, header)
 
 
-def charge_releases(cfg: RunConfig, name: str, ledger: PrivacyLedger, run_key: str,
-                    budget: SiteBudget, releases: int) -> RunSpending:
-    """Charge ``releases`` noised figure releases to the run's ledger entry before they go out.
+def charge_releases(cfg: RunConfig, name: str, account: SiteAccount,
+                    releases: int) -> RunEntry:
+    """Charge ``releases`` noised figure releases to the run before they go out.
 
     Raises `BudgetExhaustedError` (and records nothing) if they do not fit.
     """
-    spent = ledger.get(run_key)
-    if spent is None:
-        raise BudgetExhaustedError(
-            f"site {name} has not trained in this run; it releases no figures about its data")
-    entry = dataclasses.replace(spent, metric_noise=cfg.metric_noise,
-                                metric_releases=spent.metric_releases + releases)
-    return _record(cfg, name, ledger, run_key, budget, ledger.prior(run_key), entry,
-                   "releasing its held-out accuracy", spent.epsilon)
+    with account.ledger.transaction() as book:
+        entry = book.runs.get(account.run_key)
+        if entry is None:
+            raise BudgetExhaustedError(
+                f"site {name} has not trained in this run; it releases no figures about its data")
+        released = metric_mechanism(cfg.metric_noise, releases)
+        assert released is not None
+        event = _event("figures", released)
+        _check_fits(name, entry.header, [*entry.mechanisms, event.mechanism],
+                    book.prior(account.run_key), account.budget,
+                    "releasing its held-out accuracy")
+        return book.append(account.run_key, [event])
 
 
-def _record(cfg: RunConfig, name: str, ledger: PrivacyLedger, run_key: str,
-            budget: SiteBudget, prior: list[Mechanism], entry: RunSpending, what: str,
-            already: float) -> RunSpending:
-    """Check ``entry`` against the run's target and the site's budget; record it if it fits."""
-    eps = composed_epsilon(entry.mechanisms, delta=cfg.delta, accountant=cfg.accountant)
-    if eps > cfg.target_epsilon * (1 + 1e-6):
+def _keep_budget(book: LedgerBook, budget: SiteBudget) -> None:
+    """The ledger states the budget its charges were checked against."""
+    if book.budget != budget:
+        book.budget, book.changed = budget, True
+
+
+def _event(kind: str, mechanism: Mechanism) -> LedgerEvent:
+    return LedgerEvent(kind, mechanism.sampling_rate, mechanism.noise_multiplier,
+                       mechanism.steps)
+
+
+def _check_fits(name: str, header: RunHeader, run: list[Mechanism], prior: list[Mechanism],
+                budget: SiteBudget, what: str) -> None:
+    """Raise unless ``run`` stays within its target and, with ``prior``, the site's budget."""
+    eps = composed_epsilon(run, delta=header.delta, accountant=header.accountant)
+    if eps > header.target_epsilon * (1 + 1e-6):
         raise BudgetExhaustedError(
-            f"site {name}: {what} would raise this run's epsilon from {already:.3f} to "
-            f"{eps:.3f}, past the run's target of {cfg.target_epsilon} (delta {cfg.delta}); "
-            "it declines")
-    total = composed_epsilon([*prior, *entry.mechanisms], delta=budget.delta,
-                             accountant=budget.accountant)
+            f"site {name}: {what} would raise this run's epsilon to {eps:.3f}, past the "
+            f"run's target of {header.target_epsilon} (delta {header.delta}); it declines")
+    total = composed_epsilon([*prior, *run], delta=budget.delta, accountant=budget.accountant)
     if total > budget.epsilon * (1 + 1e-6):
         raise BudgetExhaustedError(
             f"site {name}: {what} would raise the site's total epsilon over all runs to "
             f"{total:.3f}, past its budget of {budget.epsilon} (delta {budget.delta}); "
             "it declines")
-    entry = dataclasses.replace(entry, epsilon=eps)
-    ledger.record(run_key, entry, budget)
-    return entry
 
 
 def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
-                ledger: PrivacyLedger, run_key: str, rng: np.random.Generator,
-                budget: SiteBudget | None = None, *, proximal_mu: float = 0.0,
+                account: SiteAccount, rng: np.random.Generator, *, proximal_mu: float = 0.0,
                 personal: bool = False) -> RoundResult:
     """One round of local training (or, ``personal``, the site's own fine-tuning from the
     global head), charged to the ledger *before* it runs.
 
-    ``budget`` is the site's own cap over all its runs (default: the run's target).
     ``proximal_mu`` adds FedProx's proximal term towards ``weights``. Raises
     `BudgetExhaustedError` (and trains nothing) if the budget does not allow it.
     """
-    budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
     n = len(data.train_y)
-    settings, entry = charge(cfg, data.name, n, ledger, run_key, budget, rng, personal)
+    settings, entry = charge(cfg, data.name, n, account, rng, personal)
     settings = dataclasses.replace(settings, proximal_mu=proximal_mu)
     from common.dp import train_head  # TensorFlow only once the site trains
 
@@ -249,34 +302,39 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
         head_width=cfg.head_width, settings=settings, rng=rng, views=data.train_views,
     )
     return RoundResult(weights=new_weights, train_loss=loss,
-                       num_examples=entry.public_count if entry else n,
-                       epsilon=entry.epsilon if entry else 0.0,
-                       steps=entry.steps if entry else settings.steps, settings=settings)
+                       num_examples=entry.public_count if cfg.dp else n,
+                       epsilon=entry.epsilon if cfg.dp else 0.0,
+                       steps=entry.steps, settings=settings)
+
+
+def figure_mode(cfg: RunConfig) -> str:
+    """How held-out figures leave the site: a non-private run has nothing to noise them for."""
+    if cfg.dp or cfg.site_metrics == "none":
+        return cfg.site_metrics
+    return "exact"
 
 
 def released_accuracies(cfg: RunConfig, data: SiteData, heads: list[list[np.ndarray]],
-                        ledger: PrivacyLedger, run_key: str, rng: np.random.Generator,
-                        budget: SiteBudget | None = None) -> tuple[list[float], int]:
+                        account: SiteAccount, rng: np.random.Generator
+                        ) -> tuple[list[float], int]:
     """Held-out accuracy of each head in ``heads`` as the site releases it, and the weight
     of its figures in the server's average.
 
-    ``cfg.site_metrics``: exact (outside the guarantee), noised (each accuracy a Gaussian
+    `figure_mode`: exact (outside the guarantee), noised (each accuracy a Gaussian
     (correct, total) release charged to the ledger first) or none (no accuracy leaves).
-    Without DP everything is exact. Raises `BudgetExhaustedError` if noised releases no
-    longer fit.
+    Raises `BudgetExhaustedError` if noised releases no longer fit.
     """
-    budget = budget or SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant)
     if not cfg.dp or cfg.example_counts == "exact":
         weight = len(data.test_y)
     else:  # derived from the released count (a site that never trained counts once)
-        entry = ledger.get(run_key)
+        entry = account.ledger.get(account.run_key)
         weight = held_out_weight(entry.public_count, cfg.holdout) if entry else 1
-    mode = cfg.site_metrics if cfg.dp else "exact"
+    mode = figure_mode(cfg)
     if mode == "none":
         return [], weight
     if mode == "exact":
         return [evaluate(cfg, data, w) for w in heads], weight
-    charge_releases(cfg, data.name, ledger, run_key, budget, len(heads))
+    charge_releases(cfg, data.name, account, len(heads))
     correct = [int(round(evaluate(cfg, data, w) * len(data.test_y))) for w in heads]
     return [noisy_accuracy(c, len(data.test_y), noise=cfg.metric_noise, rng=rng)
             for c in correct], weight

@@ -1,17 +1,30 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Durable file writes and an inter-process lock: a reader sees the old file or the new one,
+never half of one, and a rename survives a power cut."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (POSIX keeps names in the directory)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None], mode: int = 0o600) -> None:
-    """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write`` on a temporary file beside ``path``, fsync it, rename it over ``path``
+    and fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -25,9 +38,43 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], mode: int =
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def write_json_atomically(path: Path, obj: Any, mode: int = 0o600) -> None:
     """Pretty-printed JSON, written atomically."""
     data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
     write_atomically(path, lambda handle: handle.write(data), mode)
+
+
+def append_line_durably(path: Path, line: str, mode: int = 0o600) -> None:
+    """Append one line to ``path`` and fsync it (callers hold `exclusive_lock`)."""
+    path = Path(path)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    Every process that reads, checks and rewrites a shared state file takes it first, so two
+    processes on one state folder cannot lose each other's writes. The kernel drops the lock
+    when its holder dies, so a crash never leaves the folder locked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

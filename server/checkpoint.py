@@ -7,6 +7,7 @@ killed server leaves either the previous round's checkpoint or this one, never h
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,27 +22,24 @@ CHECKPOINT_FILE = "checkpoint.npz"
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Everything a restarted server needs to go on after round ``round``."""
+    """Everything a restarted server needs to go on after round ``round``: the owners'
+    snapshots side by side (the run book's, the server optimizer's, client-level DP's)."""
 
     run_id: str
     settings: dict[str, Any]
     round: int
-    arrays: list[np.ndarray]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    epsilon_by_site: dict[str, float] = field(default_factory=dict)
-    skipped_by_site: dict[str, int] = field(default_factory=dict)
-    privacy_by_site: dict[str, dict[str, float]] = field(default_factory=dict)
-    extract_seconds: float = 0.0
-    elapsed_seconds: float = 0.0
-    server_state: list[np.ndarray] = field(default_factory=list)  # e.g. FedAdam's moments
+    arrays: list[np.ndarray]  # the global head
+    book: dict[str, Any] = field(default_factory=dict)  # RunBook.snapshot()
+    optimizer: list[np.ndarray] = field(default_factory=list)  # e.g. FedAdam's moments
     client_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP's releases
+    elapsed_seconds: float = 0.0
 
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> Path:
     state = asdict(checkpoint)
     arrays = state.pop("arrays")
     payload = {f"array_{i}": a for i, a in enumerate(arrays)}
-    payload.update({f"server_{i}": a for i, a in enumerate(state.pop("server_state"))})
+    payload.update({f"server_{i}": a for i, a in enumerate(state.pop("optimizer"))})
     payload["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
     path = Path(out) / CHECKPOINT_FILE
     write_atomically(path, lambda handle: np.savez(handle, **payload))
@@ -59,11 +57,25 @@ def load_checkpoint(out: Path) -> Checkpoint | None:
             count = sum(1 for key in npz.files if key.startswith("array_"))
             arrays = [npz[f"array_{i}"] for i in range(count)]
             kept = sum(1 for key in npz.files if key.startswith("server_"))
-            server_state = [npz[f"server_{i}"] for i in range(kept)]
-        return Checkpoint(arrays=arrays, server_state=server_state, **state)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"server checkpoint {path} is unreadable ({exc}); move it away to "
-                          "start the run afresh, or restore it from a backup") from exc
+            optimizer = [npz[f"server_{i}"] for i in range(kept)]
+        if "book" not in state:
+            state = _from_first_format(state)
+        state.pop("server_state", None)
+        return Checkpoint(arrays=arrays, optimizer=optimizer, **state)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"server checkpoint {path} is unreadable ({type(exc).__name__}: "
+                          f"{exc}); move it away to start the run afresh, or restore it from "
+                          "a backup") from exc
+
+
+def _from_first_format(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before the run book owned its state (fields side by side)."""
+    book = {"rounds_done": state["round"], "history": state.pop("history", []),
+            "privacy": state.pop("privacy_by_site", {}),
+            "skipped": state.pop("skipped_by_site", {}),
+            "extract_seconds": state.pop("extract_seconds", 0.0)}
+    state.pop("epsilon_by_site", None)
+    return {**state, "book": book}
 
 
 def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any]) -> None:

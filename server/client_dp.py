@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
@@ -24,10 +23,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from common import protocol
 from common.accounting import Mechanism, composed_epsilon
 from common.config import RunConfig
-from server.strategy import Validation
+
 log = logging.getLogger("fedtl.server")
 
 
@@ -61,11 +59,10 @@ def client_level_epsilon(noise_multipliers: list[float], *, delta: float,
 
 
 class _Accounted:
-    """Mixed in before one of Flower's DP wrappers: drops refusals before Flower sees them
-    (Flower skips the whole round on any error reply; a declining site must not stall the
-    federation) and records the noise of every aggregate released."""
+    """Mixed in before one of Flower's DP wrappers: records the noise of every aggregate it
+    released. The replies it gets were checked and rebuilt by `Validated` (refusals and bad
+    replies never reach Flower, which would skip the whole round on an error reply)."""
 
-    strategy: Validation
     noise_multiplier: float
     num_sampled_clients: int
     clipping_norm: float
@@ -84,40 +81,16 @@ class _Accounted:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self.strategy.note_refusals([r for r in replies if r.has_error()])
-        good = [r for r in replies if not r.has_error() and not self._unchanged(r)]
-        if not good:
+        if not replies:
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         if arrays is not None:
-            # The noised head is the global head from now on: checkpoints, the unseen-site
-            # score and the final model must never hold the exact average.
-            self.strategy.arrays = [a.astype(g.dtype) for a, g in zip(
-                arrays.to_numpy_ndarrays(), self.strategy.arrays, strict=True)]
-            arrays = ArrayRecord(self.strategy.arrays)
-            aggregated = len(self.strategy.history[-1].sites_trained)
+            # The noised head is what `Validated` keeps as the global head: checkpoints, the
+            # unseen-site score and the final model never hold the exact average.
             self.state.noise_multipliers.append(
-                effective_noise(self.accounted_noise, aggregated, self.num_sampled_clients))
+                effective_noise(self.accounted_noise, len(replies), self.num_sampled_clients))
         self.state.clip_norm = self.clipping_norm
         return arrays, metrics
-
-
-    def _unchanged(self, reply: Message) -> bool:
-        """A reply that is the global head itself: DP-SGD always adds noise, so it is no
-        site's training, and Flower's clipping divides by its zero norm."""
-        arrays = reply.content.array_records.get(protocol.ARRAYS)
-        if arrays is None:
-            return False  # the strategy's own checks reject it
-        sent = arrays.to_numpy_ndarrays()
-        start = self.strategy.global_head
-        if len(sent) != len(start) or not all(
-                a.shape == g.shape and np.array_equal(a, g) for a, g in zip(sent, start)):
-            return False
-        record = self.strategy.history[-1]
-        record.rejected.append(f"node {reply.metadata.src_node_id}")
-        log.warning("round %d: rejected update of node %d: it is the global head unchanged",
-                    record.round, reply.metadata.src_node_id)
-        return True
 
 
 class AccountedFixedClipping(_Accounted, DifferentialPrivacyServerSideFixedClipping):
@@ -135,12 +108,15 @@ class AccountedAdaptiveClipping(_Accounted, DifferentialPrivacyServerSideAdaptiv
         return 1.0 - float(super()._noisy_fraction(count, total))  # type: ignore[misc]
 
 
-def with_client_dp(strategy: Validation, cfg: RunConfig,
+def with_client_dp(strategy: Strategy, cfg: RunConfig,
                    state: ClientLevelState) -> Strategy:
-    """``strategy`` wrapped for client-level DP as ``cfg.client_dp`` says (or as it is)."""
+    """``strategy`` wrapped for client-level DP as ``cfg.client_dp`` says (or as it is).
+
+    DP-FedAvg's sensitivity needs equal weights: `server.strategy.validated` gives every
+    reply the same weight when client-level DP is on.
+    """
     if cfg.client_dp == "off":
         return strategy
-    strategy.uniform_weights = True  # DP-FedAvg's sensitivity needs equal weights
     if cfg.client_dp == "fixed":
         return AccountedFixedClipping(strategy, cfg.client_noise, cfg.client_clip,
                                       cfg.clients, state=state,

@@ -123,8 +123,18 @@ def register_sites(control: Control, sites: Path, out: TextIO) -> dict[str, int]
 
 def relaunch_unfinished(control: Control, registry: RunRegistry, out: TextIO) -> None:
     """Launch again every run a killed daemon left unfinished; each resumes from its checkpoint."""
-    for run in registry.unfinished():
-        cfg = RunConfig.from_flower(run.settings)
+    runs, damaged = registry.scan()
+    for problem in damaged:
+        print(f"fedtl server: warning: a run record is damaged and was skipped ({problem}); "
+              "move it away once you have looked at it", file=out, flush=True)
+    for run in (r for r in runs if r.status == RUNNING):
+        try:
+            cfg = RunConfig.from_flower(run.settings)
+        except FedtlError as exc:
+            print(f"fedtl server: could not relaunch run {run.run_id}: its settings are "
+                  f"invalid ({exc})", file=out, flush=True)
+            registry.failed(run.run_id, str(exc))
+            continue
         config_file = write_run_config(cfg, Path(registry.folder) / f"{run.run_id}.toml")
         done = subprocess.run(control.run_command(project_dir(), config_file, stream=False),
                               env=control.env, capture_output=True, text=True, timeout=300)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 import logging
@@ -18,16 +17,19 @@ from flwr.serverapp import Grid
 
 from common import protocol
 from common.config import RunConfig
-from common.errors import FedtlError
+from common.errors import FedtlError, UpdateRejectedError
 from common.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
 from common.report import versions, write_report
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
                               with_client_dp)
+from server.replies import ReplyRules, check_personal_reply
 from server.run_registry import RunRegistry
+from server.runbook import RoundRecord, RunBook, site_summary
 from server.secure import run_secure
-from server.strategy import RoundRecord, Validation, make_strategy, site_summary
+from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
+                             validated)
 
 log = logging.getLogger("fedtl.server")
 
@@ -72,8 +74,12 @@ class RoundTable:
         note = f"{len(r.sites_trained)} trained"
         if r.declined:
             note += f", {len(r.declined)} declined (budget)"
+        if r.refused:
+            note += f", {len(r.refused)} refused (policy)"
         if r.rejected:
             note += f", {len(r.rejected)} rejected"
+        if r.failure:
+            note += "; aggregation failed, head kept"
         print(f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | {fmt(r.accuracy, '8.4f')} | "
               f"{fmt(r.worst_site_accuracy, '6.3f')} | {fmt(r.unseen_accuracy, '6.3f')} | "
               f"{fmt(r.epsilon_max, '8.3f')} | {note}", file=self.stream, flush=True)
@@ -83,10 +89,10 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
                registry: RunRegistry | None = None) -> Path:
     """Run ``cfg.rounds`` rounds on ``grid``; write model.keras and report.json to ``cfg.out``.
 
-    After every round the global head and the accounting state are checkpointed in
-    ``cfg.out``; if a checkpoint of the same run is there, the run resumes after its last
-    completed round. ``registry`` (the daemon's) learns of the run so that a restarted
-    daemon can relaunch it.
+    After every round the run's state is checkpointed in ``cfg.out``; if a checkpoint of the
+    same run is there, the run resumes after its last completed round. ``registry`` (the
+    daemon's) learns of the run so that a restarted daemon can relaunch it; a run that stops
+    on an error is marked failed there (a relaunch would repeat it), with the reason.
     """
     prerun = prerun or PreRun(started=time.time())
     if not cfg.classes:
@@ -98,14 +104,14 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
     checkpoint = load_checkpoint(out)
     if checkpoint is not None:
         check_resumable(checkpoint, settings)
-    run_id = checkpoint.run_id if checkpoint else uuid.uuid4().hex
+    run_id = checkpoint.run_id if checkpoint else (cfg.run_id or uuid.uuid4().hex)
     if registry is not None:
         registry.started(run_id, str(out.resolve()), settings)
     try:
         return _federate(grid, cfg, prerun, run_id, checkpoint, registry)
-    except FedtlError:
+    except Exception as exc:
         if registry is not None:
-            registry.failed(run_id)
+            registry.failed(run_id, f"{type(exc).__name__}: {exc}")
         raise
 
 
@@ -113,75 +119,62 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
     out, settings = Path(cfg.out), cfg.to_flower()
     base = build_base(base_spec(cfg))
-    strategy = make_strategy(
-        cfg.strategy, proximal_mu=cfg.proximal_mu, server_lr=cfg.server_lr,
-        fingerprint=base.fingerprint, max_update_norm=cfg.max_update_norm,
-        # Start a round once enough sites are connected; aggregate it with at least
-        # --min-sites accepted updates (any one, if no minimum was set).
-        min_available_nodes=cfg.required_sites, min_train_nodes=cfg.min_sites or 1,
-        min_evaluate_nodes=1,
-        weighted_by_key=protocol.NUM_EXAMPLES,
-        arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG,
-    )
+    initial = checkpoint.arrays if checkpoint else initial_head_weights(
+        base.spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
+    book = RunBook(initial)
     client_level = ClientLevelState(
         **(checkpoint.client_dp if checkpoint and checkpoint.client_dp else {}))
-    runner = with_client_dp(strategy, cfg, client_level)
+    strategy = validated(with_client_dp(flower_strategy(cfg), cfg, client_level), book, cfg,
+                         base.fingerprint)
     elapsed_before = 0.0
-    if checkpoint is None:
-        initial = initial_head_weights(base.spec.feature_dim, len(cfg.classes), cfg.head_width,
-                                       cfg.seed)
-    else:
-        initial = checkpoint.arrays
-        strategy.resume(checkpoint.round, [RoundRecord(**r) for r in checkpoint.history],
-                        checkpoint.epsilon_by_site, checkpoint.skipped_by_site,
-                        checkpoint.extract_seconds, checkpoint.privacy_by_site)
-        strategy.restore_server_state(checkpoint.server_state)
+    if checkpoint is not None:
+        book.restore(checkpoint.book, checkpoint.arrays)
+        restore_optimizer_state(strategy, checkpoint.optimizer)
         elapsed_before = checkpoint.elapsed_seconds
         print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.rounds} "
               f"(checkpoint in {out})", flush=True)
     table = RoundTable()
-    for record in strategy.history:
+    for record in book.history:
         table(record)
 
     def after_round(record: RoundRecord) -> None:
-        if prerun.unseen_accuracy is not None and strategy.arrays:
-            record.unseen_accuracy = prerun.unseen_accuracy(strategy.arrays)
+        if prerun.unseen_accuracy is not None:
+            record.unseen_accuracy = prerun.unseen_accuracy(book.head)
         if cfg.client_dp != "off":
             record.client_epsilon = client_level_epsilon(
                 client_level.noise_multipliers, delta=cfg.client_delta,
                 accountant=cfg.accountant)
         table(record)
+        state, head = book.snapshot()
         save_checkpoint(out, Checkpoint(
-            run_id=run_id, settings=settings, round=record.round, arrays=strategy.arrays,
-            history=[asdict(r) for r in strategy.history],
-            epsilon_by_site=strategy.epsilon_by_site, skipped_by_site=strategy.skipped_by_site,
-            privacy_by_site={k: asdict(v) for k, v in strategy.privacy_by_site.items()},
-            extract_seconds=strategy.extract_seconds,
-            elapsed_seconds=elapsed_before + time.time() - prerun.started,
-            server_state=strategy.server_state(), client_dp=asdict(client_level)))
+            run_id=run_id, settings=settings, round=record.round, arrays=head, book=state,
+            optimizer=optimizer_state(strategy), client_dp=asdict(client_level),
+            elapsed_seconds=elapsed_before + time.time() - prerun.started))
 
-    strategy.on_round = after_round
+    book.on_round = after_round
     remaining = cfg.rounds - (checkpoint.round if checkpoint else 0)
     # The server is the authority on the class list; sites check theirs against it.
     federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
                                protocol.CLASSES: list(cfg.classes),
                                protocol.RUN_ID: run_id})
     if remaining > 0 and cfg.secure_aggregation:
-        run_secure(grid, strategy, cfg, initial, dict(federation), remaining)
+        run_secure(grid, book, cfg, book.head, dict(federation), remaining, strategy.rules)
     elif remaining > 0:
-        runner.start(grid, ArrayRecord(initial), num_rounds=remaining,
-                       train_config=federation,
-                       evaluate_config=ConfigRecord(dict(federation)),
+        strategy.start(grid, ArrayRecord(book.head), num_rounds=remaining,
+                       train_config=federation, evaluate_config=ConfigRecord(dict(federation)),
                        timeout=cfg.round_timeout)
-    if not any(r.sites_trained for r in strategy.history):
-        raise FedtlError("no site contributed an accepted update in any round; nothing to save "
-                         "(see the warnings above for why sites declined or were rejected)")
-    weights = strategy.arrays or initial
-    personal = (personalize(grid, weights, federation, cfg.round_timeout, strategy)
-                if cfg.personalize else None)
+    if not any(r.sites_trained for r in book.history):
+        refused = sum(len(r.refused) for r in book.history)
+        raise FedtlError("no site contributed an accepted update in any round; nothing to save"
+                         + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
+                         + " (see the warnings above for why sites declined, refused or were "
+                         "rejected)")
+    personal = (personalize(grid, book.head, federation, cfg.round_timeout, book,
+                            strategy.rules) if cfg.personalize else None)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(full_model(base, weights, len(cfg.classes), cfg.head_width), out / "model.keras")
-    report = build_report(cfg, base.fingerprint, strategy, prerun, run_id, elapsed_before,
+    save_model(full_model(base, book.head, len(cfg.classes), cfg.head_width),
+               out / "model.keras")
+    report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
                           personal, client_level)
     path = write_report(out, report)
     if registry is not None:
@@ -190,7 +183,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
 
 
 def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
-                timeout: float, strategy: Validation) -> PersonalResult:
+                timeout: float, book: RunBook, rules: ReplyRules) -> PersonalResult:
     """Ask every site to fine-tune its own head from ``weights`` (with DP, on its own budget)
     and to report that head's and the global head's accuracy on its held-out split."""
     content = RecordDict({protocol.ARRAYS: ArrayRecord(weights),
@@ -200,49 +193,42 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
                 for node in grid.get_node_ids()]
     result = PersonalResult()
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        who = f"node {reply.metadata.src_node_id}"
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            result.refused.append(who)
-            log.warning("personalization: %s did not fine-tune: %s", who, reply.error.reason)
+            result.refused.append(book.known(node))
+            log.warning("personalization: %s did not fine-tune: %s", book.known(node),
+                        reply.error.reason)
             continue
-        site = reply.content.config_records.get(protocol.SITE)
-        metrics = reply.content.metric_records.get(protocol.METRICS)
-        name = str(site.get(protocol.SITE_NAME)) if site else who
-        figures = [metrics.get(k) if metrics else None for k in
-                   (protocol.ACCURACY, protocol.GLOBAL_ACCURACY, protocol.EPSILON,
-                    protocol.STEPS)]
-        withheld = figures[0] is None and figures[1] is None  # --site-metrics none
-        checked = figures[2:] if withheld else figures
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in checked) \
-                or (not withheld and max(figures[0], figures[1]) > 1.0):  # type: ignore[type-var]
-            result.refused.append(name)
-            log.warning("personalization: dropped the reply of %s: figures %r", name, figures)
+        try:
+            figures = check_personal_reply(reply, rules)
+        except UpdateRejectedError as exc:
+            result.refused.append(book.known(node))
+            log.warning("personalization: dropped a reply: %s", exc)
             continue
-        if not withheld:
-            result.personal[name] = float(figures[0])  # type: ignore[arg-type]
-            result.global_[name] = float(figures[1])  # type: ignore[arg-type]
+        name = book.label(node, figures.name)
+        if figures.accuracy is not None and figures.global_accuracy is not None:
+            result.personal[name] = figures.accuracy
+            result.global_[name] = figures.global_accuracy
         result.fine_tuned.append(name)
-        strategy.epsilon_by_site[name] = float(figures[2])  # type: ignore[arg-type]
-        if name in strategy.privacy_by_site:
-            strategy.privacy_by_site[name] = dataclasses.replace(
-                strategy.privacy_by_site[name], epsilon=float(figures[2]),  # type: ignore[arg-type]
-                steps=int(figures[3]))  # type: ignore[arg-type]
+        book.note_personalization(name, figures.epsilon, figures.steps)
     print(f"personalization: {len(result.fine_tuned)} site(s) fine-tuned their own head"
           + (f", {len(result.refused)} did not" if result.refused else ""), flush=True)
     return result
 
 
-def site_privacy(cfg: RunConfig, strategy: Validation) -> dict[str, dict[str, Any]]:
+def site_privacy(cfg: RunConfig, book: RunBook) -> dict[str, dict[str, Any]]:
     """Per site: its record-level guarantee and the DP-SGD mechanism behind it, as stated
-    in the site's last accepted reply."""
+    in the site's last accepted reply, and what its own policy tightened."""
     if not cfg.dp:
-        return {site: {"epsilon": None, "delta": None, "private": False}
-                for site in strategy.epsilon_by_site}
+        return {site: {"epsilon": None, "delta": None, "private": False,
+                       "tightened": book.tightened.get(site, [])}
+                for site in book.privacy}
     return {site: {"epsilon": p.epsilon, "delta": cfg.delta,
                    "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
                    "steps": p.steps, "accountant": cfg.accountant,
-                   "sampling": "poisson", "private": True}
-            for site, p in sorted(strategy.privacy_by_site.items())}
+                   "sampling": "poisson", "private": True,
+                   "tightened": book.tightened.get(site, [])}
+            for site, p in sorted(book.privacy.items())}
 
 
 def guarantees(cfg: RunConfig, client_level: ClientLevelState) -> dict[str, Any]:
@@ -275,24 +261,26 @@ def guarantees(cfg: RunConfig, client_level: ClientLevelState) -> dict[str, Any]
     }
 
 
-def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
+def build_report(cfg: RunConfig, fingerprint: str, book: RunBook,
                  prerun: PreRun, run_id: str, elapsed_before: float = 0.0,
                  personal: PersonalResult | None = None,
                  client_level: ClientLevelState | None = None) -> dict[str, Any]:
-    last = strategy.history[-1]
+    last = book.history[-1]
     global_acc = dict(last.site_accuracy)
     if personal is not None:
         global_acc.update(personal.global_)  # measured on the same final head
     # The model each site would use: its own head where it has one, else the global head.
     used = {**global_acc, **(personal.personal if personal else {})}
     sites: dict[str, dict[str, Any]] = {name: dict(info) for name, info in prerun.sites.items()}
-    for name in set(global_acc) | set(strategy.epsilon_by_site):
+    for name in set(global_acc) | set(book.epsilon_by_site):
         entry = sites.setdefault(name, {})
         entry["global_accuracy"] = global_acc.get(name)
         if personal is not None:
             entry["personal_accuracy"] = personal.personal.get(name)
         if cfg.dp:
-            entry["epsilon"] = strategy.epsilon_by_site.get(name)
+            entry["epsilon"] = book.epsilon_by_site.get(name)
+        if name in book.tightened:
+            entry["tightened_by_its_policy"] = book.tightened[name]
     return {
         "run_id": run_id,
         "settings": cfg.to_flower(),
@@ -300,7 +288,7 @@ def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
                  "base_layer": cfg.base_layer, "image_size": cfg.image_size,
                  "preprocessing": PREPROCESSING},
         "versions": versions(),
-        "rounds": [asdict(r) for r in strategy.history],
+        "rounds": [asdict(r) for r in book.history],
         "final": {
             "accuracy": last.accuracy,
             "per_site_accuracy": used,
@@ -310,19 +298,19 @@ def build_report(cfg: RunConfig, fingerprint: str, strategy: Validation,
             "unseen_domain_accuracy": last.unseen_accuracy,
             "strategy": cfg.strategy,
             "personalized": personal is not None,
-            "epsilon": strategy.epsilon_by_site if cfg.dp else {},
+            "epsilon": book.epsilon_by_site if cfg.dp else {},
             "delta": cfg.delta,
             "target_epsilon": cfg.target_epsilon if cfg.dp else None,
             "private": cfg.dp,
         },
         "sites": sites,
-        "privacy": site_privacy(cfg, strategy),
+        "privacy": site_privacy(cfg, book),
         "guarantees": guarantees(cfg, client_level or ClientLevelState()),
-        "data": {"skipped_images": sum(strategy.skipped_by_site.values()),
-                 "skipped_images_by_site": strategy.skipped_by_site},
+        "data": {"skipped_images": sum(book.skipped.values()),
+                 "skipped_images_by_site": book.skipped},
         "timing": {
             "total_seconds": elapsed_before + time.time() - prerun.started,
             "feature_extraction_seconds": prerun.feature_extraction_seconds
-            + strategy.extract_seconds,
+            + book.extract_seconds,
         },
     }

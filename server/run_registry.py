@@ -24,6 +24,7 @@ class RegisteredRun:
     out: str
     settings: dict[str, Any]
     status: str
+    reason: str = ""  # why a failed run failed
 
 
 class RunRegistry:
@@ -42,25 +43,42 @@ class RunRegistry:
     def finished(self, run_id: str) -> None:
         self._set_status(run_id, FINISHED)
 
-    def failed(self, run_id: str) -> None:
+    def failed(self, run_id: str, reason: str = "") -> None:
         """The run stopped on an error that a relaunch would repeat: do not relaunch it."""
-        self._set_status(run_id, FAILED)
+        self._set_status(run_id, FAILED, reason)
 
-    def _set_status(self, run_id: str, status: str) -> None:
+    def _set_status(self, run_id: str, status: str, reason: str = "") -> None:
         run = self.get(run_id)
         if run is not None:
-            write_json_atomically(self._path(run_id), {**asdict(run), "status": status})
+            write_json_atomically(self._path(run_id),
+                                  {**asdict(run), "status": status, "reason": reason[:2000]})
 
     def get(self, run_id: str) -> RegisteredRun | None:
         path = self._path(run_id)
         if not path.exists():
             return None
-        return RegisteredRun(**json.loads(path.read_text()))
+        return _read(path)
+
+    def scan(self) -> tuple[list[RegisteredRun], list[str]]:
+        """Every readable run file, oldest first, and what is wrong with the others (a
+        damaged file is named, left in place and skipped: it never stops the daemon)."""
+        if not self.folder.is_dir():
+            return [], []
+        runs, damaged = [], []
+        for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                runs.append(_read(path))
+            except (OSError, ValueError, TypeError) as exc:
+                damaged.append(f"{path}: {exc}")
+        return runs, damaged
 
     def unfinished(self) -> list[RegisteredRun]:
-        """Runs that started but did not finish, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        paths = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        runs = [RegisteredRun(**json.loads(p.read_text())) for p in paths]
-        return [r for r in runs if r.status == RUNNING]
+        """Runs that started but did not finish, oldest first (damaged files skipped)."""
+        return [r for r in self.scan()[0] if r.status == RUNNING]
+
+
+def _read(path: Path) -> RegisteredRun:
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    return RegisteredRun(**raw)

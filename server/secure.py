@@ -2,9 +2,9 @@
 round, so the server learns only the weighted mean of the sites' heads, never one of them.
 
 Flower 1.39 offers SecAgg+ only on its legacy Strategy API (FitIns/FitRes through a
-`LegacyContext`). `SecureRounds` is that legacy strategy, thin: it forwards every figure to
-fedtl's own strategy object (`Validation`), which keeps the history, the per-site privacy
-and the checkpoint hook exactly as in an ordinary run.
+`LegacyContext`). `SecureRounds` is that legacy strategy, thin: it checks every reply's
+figures the way `server.replies` does and records them in the run's `RunBook`, which keeps the
+history, the per-site privacy and the checkpoint hook exactly as in an ordinary run.
 
 What the server can no longer do: check each update (shape, finiteness, norm). Every site
 checks its own; SecAgg+ clips every coordinate to ``[-clip, clip]`` before quantizing, which
@@ -32,7 +32,9 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
-from server.strategy import Validation, site_update
+from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
+                            check_site_record, check_train_figures, split_legacy)
+from server.runbook import RunBook
 
 log = logging.getLogger("fedtl.server")
 
@@ -44,10 +46,10 @@ MAX_WEIGHT = 1e5
 
 
 class SecureRounds(LegacyFedAvg):
-    """The legacy FedAvg that SecAgg+ drives, reporting into fedtl's strategy ``book``."""
+    """The legacy FedAvg that SecAgg+ drives, reporting into fedtl's `RunBook`."""
 
-    def __init__(self, book: Validation, cfg: RunConfig, initial: list[np.ndarray],
-                 federation: Mapping[str, Any]) -> None:
+    def __init__(self, book: RunBook, cfg: RunConfig, initial: list[np.ndarray],
+                 federation: Mapping[str, Any], rules: ReplyRules) -> None:
         super().__init__(
             fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=cfg.required_sites,
             min_evaluate_clients=1, min_available_clients=cfg.required_sites,
@@ -55,6 +57,7 @@ class SecureRounds(LegacyFedAvg):
             initial_parameters=ndarrays_to_parameters(initial), accept_failures=True)
         self.book = book
         self.cfg = cfg
+        self.rules = rules
         self.federation = {**federation, protocol.SECAGG_CLIP: cfg.secagg_clip}
         if cfg.strategy == "fedprox":
             self.federation[protocol.PROXIMAL_MU] = cfg.proximal_mu
@@ -69,62 +72,75 @@ class SecureRounds(LegacyFedAvg):
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
-        record = self.book.history[-1]
+        book = self.book
         # Flower 1.39's SecAgg+ workflow lists each failed reply twice (same Error object).
         unique = {id(f.args[0] if isinstance(f, Exception) and f.args else f): f
                   for f in failures}
         for failure in unique.values():
             error = failure.args[0] if isinstance(failure, Exception) and failure.args else None
-            code = getattr(error, "code", None)
-            (record.declined if code == protocol.BUDGET_EXHAUSTED else record.rejected).append(
-                f"a site ({getattr(error, 'reason', failure)})")
-            log.warning("round %d: a site dropped out of the secure round: %s", record.round,
-                        getattr(error, "reason", failure))
+            book.note_error(None, getattr(error, "code", 0),
+                            f"dropped out of the secure round: {getattr(error, 'reason', failure)}")
         for proxy, fitres in results:
             who = f"node {proxy.node_id}"
-            name = str(fitres.metrics.get(protocol.SITE_NAME, who))
             try:
-                if fitres.metrics.get(protocol.FINGERPRINT) != self.book.fingerprint:
-                    raise UpdateRejectedError(f"{who} ({name}): base fingerprint differs")
-                self.book.accept(site_update(name, fitres.metrics, f"{who} ({name})"))
+                site, figures = split_legacy(fitres.metrics)
+                name, tightened = check_site_record(site, self.rules, who)
+                n, privacy, loss, seconds, skipped = check_train_figures(figures, self.rules,
+                                                                         f"{who} ({name})")
+                book.accept(SiteUpdate(proxy.node_id, name, [], n, privacy, loss, seconds,
+                                       skipped, tightened))
             except UpdateRejectedError as exc:
                 # Its masked head is already inside the sum; only its figures are dropped.
-                record.rejected.append(who)
-                log.warning("round %d: %s", record.round, exc)
+                book.reject(proxy.node_id, str(exc))
         if not results:
+            book.close_training(None)
             return None, {}
         # SecAgg+ hands every result the same unmasked weighted mean.
         mean = parameters_to_ndarrays(results[0][1].parameters)
-        start = self.book.global_head
+        start = book.start_head
         try:
-            protocol.check_update([m.astype(g.dtype) for m, g in zip(mean, start, strict=True)],
-                                  start, max_norm=self.cfg.max_update_norm,
+            mean = [m.astype(g.dtype) for m, g in zip(mean, start, strict=True)]
+            protocol.check_update(mean, start, max_norm=self.cfg.max_update_norm,
                                   who="the securely aggregated head")
         except (UpdateRejectedError, ValueError) as exc:
-            log.warning("round %d: %s; the global head stays as it was", record.round, exc)
+            book.fail_round(str(exc))
+            book.close_training(None)
             return None, {}
-        self.book.arrays = [m.astype(g.dtype) for m, g in zip(mean, start, strict=True)]
-        self.book.close_training()
-        return ndarrays_to_parameters(self.book.arrays), {}
+        book.close_training(mean)
+        return ndarrays_to_parameters(book.head), {}
 
     def aggregate_evaluate(self, server_round: int,
                            results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
-        weighted, total = 0.0, 0
+        checked = []
         for proxy, res in results:
-            name = str(res.metrics.get(protocol.SITE_NAME, f"node {proxy.node_id}"))
-            if self.book.record_accuracy(name, {**res.metrics,
-                                                protocol.NUM_EXAMPLES: res.num_examples}):
-                weighted += float(res.metrics[protocol.ACCURACY]) * res.num_examples
-                total += res.num_examples
+            who = f"node {proxy.node_id}"
+            try:
+                site, figures = split_legacy(res.metrics)
+                name, _ = check_site_record(site, self.rules, who)
+                accuracy = figures.get(protocol.ACCURACY)
+                if set(figures) - {protocol.NUM_EXAMPLES} != {protocol.ACCURACY} \
+                        or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 1 \
+                        or res.num_examples <= 0:
+                    raise UpdateRejectedError(f"{who} ({name}): evaluation figures "
+                                              f"{sorted(figures)[:5]} are not an accuracy")
+                checked.append(SiteEvaluation(proxy.node_id, name, float(accuracy),
+                                              int(res.num_examples)))
+            except UpdateRejectedError as exc:
+                log.warning("round %d: dropped an evaluation: %s", self.book.current.round, exc)
+        weights = capped_weights([e.num_examples for e in checked], self.cfg.max_weight_ratio)
+        for evaluation in checked:
+            self.book.record_accuracy(evaluation)
+        total = sum(weights)
+        weighted = sum(e.accuracy * w for e, w in zip(checked, weights, strict=True))
         self.book.close_round(weighted / total if total else None)
         return None, {}
 
 
-def run_secure(grid: Grid, book: Validation, cfg: RunConfig, initial: list[np.ndarray],
-               federation: Mapping[str, Any], rounds: int) -> None:
+def run_secure(grid: Grid, book: RunBook, cfg: RunConfig, initial: list[np.ndarray],
+               federation: Mapping[str, Any], rounds: int, rules: ReplyRules) -> None:
     """``rounds`` rounds of FedAvg in which SecAgg+ sums the sites' heads."""
-    legacy = SecureRounds(book, cfg, initial, federation)
+    legacy = SecureRounds(book, cfg, initial, federation, rules)
     context = LegacyContext(
         Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
         config=ServerConfig(num_rounds=rounds, round_timeout=cfg.round_timeout),

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata,
                       RecordDict)
@@ -63,7 +64,8 @@ def test_train_reply_holds_exactly_the_head_and_the_documented_figures(
     assert sent["arrays"] == {protocol.ARRAYS: [(512, 10), (10,)]}
     assert set(sent["configs"]) == {protocol.SITE}
     assert sent["configs"][protocol.SITE] == {protocol.SITE_NAME: "site-1",
-                                              protocol.FINGERPRINT: fingerprint}
+                                              protocol.FINGERPRINT: fingerprint,
+                                              protocol.TIGHTENED: ""}
     figures = sent["metrics"][protocol.METRICS]
     assert set(sent["metrics"]) == {protocol.METRICS}
     expected = set(protocol.TRAIN_FIGURES)
@@ -75,12 +77,14 @@ def test_train_reply_holds_exactly_the_head_and_the_documented_figures(
     # computed from that count.
     ledger = json.loads(Path(cfg.out, "sites", "site-1", "privacy-ledger.json").read_text())
     (entry,) = ledger["runs"].values()
+    count, trained = entry["events"]
     assert figures[protocol.NUM_EXAMPLES] == entry["public_count"]
-    assert figures[protocol.SAMPLING_RATE] == entry["sampling_rate"]
-    assert figures[protocol.NOISE_MULTIPLIER] == entry["noise_multiplier"]
-    assert figures[protocol.STEPS] == entry["steps"]
+    assert figures[protocol.SAMPLING_RATE] == trained["sampling_rate"]
+    assert figures[protocol.NOISE_MULTIPLIER] == trained["noise_multiplier"]
+    assert figures[protocol.STEPS] == trained["steps"]
     assert figures[protocol.EPSILON] == pytest.approx(entry["epsilon"])
-    assert entry["count_noise"] == cfg.count_noise  # the noised count is accounted
+    # The noised count is accounted, as one Gaussian query of the run.
+    assert count["kind"] == "count" and count["noise_multiplier"] == cfg.count_noise
 
 
 def test_a_data_error_reaches_the_server_without_the_sites_class_names(
@@ -122,19 +126,27 @@ def test_a_real_site_without_data_folder_is_told_what_to_configure(cfg: RunConfi
     assert "fedtl client" in reply.error.reason
 
 
-def real_site(tmp_path: Path, budget: float) -> Context:
+def real_site(tmp_path: Path, budget: float, policy: str | None = None) -> Context:
+    """A deployed site (its own folder, state and budget; ``policy``: its policy file)."""
     from .conftest import write_image_folder
 
     data = write_image_folder(tmp_path / "data", {d: 6 for d in DIGITS})
     node = {"data": str(data), "state": str(tmp_path / "state"), "site-name": "clinic",
             "budget": budget}
+    if policy is not None:
+        (tmp_path / "policy.toml").write_text(policy)
+        node["policy"] = str(tmp_path / "policy.toml")
     return Context(run_id=7, node_id=3, node_config=node, state=RecordDict(), run_config={})
+
+
+def trail(tmp_path: Path) -> list:
+    from common.audit_trail import AuditTrail
+
+    return AuditTrail(tmp_path / "state").decisions()
 
 
 def test_a_real_site_spends_no_more_than_its_own_budget_and_keys_its_ledger_by_run_id(
         cfg: RunConfig, tmp_path: Path) -> None:
-    import json
-
     fingerprint = base_fingerprint(base_spec(cfg))
     msg = message(MessageType.TRAIN, fingerprint)
     msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-abc"
@@ -151,22 +163,148 @@ def test_a_real_site_spends_no_more_than_its_own_budget_and_keys_its_ledger_by_r
 
 def test_a_sites_own_release_policy_overrides_a_run_that_asks_for_more(
         cfg: RunConfig, tmp_path: Path) -> None:
-    site = real_site(tmp_path, budget=3.0)
-    site.node_config["site-metrics"] = "none"
+    site = real_site(tmp_path, budget=3.0, policy='site-metrics = "none"\n')
     fingerprint = base_fingerprint(base_spec(cfg))
     app = make_client_app(cfg.replace(site_metrics="exact"))
     trained = app(message(MessageType.TRAIN, fingerprint), site)
     assert not trained.has_error(), trained.error.reason if trained.has_error() else ""
     assert set(trained.content[protocol.METRICS]) == set(protocol.TRAIN_FIGURES)
+    assert "site-metrics exact -> none" in trained.content[protocol.SITE][protocol.TIGHTENED]
     evaluated = app(message(MessageType.EVALUATE, fingerprint), site)
     assert evaluated.has_error() and evaluated.error.code == protocol.WITHHELD
 
 
-def test_a_site_policy_never_loosens_the_run() -> None:
-    from common.config import SiteConfig
-    from common.ledger import SiteBudget
+def test_a_site_refuses_a_run_without_dp_and_releases_nothing(cfg: RunConfig,
+                                                              tmp_path: Path) -> None:
+    # The server's run config turns DP off; the site's policy (here: defaults, and figures
+    # "none") does not allow it, so nothing is trained, charged or released.
+    site = real_site(tmp_path, budget=3.0, policy='site-metrics = "none"\n')
+    fingerprint = base_fingerprint(base_spec(cfg))
+    app = make_client_app(cfg.replace(dp=False, site_metrics="exact"))
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        reply = app(message(kind, fingerprint), site)
+        assert reply.has_error() and reply.error.code == protocol.POLICY_REFUSED
+        assert "policy" in reply.error.reason and "dp" not in reply.error.reason.lower()
+    assert not (tmp_path / "state" / "privacy-ledger.json").exists()
+    (decision,) = trail(tmp_path)  # two requests, one decision
+    assert decision.decision == "refused" and "differential privacy" in decision.reason
+    assert decision.settings["dp"] is False
 
-    site = SiteConfig(name="a", data="d", state=Path("s"), budget=SiteBudget(1.0),
-                      cache_dir=None, site_metrics="noised")
-    assert site.policy(RunConfig(site_metrics="exact")).site_metrics == "noised"
-    assert site.policy(RunConfig(site_metrics="none")).site_metrics == "none"
+
+def test_a_site_that_allows_runs_without_dp_records_them_as_not_private(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    site = real_site(tmp_path, budget=3.0, policy="allow-no-dp = true\n")
+    fingerprint = base_fingerprint(base_spec(cfg))
+    reply = make_client_app(cfg.replace(dp=False))(message(MessageType.TRAIN, fingerprint),
+                                                   site)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    ledger = json.loads((tmp_path / "state" / "privacy-ledger.json").read_text())
+    (entry,) = ledger["runs"].values()
+    assert entry["epsilon"] is None and entry["events"][0]["kind"] == "non-private"
+    assert trail(tmp_path)[0].decision == "admitted"
+
+
+def test_a_run_asking_for_more_epsilon_than_the_policy_allows_is_tightened(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    site = real_site(tmp_path, budget=20.0, policy="max-run-epsilon = 2.0\n")
+    fingerprint = base_fingerprint(base_spec(cfg))
+    reply = make_client_app(cfg.replace(target_epsilon=8.0))(
+        message(MessageType.TRAIN, fingerprint), site)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert "target-epsilon 8.0 -> 2.0" in reply.content[protocol.SITE][protocol.TIGHTENED]
+    assert reply.content[protocol.METRICS][protocol.EPSILON] <= 2.0 + 1e-6
+    ledger = json.loads((tmp_path / "state" / "privacy-ledger.json").read_text())
+    (entry,) = ledger["runs"].values()
+    assert entry["target_epsilon"] == 2.0
+    (decision,) = trail(tmp_path)
+    assert decision.decision == "tightened" and decision.settings["target-epsilon"] == 8.0
+
+
+def test_a_site_that_refuses_looser_runs_refuses_without_saying_its_limits(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    site = real_site(tmp_path, budget=20.0,
+                     policy='max-run-epsilon = 2.0\non-violation = "refuse"\n')
+    reply = make_client_app(cfg.replace(target_epsilon=8.0))(
+        message(MessageType.TRAIN, base_fingerprint(base_spec(cfg))), site)
+    assert reply.has_error() and reply.error.code == protocol.POLICY_REFUSED
+    assert "2.0" not in reply.error.reason and "8.0" not in reply.error.reason
+    assert "target-epsilon 8.0 -> 2.0" in trail(tmp_path)[0].reason
+
+
+def test_a_declining_site_tells_the_server_nothing_about_its_budget(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    site = real_site(tmp_path, budget=0.05)
+    reply = make_client_app(cfg)(message(MessageType.TRAIN, base_fingerprint(base_spec(cfg))),
+                                 site)
+    assert reply.has_error() and reply.error.code == protocol.BUDGET_EXHAUSTED
+    assert not any(ch.isdigit() for ch in reply.error.reason.replace("clinic", ""))
+    assert trail(tmp_path)[-1].decision == "declined"
+    assert "0.05" in trail(tmp_path)[-1].reason  # the details stay at the site
+
+
+@pytest.mark.parametrize("run_id", ["../x", "../../escape", "a/b", "..", ".hidden", "x" * 200,
+                                    "run\nid"])
+def test_a_run_id_that_is_not_a_plain_name_is_refused_before_it_becomes_a_path(
+        cfg: RunConfig, tmp_path: Path, run_id: str) -> None:
+    site = real_site(tmp_path, budget=3.0)
+    msg = message(MessageType.TRAIN, base_fingerprint(base_spec(cfg)))
+    msg.content[protocol.CONFIG][protocol.RUN_ID] = run_id
+    reply = make_client_app(cfg.replace(personalize=True))(msg, site)
+    assert reply.has_error() and "malformed run id" in reply.error.reason
+    personal = message(f"train.{protocol.PERSONALIZE}", base_fingerprint(base_spec(cfg)))
+    personal.content[protocol.CONFIG][protocol.RUN_ID] = run_id
+    assert make_client_app(cfg)(personal, site).has_error()
+    # Nothing outside the state folder, and in it only the audit trail of the refusal.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "state"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [".state.lock",
+                                                                       "audit.jsonl"]
+    assert {(d.decision, d.run_id) for d in trail(tmp_path)} == {("refused", "(malformed)")}
+
+
+def test_a_run_that_needs_approval_is_refused_until_an_operator_approves_it(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    from common.audit_trail import AuditTrail
+
+    site = real_site(tmp_path, budget=3.0,
+                     policy='require-approval = true\napproved-runs = ["study-*"]\n')
+    app = make_client_app(cfg)
+    fingerprint = base_fingerprint(base_spec(cfg))
+
+    def ask(run_id: str) -> Message:
+        msg = message(MessageType.TRAIN, fingerprint)
+        msg.content[protocol.CONFIG][protocol.RUN_ID] = run_id
+        return app(msg, site)
+
+    assert ask("adhoc-1").error.code == protocol.POLICY_REFUSED
+    AuditTrail(tmp_path / "state").approve("adhoc-1", by="dr-ops")
+    assert not ask("adhoc-1").has_error()
+    assert not ask("study-2027").has_error()  # approved in advance by the policy's pattern
+    decisions = [(d.run_id, d.decision) for d in trail(tmp_path)]
+    # Admitted, and tightened by the safe defaults (the run asks for exact figures).
+    assert decisions == [("adhoc-1", "refused"), ("adhoc-1", "approved"),
+                         ("adhoc-1", "tightened"), ("study-2027", "tightened")]
+
+
+def test_a_server_head_of_the_wrong_shape_is_refused_before_training(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    site = real_site(tmp_path, budget=3.0)
+    msg = message(MessageType.TRAIN, base_fingerprint(base_spec(cfg)))
+    msg.content[protocol.ARRAYS] = ArrayRecord([np.ones((7, 7), np.float32)])
+    reply = make_client_app(cfg)(msg, site)
+    assert reply.has_error() and "shapes" in reply.error.reason
+    assert not (tmp_path / "state" / "privacy-ledger.json").exists()
+
+
+def test_an_unexpected_failure_is_refused_without_details(cfg: RunConfig, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    import client.client_app as client_app
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"secret detail at {tmp_path}")
+
+    monkeypatch.setattr(client_app, "train_round", boom)
+    site = real_site(tmp_path, budget=3.0)
+    reply = make_client_app(cfg)(message(MessageType.TRAIN, base_fingerprint(base_spec(cfg))),
+                                 site)
+    assert reply.has_error() and "its log says why" in reply.error.reason
+    assert "secret" not in reply.error.reason and str(tmp_path) not in reply.error.reason

@@ -90,13 +90,15 @@ def test_messages_of_the_message_api_pass_through_untouched() -> None:
 
 def secure_rounds():
     from common.config import RunConfig
+    from server.replies import ReplyRules
+    from server.runbook import RunBook
     from server.secure import SecureRounds
-    from server.strategy import make_strategy
 
-    book = make_strategy("fedavg", proximal_mu=0.0, server_lr=0.1, fingerprint="f" * 64,
-                         max_update_norm=100.0, weighted_by_key=protocol.NUM_EXAMPLES,
-                         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG)
-    rounds = SecureRounds(book, RunConfig(classes=("a", "b")), HEAD, {protocol.CLASSES: ["a"]})
+    book = RunBook(HEAD)
+    rules = ReplyRules(fingerprint="f" * 64, max_update_norm=100.0, batch_size=20,
+                       private=True, target_epsilon=3.0)
+    rounds = SecureRounds(book, RunConfig(classes=("a", "b")), HEAD, {protocol.CLASSES: ["a"]},
+                          rules)
     book.begin_round(1, [a.copy() for a in HEAD])
     return book, rounds
 
@@ -128,12 +130,23 @@ def test_the_secure_mean_becomes_the_head_and_each_dropout_counts_once() -> None
     np.testing.assert_allclose(parameters_to_ndarrays(params)[0], mean[0])
     record = book.history[-1]
     assert record.sites_trained == ["s1", "s2"] and len(record.declined) == 1
-    assert book.privacy_by_site["s2"].noise_multiplier == 2.0
-    assert book.arrays[0].dtype == np.float32
+    assert book.privacy["s2"].noise_multiplier == 2.0
+    assert book.head[0].dtype == np.float32
 
 
 def test_a_corrupt_secure_mean_keeps_the_previous_head() -> None:
     book, rounds = secure_rounds()
     bad = [np.full_like(a, np.nan) for a in HEAD]
     assert rounds.aggregate_fit(1, [(Proxy(1), fitres(bad, "s1"))], []) == (None, {})
-    np.testing.assert_array_equal(book.arrays[0], HEAD[0])
+    np.testing.assert_array_equal(book.head[0], HEAD[0])
+    assert book.current.failure is not None
+
+
+def test_a_secure_reply_with_figures_that_do_not_fit_the_run_is_dropped_from_the_figures(
+        ) -> None:
+    book, rounds = secure_rounds()
+    mean = [a + 0.1 for a in HEAD]
+    liar = fitres(mean, "liar")
+    liar.metrics[protocol.EPSILON] = 9.0  # past the run's target of 3
+    rounds.aggregate_fit(1, [(Proxy(1), fitres(mean, "s1")), (Proxy(2), liar)], [])
+    assert book.current.sites_trained == ["s1"] and book.current.rejected == ["node 2"]

@@ -8,9 +8,9 @@ import pytest
 
 from common.config import RunConfig
 from common.errors import BudgetExhaustedError, ConfigError, DataError
-from common.ledger import PrivacyLedger
+from common.ledger import PrivacyLedger, SiteBudget
 from common.model import initial_head_weights
-from common.site import SiteData, evaluate, sgd_settings, train_round
+from common.site import SiteAccount, SiteData, evaluate, sgd_settings, train_round
 
 RNG = np.random.default_rng(0)
 
@@ -33,19 +33,26 @@ def start() -> list[np.ndarray]:
     return initial_head_weights(8, 3, 0, seed=0)
 
 
+def account(ledger: PrivacyLedger | Path, run: str = "run-1",
+            budget: SiteBudget | None = None, cfg: RunConfig = CFG) -> SiteAccount:
+    """The site's account for ``run``: by default its budget is the run's own target."""
+    ledger = ledger if isinstance(ledger, PrivacyLedger) else PrivacyLedger(ledger)
+    return SiteAccount(ledger, run, budget or SiteBudget(cfg.target_epsilon, cfg.delta))
+
+
 def test_planned_rounds_spend_exactly_the_budget_and_one_more_is_declined(
         tmp_path: Path) -> None:
     data, ledger = site(), PrivacyLedger(tmp_path)
     weights = start()
     spent = []
     for _ in range(CFG.rounds):
-        result = train_round(CFG, data, weights, ledger, "run-1", RNG)
+        result = train_round(CFG, data, weights, account(ledger, "run-1", cfg=CFG), RNG)
         weights = result.weights
         spent.append(result.epsilon)
     assert spent == sorted(spent) and spent[-1] == pytest.approx(2.0, abs=1e-3)
     assert spent[-1] <= 2.0 + 1e-6
     with pytest.raises(BudgetExhaustedError, match="past the run's target of 2.0"):
-        train_round(CFG, data, weights, ledger, "run-1", RNG)
+        train_round(CFG, data, weights, account(ledger, "run-1", cfg=CFG), RNG)
     entry = ledger.get("run-1")
     assert entry.steps == 3 * sgd_settings(CFG, entry.public_count).steps
 
@@ -59,15 +66,16 @@ def test_a_second_run_fits_what_the_first_left_of_the_site_budget(tmp_path: Path
     for run in ("run-1", "run-2"):
         weights = start()
         for _ in range(CFG.rounds):
-            weights = train_round(CFG, data, weights, ledger, run, RNG, budget).weights
+            weights = train_round(CFG, data, weights, account(ledger, run, budget), RNG).weights
     first, second = ledger.get("run-1"), ledger.get("run-2")
     assert first.epsilon == pytest.approx(2.0, abs=1e-3)
     # The second run was given more noise so that both together stay within 2.5.
-    assert second.noise_multiplier > first.noise_multiplier and second.epsilon < 2.0
+    assert second.header.noise_multiplier > first.header.noise_multiplier
+    assert second.epsilon < 2.0
     assert ledger.spent(budget) == pytest.approx(2.5, abs=1e-3)
     assert ledger.summary().remaining == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(BudgetExhaustedError, match="site's budget"):
-        train_round(CFG, data, start(), ledger, "run-3", RNG, budget)
+        train_round(CFG, data, start(), account(ledger, "run-3", budget), RNG)
     assert set(ledger.runs()) == {"run-1", "run-2"}  # a declined run charges nothing
 
 
@@ -78,10 +86,9 @@ def test_the_budget_holds_across_a_restart_of_the_site(tmp_path: Path) -> None:
     weights = start()
     for _ in range(CFG.rounds):
         # A new ledger object per round: as if the site process restarted between rounds.
-        weights = train_round(CFG, site(), weights, PrivacyLedger(tmp_path), "run-1", RNG,
-                              budget).weights
+        weights = train_round(CFG, site(), weights, account(tmp_path, "run-1", budget), RNG).weights
     with pytest.raises(BudgetExhaustedError):
-        train_round(CFG, site(), weights, PrivacyLedger(tmp_path), "run-1", RNG, budget)
+        train_round(CFG, site(), weights, account(tmp_path, "run-1", budget), RNG)
     assert PrivacyLedger(tmp_path).summary().spent == pytest.approx(2.0, abs=1e-3)
 
 
@@ -94,13 +101,13 @@ def test_spending_is_on_disk_before_the_update_is_returned(tmp_path: Path,
 
     monkeypatch.setattr(common.dp, "train_head", crash)
     with pytest.raises(RuntimeError):
-        train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+        train_round(CFG, site(), start(), account(tmp_path, "run-1", cfg=CFG), RNG)
     saved = json.loads((tmp_path / "privacy-ledger.json").read_text())
     assert saved["runs"]["run-1"]["epsilon"] > 0
 
 
 def test_ledger_is_per_run_and_survives_a_new_ledger_object(tmp_path: Path) -> None:
-    train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+    train_round(CFG, site(), start(), account(tmp_path, "run-1", cfg=CFG), RNG)
     again = PrivacyLedger(tmp_path)
     assert again.get("run-1").steps > 0
     assert again.get("run-2") is None
@@ -108,22 +115,27 @@ def test_ledger_is_per_run_and_survives_a_new_ledger_object(tmp_path: Path) -> N
 
 def test_a_damaged_ledger_stops_the_site(tmp_path: Path) -> None:
     (tmp_path / "privacy-ledger.json").write_text("{not json")
-    with pytest.raises(DataError, match="privacy ledger .* is unreadable"):
-        train_round(CFG, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+    with pytest.raises(DataError, match="privacy ledger .* is damaged"):
+        train_round(CFG, site(), start(), account(tmp_path, "run-1", cfg=CFG), RNG)
 
 
-def test_non_private_rounds_spend_nothing_and_write_no_ledger(tmp_path: Path) -> None:
-    result = train_round(CFG.replace(dp=False), site(), start(), PrivacyLedger(tmp_path),
-                         "run-1", RNG)
-    assert result.epsilon == 0.0
-    assert not (tmp_path / "privacy-ledger.json").exists()
+def test_a_non_private_round_is_recorded_as_spending_everything(tmp_path: Path) -> None:
+    # Only a site whose policy allows runs without DP trains one (common.policy); its ledger
+    # then says the truth: this data's guarantee is gone, and later DP runs decline.
+    result = train_round(CFG.replace(dp=False), site(), start(), account(tmp_path), RNG)
+    entry = PrivacyLedger(tmp_path).get("run-1")
+    assert entry is not None and not entry.private and entry.epsilon == float("inf")
+    assert result.epsilon == 0.0  # no DP figure to report to the server
+    assert PrivacyLedger(tmp_path).spent(SiteBudget(100.0)) == float("inf")
+    with pytest.raises(BudgetExhaustedError):
+        train_round(CFG, site(), start(), account(tmp_path, "run-2", SiteBudget(100.0)), RNG)
 
 
 def test_training_beats_chance_on_separable_features(tmp_path: Path) -> None:
     data, weights = site(), start()
     cfg = CFG.replace(target_epsilon=8.0)
     for _ in range(cfg.rounds):
-        weights = train_round(cfg, data, weights, PrivacyLedger(tmp_path), "r", RNG).weights
+        weights = train_round(cfg, data, weights, account(tmp_path, "r", cfg=cfg), RNG).weights
     assert evaluate(cfg, data, weights) > 0.6
 
 
@@ -138,16 +150,16 @@ def test_personalization_is_planned_into_the_noise_and_spends_the_rest_of_the_bu
     data, ledger = site(), PrivacyLedger(tmp_path)
     weights = start()
     for _ in range(cfg.rounds):
-        result = train_round(cfg, data, weights, ledger, "run-p", RNG)
+        result = train_round(cfg, data, weights, account(ledger, "run-p", cfg=cfg), RNG)
         weights = result.weights
     assert result.epsilon < 2.0 - 0.05  # the rounds leave room for the fine-tuning
     assert sgd_settings(cfg, 100).noise_multiplier > sgd_settings(CFG, 100).noise_multiplier
-    personal = train_round(cfg, data, weights, ledger, "run-p", RNG, personal=True)
+    personal = train_round(cfg, data, weights, account(ledger, "run-p", cfg=cfg), RNG, personal=True)
     assert personal.epsilon == pytest.approx(2.0, abs=1e-3)
     per_round = sgd_settings(cfg, 100).steps
     assert ledger.get("run-p").steps == 3 * per_round + 2 * per_round
     with pytest.raises(BudgetExhaustedError, match="personal fine-tuning"):
-        train_round(cfg, data, weights, ledger, "run-p", RNG, personal=True)
+        train_round(cfg, data, weights, account(ledger, "run-p", cfg=cfg), RNG, personal=True)
 
 
 def test_a_personal_head_reads_back_and_a_foreign_one_is_ignored(tmp_path: Path) -> None:
@@ -173,18 +185,21 @@ def test_the_noised_count_is_released_once_accounted_and_drives_the_settings(
     weights = start()
     counts = set()
     for _ in range(CFG.rounds):
-        result = train_round(CFG, data, weights, ledger, "run-1", np.random.default_rng())
+        result = train_round(CFG, data, weights, account(ledger, "run-1", cfg=CFG), np.random.default_rng())
         weights = result.weights
         counts.add(result.num_examples)
     entry = ledger.get("run-1")
     assert counts == {entry.public_count}  # drawn once per run, reused every round
     assert abs(entry.public_count - 100) < 6 * CFG.count_noise
-    assert entry.sampling_rate == pytest.approx(CFG.batch_size / entry.public_count)
+    assert entry.last_training.sampling_rate == pytest.approx(
+        CFG.batch_size / entry.public_count)
     assert result.settings.expected_batch == pytest.approx(CFG.batch_size)
     # The count's Gaussian query is part of the run's epsilon, and the run still lands on
     # its target: the training noise was calibrated with the count composed in.
-    assert len(entry.mechanisms) == 2 and entry.mechanisms[1].noise_multiplier == CFG.count_noise
-    assert composed_epsilon([entry.mechanism], delta=CFG.delta) < entry.epsilon
+    assert [e.kind for e in entry.events] == ["count"] + ["dp-sgd"] * CFG.rounds
+    assert entry.events[0].noise_multiplier == CFG.count_noise
+    training = [e.mechanism for e in entry.events if e.kind == "dp-sgd"]
+    assert composed_epsilon(training, delta=CFG.delta) < entry.epsilon
     assert entry.epsilon == pytest.approx(CFG.target_epsilon, abs=1e-3)
 
 
@@ -192,7 +207,7 @@ def test_the_noised_count_is_released_once_accounted_and_drives_the_settings(
 def test_exact_and_rounded_counts_spend_nothing_on_the_count(
         tmp_path: Path, mode: str, expected: int) -> None:
     cfg = CFG.replace(example_counts=mode, count_rounding=40)
-    result = train_round(cfg, site(), start(), PrivacyLedger(tmp_path), "run-1", RNG)
+    result = train_round(cfg, site(), start(), account(tmp_path, "run-1", cfg=cfg), RNG)
     assert result.num_examples == (expected if mode == "exact" else 80)
     assert len(PrivacyLedger(tmp_path).get("run-1").mechanisms) == 1
 
@@ -206,18 +221,20 @@ def test_noised_accuracy_releases_are_planned_charged_and_declined_past_the_plan
     weights = start()
     released = []
     for _ in range(cfg.rounds):
-        weights = train_round(cfg, data, weights, ledger, "run-1", RNG).weights
-        (accuracy,), weight = released_accuracies(cfg, data, [weights], ledger, "run-1", RNG)
+        weights = train_round(cfg, data, weights, account(ledger, "run-1", cfg=cfg), RNG).weights
+        (accuracy,), weight = released_accuracies(cfg, data, [weights], account(ledger, cfg=cfg), RNG)
         released.append(accuracy)
         assert 0.0 <= accuracy <= 1.0
     entry = ledger.get("run-1")
-    assert entry.metric_releases == cfg.rounds and entry.metric_noise == 30.0
+    figures = [e for e in entry.events if e.kind == "figures"]
+    assert entry.metric_releases == cfg.rounds
+    assert all(e.noise_multiplier == pytest.approx(30.0 / np.sqrt(2)) for e in figures)
     assert entry.epsilon == pytest.approx(cfg.target_epsilon, abs=1e-3)
     assert weight == round(entry.public_count * cfg.holdout / (1 - cfg.holdout))
     # Noise of std 30 images on 2,000 held-out images: close to the exact accuracy.
     assert released[-1] == pytest.approx(evaluate(cfg, data, weights), abs=0.1)
     with pytest.raises(BudgetExhaustedError, match="held-out accuracy"):
-        released_accuracies(cfg, data, [weights], ledger, "run-1", RNG)
+        released_accuracies(cfg, data, [weights], account(ledger, cfg=cfg), RNG)
     assert ledger.get("run-1").metric_releases == cfg.rounds  # the declined one is not charged
 
 
@@ -227,7 +244,7 @@ def test_a_site_releasing_no_figures_sends_no_accuracy_and_spends_nothing_on_it(
 
     cfg = CFG.replace(site_metrics="none")
     data, ledger = site(), PrivacyLedger(tmp_path)
-    weights = train_round(cfg, data, start(), ledger, "run-1", RNG).weights
+    weights = train_round(cfg, data, start(), account(ledger, "run-1", cfg=cfg), RNG).weights
     before = ledger.get("run-1")
-    assert released_accuracies(cfg, data, [weights], ledger, "run-1", RNG)[0] == []
+    assert released_accuracies(cfg, data, [weights], account(ledger, cfg=cfg), RNG)[0] == []
     assert ledger.get("run-1") == before

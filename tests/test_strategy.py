@@ -1,4 +1,4 @@
-"""The server's FedAvg: weighted averaging and the updates it refuses."""
+"""The server's strategy: Flower's FedAvg behind fedtl's reply checks, and the run book."""
 
 import time
 
@@ -6,42 +6,52 @@ import numpy as np
 import pytest
 from flwr.app import (ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata,
                       MetricRecord, RecordDict)
+from flwr.serverapp.strategy import FedAvg
 
 from common import protocol
-from server.strategy import RoundRecord, ValidatingFedAdam, ValidatingFedAvg, make_strategy
+from common.config import RunConfig
+from server.replies import ReplyRules, capped_weights
+from server.runbook import RoundRecord, RunBook
+from server.strategy import (Validated, flower_strategy, optimizer_state,
+                             restore_optimizer_state, validated)
 
 FP = "f" * 64
 GLOBAL = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+BATCH = 5
+RULES = ReplyRules(fingerprint=FP, max_update_norm=100.0, batch_size=BATCH, private=True,
+                   target_epsilon=3.0)
+KEYS = dict(weighted_by_key=protocol.NUM_EXAMPLES, arrayrecord_key=protocol.ARRAYS,
+            configrecord_key=protocol.CONFIG)
 
 
-def metadata(node: int) -> Metadata:
+def metadata(node: int, kind: str = MessageType.TRAIN) -> Metadata:
     return Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0,
                     reply_to_message_id="", group_id="1", created_at=time.time(), ttl=60,
-                    message_type=MessageType.TRAIN)
+                    message_type=kind)
 
 
 def reply(node: int, arrays: list[np.ndarray], n: int, eps: float = 1.0,
-          fingerprint: str = FP, exact: bool = True) -> Message:
+          fingerprint: str = FP, exact: bool = True, name: str | None = None) -> Message:
     figures = {protocol.NUM_EXAMPLES: n, protocol.EPSILON: eps,
-               protocol.SAMPLING_RATE: 0.5, protocol.NOISE_MULTIPLIER: 1.2, protocol.STEPS: 4}
+               protocol.SAMPLING_RATE: min(1.0, BATCH / n) if n > 0 else 0.5,
+               protocol.NOISE_MULTIPLIER: 1.2, protocol.STEPS: 4}
     if exact:  # a site that also releases its exact figures (--site-metrics exact)
         figures.update({protocol.TRAIN_LOSS: 0.5, protocol.EXTRACT_SECONDS: 0.0,
                         protocol.SKIPPED_IMAGES: 0})
     content = RecordDict({
         protocol.ARRAYS: ArrayRecord(arrays),
         protocol.METRICS: MetricRecord(figures),
-        protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}",
-                                     protocol.FINGERPRINT: fingerprint}),
+        protocol.SITE: ConfigRecord({protocol.SITE_NAME: name or f"site-{node}",
+                                     protocol.FINGERPRINT: fingerprint,
+                                     protocol.TIGHTENED: ""}),
     })
     return Message(content=content, metadata=metadata(node))
 
 
-def strategy(required: int = 1) -> ValidatingFedAvg:
-    s = ValidatingFedAvg(fingerprint=FP, max_update_norm=100.0, min_train_nodes=required,
-                         weighted_by_key=protocol.NUM_EXAMPLES,
-                         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG)
-    s._global = [a.copy() for a in GLOBAL]
-    s.history.append(RoundRecord(round=1))
+def strategy(required: int = 1, inner=None, **kwargs) -> Validated:  # noqa: ANN001
+    book = RunBook([a.copy() for a in GLOBAL])
+    s = Validated(inner or FedAvg(**KEYS), book, RULES, min_train_nodes=required, **kwargs)
+    book.begin_round(1, [a.copy() for a in GLOBAL])
     return s
 
 
@@ -56,11 +66,41 @@ def test_accepted_updates_are_averaged_weighted_by_example_count() -> None:
     expected = np.average([1.0, 4.0], weights=[10, 30])
     for got in arrays.to_numpy_ndarrays():
         np.testing.assert_allclose(got, expected, rtol=1e-6)
-    record = s.history[-1]
+    record = s.book.current
     assert record.sites_trained == ["site-1", "site-2"]
     assert record.epsilon_max == 0.8
     assert record.train_loss == pytest.approx(0.5)
-    assert s.epsilon_by_site == {"site-1": 0.5, "site-2": 0.8}
+    assert s.book.epsilon_by_site == {"site-1": 0.5, "site-2": 0.8}
+
+
+def _extra_record() -> Message:
+    bad = reply(9, full(1.0), 10)
+    bad.content["more-arrays"] = ArrayRecord(full(1.0))
+    return bad
+
+
+def _extra_metric() -> Message:
+    bad = reply(9, full(1.0), 10)
+    bad.content[protocol.METRICS]["favourite-number"] = 7
+    return bad
+
+
+def _extra_site_key() -> Message:
+    bad = reply(9, full(1.0), 10)
+    bad.content[protocol.SITE]["note"] = "hello"
+    return bad
+
+
+def _second_metric_record() -> Message:
+    bad = reply(9, full(1.0), 10)
+    bad.content["metrics-2"] = MetricRecord({protocol.NUM_EXAMPLES: 10})
+    return bad
+
+
+def _inconsistent_rate() -> Message:
+    bad = reply(9, full(1.0), 10)
+    bad.content[protocol.METRICS][protocol.SAMPLING_RATE] = 0.01  # would mean 500 examples
+    return bad
 
 
 @pytest.mark.parametrize("bad", [
@@ -71,14 +111,31 @@ def test_accepted_updates_are_averaged_weighted_by_example_count() -> None:
     reply(9, full(1.0), 0),
     reply(9, full(1.0), 10, eps=float("nan")),
     reply(9, full(1.0), 10, eps=-1.0),
-])
-def test_poisoned_or_foreign_updates_are_dropped_and_the_round_goes_on(bad: Message) -> None:
+    reply(9, full(1.0), 10, eps=3.5),  # past the run's target: no honest site claims that
+    reply(9, full(0.0), 10),  # the global head unchanged: no site's training
+    _extra_record(), _extra_metric(), _extra_site_key(), _second_metric_record(),
+    _inconsistent_rate(),
+], ids=["nan", "shape", "norm", "fingerprint", "zero-count", "nan-eps", "negative-eps",
+        "eps-past-target", "unchanged", "extra-array-record", "extra-metric-key",
+        "extra-site-key", "second-metric-record", "rate-not-from-count"])
+def test_a_bad_reply_is_rejected_alone_and_the_round_goes_on(bad: Message) -> None:
     s = strategy()
     arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), bad])
     for got in arrays.to_numpy_ndarrays():
         np.testing.assert_allclose(got, 2.0)
-    assert s.history[-1].rejected == ["node 9"]
-    assert s.history[-1].sites_trained == ["site-1"]
+    assert s.book.current.rejected == ["node 9"]
+    assert s.book.current.sites_trained == ["site-1"]
+
+
+def test_a_mixed_exact_and_noised_federation_aggregates() -> None:
+    # Flower's FedAvg alone raises on replies with different metric keys; rebuilt replies
+    # carry only the weight.
+    s = strategy()
+    arrays, _ = s.aggregate_train(1, [reply(1, full(1.0), 10, exact=True),
+                                      reply(2, full(3.0), 10, exact=False)])
+    for got in arrays.to_numpy_ndarrays():
+        np.testing.assert_allclose(got, 2.0, rtol=1e-6)
+    assert s.book.current.sites_trained == ["site-1", "site-2"]
 
 
 def test_a_malformed_figure_is_rejected_not_a_crash() -> None:
@@ -86,17 +143,19 @@ def test_a_malformed_figure_is_rejected_not_a_crash() -> None:
     bad.content[protocol.METRICS][protocol.EXTRACT_SECONDS] = [1.0, 2.0]
     s = strategy()
     arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), bad])
-    assert s.history[-1].rejected == ["node 9"]
+    assert s.book.current.rejected == ["node 9"]
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[1], 2.0)
 
 
-def test_a_site_that_declines_for_budget_is_recorded_and_skipped() -> None:
+def test_declines_and_policy_refusals_are_recorded_apart_and_skipped() -> None:
     s = strategy()
     declined = Message(error=Error(code=protocol.BUDGET_EXHAUSTED, reason="spent"),
                        metadata=metadata(5))
-    arrays, _ = s.aggregate_train(1, [reply(1, full(3.0), 10), declined])
+    refused = Message(error=Error(code=protocol.POLICY_REFUSED, reason="policy"),
+                      metadata=metadata(6))
+    arrays, _ = s.aggregate_train(1, [reply(1, full(3.0), 10), declined, refused])
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], 3.0)
-    assert s.history[-1].declined == ["node 5"]
+    assert s.book.current.declined == ["node 5"] and s.book.current.refused == ["node 6"]
 
 
 def test_a_round_where_nobody_trains_keeps_the_global_head() -> None:
@@ -107,59 +166,102 @@ def test_a_round_where_nobody_trains_keeps_the_global_head() -> None:
 def test_fewer_accepted_updates_than_required_sites_keep_the_global_head() -> None:
     s = strategy(required=2)
     assert s.aggregate_train(1, [reply(1, full(1.0), 10), reply(2, full(1e9), 10)]) == (None, None)
-    assert s.history[-1].sites_trained == ["site-1"] and s.history[-1].rejected == ["node 2"]
-    assert s.arrays == []  # nothing new to checkpoint: the round's global head stands
+    assert s.book.current.sites_trained == ["site-1"] and s.book.current.rejected == ["node 2"]
+    np.testing.assert_array_equal(s.book.head[0], GLOBAL[0])  # the round's head stands
+
+
+def test_a_site_is_known_by_its_node_not_by_the_name_it_asserts() -> None:
+    s = strategy()
+    s.aggregate_train(1, [reply(1, full(1.0), 10, eps=0.5, name="hospital"),
+                          reply(2, full(1.0), 10, eps=0.9, name="hospital")])
+    assert s.book.current.sites_trained == ["hospital", "hospital@node-2"]
+    assert s.book.epsilon_by_site == {"hospital": 0.5, "hospital@node-2": 0.9}
+    # A later round: node 2 cannot take node 1's name (or its figures) by renaming itself.
+    s.book.begin_round(2, full(1.0))
+    s.aggregate_train(2, [reply(2, full(2.0), 10, eps=1.5, name="hospital")])
+    assert s.book.current.sites_trained == ["hospital@node-2"]
+    assert s.book.epsilon_by_site["hospital"] == 0.5
+
+
+def test_a_name_that_is_not_a_plain_name_is_made_one() -> None:
+    s = strategy()
+    s.aggregate_train(1, [reply(1, full(1.0), 10, name="../../etc\n" + "x" * 200)])
+    (site,) = s.book.current.sites_trained
+    assert "/" not in site and "\n" not in site and len(site) <= 64
+
+
+def test_one_site_claiming_a_huge_count_cannot_take_over_the_average() -> None:
+    s = strategy(weight_ratio=10.0)
+    # A consistent claim (rate = batch / count) of a million examples.
+    arrays, _ = s.aggregate_train(1, [reply(1, full(1.0), 10), reply(2, full(1.0), 10),
+                                      reply(3, full(20.0), 1_000_000)])
+    weights = capped_weights([10, 10, 1_000_000], 10.0)
+    assert weights == [10, 10, 100]
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0],
+                               np.average([1.0, 1.0, 20.0], weights=weights), rtol=1e-5)
+    assert capped_weights([10, 1_000_000], 10.0) == [10, 100]  # two sites: still capped
+    assert capped_weights([7], 10.0) == [7] and capped_weights([5, 500], 0.0) == [5, 500]
+
+
+def test_an_aggregation_that_fails_keeps_the_head_and_the_run_goes_on() -> None:
+    class Broken(FedAvg):
+        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201
+            raise RuntimeError("inconsistent replies")
+
+    s = strategy(inner=Broken(**KEYS))
+    assert s.aggregate_train(1, [reply(1, full(1.0), 10)]) == (None, None)
+    assert "inconsistent replies" in s.book.current.failure
+    np.testing.assert_array_equal(s.book.head[0], GLOBAL[0])
 
 
 def evaluation(node: int, accuracy: object, n: int) -> Message:
     content = RecordDict({
         protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n,
                                         protocol.ACCURACY: accuracy}),
-        protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}"}),
+        protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}",
+                                     protocol.FINGERPRINT: FP}),
     })
-    return Message(content=content, metadata=metadata(node))
+    return Message(content=content, metadata=metadata(node, MessageType.EVALUATE))
 
 
 def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped() -> None:
     seen: list[RoundRecord] = []
     s = strategy()
-    s.on_round = seen.append
+    s.book.on_round = seen.append
+    extra = evaluation(4, 0.9, 10)
+    extra.content[protocol.METRICS]["loss"] = 0.1
     s.aggregate_evaluate(1, [evaluation(1, 0.5, 10), evaluation(2, 1.0, 30),
-                             evaluation(3, 7.0, 10)])
-    assert s.history[-1].accuracy == pytest.approx(np.average([0.5, 1.0], weights=[10, 30]))
-    assert s.history[-1].site_accuracy == {"site-1": 0.5, "site-2": 1.0}
-    assert seen == [s.history[-1]]
+                             evaluation(3, 7.0, 10), extra])
+    assert s.book.current.accuracy == pytest.approx(np.average([0.5, 1.0], weights=[10, 30]))
+    assert s.book.current.site_accuracy == {"site-1": 0.5, "site-2": 1.0}
+    assert seen == [s.book.current]
 
 
-def common_args() -> dict:
-    return dict(fingerprint=FP, max_update_norm=100.0, min_train_nodes=1,
-                weighted_by_key=protocol.NUM_EXAMPLES, arrayrecord_key=protocol.ARRAYS,
-                configrecord_key=protocol.CONFIG)
-
-
-class FakeGrid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2]
-
-
-def configure(s, arrays: list[np.ndarray]) -> list[RecordDict]:  # type: ignore[no-untyped-def]
+def configure(s: Validated, arrays: list[np.ndarray]) -> list[RecordDict]:
     """The RecordDicts configure_train would send (Messages need a running Flower run)."""
-    s._construct_messages = lambda record, node_ids, message_type: [record] * len(node_ids)
+    class FakeGrid:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2]
+
+    s.strategy._construct_messages = lambda record, node_ids, message_type: (
+        [record] * len(node_ids))
     return list(s.configure_train(1, ArrayRecord(arrays), ConfigRecord({}), FakeGrid()))
 
 
+def make(cfg: RunConfig) -> Validated:
+    return validated(flower_strategy(cfg), RunBook(GLOBAL), cfg, FP)
+
+
 def test_fedprox_sends_its_mu_to_the_sites_in_the_train_config() -> None:
-    s = make_strategy("fedprox", proximal_mu=0.25, server_lr=0.1, min_available_nodes=1,
-                      **common_args())
+    s = make(RunConfig(strategy="fedprox", proximal_mu=0.25, learning_rate=1.0, clients=1))
     records = configure(s, GLOBAL)
     assert len(records) == 2
     assert all(r.config_records[protocol.CONFIG][protocol.PROXIMAL_MU] == 0.25 for r in records)
 
 
 def test_fedadam_steps_by_about_the_server_lr_per_coordinate_and_keeps_its_moments() -> None:
-    s = make_strategy("fedadam", proximal_mu=0.0, server_lr=0.1, min_available_nodes=1,
-                      **common_args())
-    assert isinstance(s, ValidatingFedAdam)
+    cfg = RunConfig(strategy="fedadam", server_lr=0.1, clients=1, batch_size=BATCH)
+    s = make(cfg)
     configure(s, GLOBAL)
     arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), reply(2, full(2.0), 10)])
     # Adam's first step moves each coordinate by ~eta in the update's direction, whatever
@@ -167,20 +269,19 @@ def test_fedadam_steps_by_about_the_server_lr_per_coordinate_and_keeps_its_momen
     for got, want in zip(arrays.to_numpy_ndarrays(), GLOBAL):
         assert np.all(got > 0.05) and np.all(got < 0.5)
         assert got.dtype == want.dtype  # the next round's replies are checked against it
-    state = s.server_state()
+    state = optimizer_state(s)
     assert len(state) == 4
-    resumed = make_strategy("fedadam", proximal_mu=0.0, server_lr=0.1, **common_args())
-    resumed.restore_server_state(state)
-    assert all(np.array_equal(a, b) for a, b in zip(resumed.server_state(), state))
-    assert make_strategy("fedavg", proximal_mu=0.0, server_lr=0.1,
-                         **common_args()).server_state() == []
+    resumed = make(cfg)
+    restore_optimizer_state(resumed, state)
+    assert all(np.array_equal(a, b) for a, b in zip(optimizer_state(resumed), state))
+    assert optimizer_state(make(RunConfig())) == []
 
 
 def test_each_round_records_the_worst_site_and_the_spread() -> None:
     s = strategy()
     replies = [evaluation(1, 0.9, 10), evaluation(2, 0.5, 30), evaluation(3, 0.7, 20)]
     s.aggregate_evaluate(1, replies)
-    record = s.history[-1]
+    record = s.book.current
     assert record.worst_site_accuracy == pytest.approx(0.5)
     assert record.site_accuracy_std == pytest.approx(np.std([0.9, 0.5, 0.7]))
 
@@ -190,9 +291,9 @@ def test_sites_releasing_only_dp_figures_are_aggregated_and_their_guarantee_kept
     arrays, _ = s.aggregate_train(1, [reply(1, full(1.0), 10, eps=0.5, exact=False),
                                       reply(2, full(3.0), 10, eps=0.7, exact=False)])
     assert arrays is not None
-    assert s.history[-1].train_loss is None  # no site sent a loss
-    assert s.skipped_by_site == {}
-    privacy = s.privacy_by_site["site-2"]
+    assert s.book.current.train_loss is None  # no site sent a loss
+    assert s.book.skipped == {}
+    privacy = s.book.privacy["site-2"]
     assert (privacy.epsilon, privacy.sampling_rate, privacy.noise_multiplier, privacy.steps) \
         == (0.7, 0.5, 1.2, 4)
 
@@ -202,4 +303,22 @@ def test_a_reply_without_its_dp_settings_is_rejected() -> None:
     bad = reply(1, full(1.0), 10)
     del bad.content[protocol.METRICS][protocol.NOISE_MULTIPLIER]
     assert s.aggregate_train(1, [bad]) == (None, None)
-    assert s.history[-1].rejected == ["node 1"]
+    assert s.book.current.rejected == ["node 1"]
+
+
+def test_the_run_book_round_trips_through_its_snapshot() -> None:
+    s = strategy()
+    s.aggregate_train(1, [reply(1, full(1.0), 10, name="a"), reply(2, full(2.0), 20)])
+    s.book.tightened["a"] = ["target-epsilon 8.0 -> 3.0"]
+    s.aggregate_evaluate(1, [evaluation(1, 0.5, 10)])
+    state, head = s.book.snapshot()
+    import json
+
+    state = json.loads(json.dumps(state))  # what a checkpoint stores
+    again = RunBook(GLOBAL)
+    again.restore(state, head)
+    assert again.history == s.book.history and again.privacy == s.book.privacy
+    assert again.names == s.book.names and again.tightened == s.book.tightened
+    assert again.round_offset == 1 and again.run_round(1) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(again.head, s.book.head))
+    assert again.snapshot()[0] == state
