@@ -29,7 +29,8 @@ from common.model import full_model, head_shapes, save_model
 from common.personal import MODEL_FILE, load_head, personal_dir, save_head
 from common.policy import REFUSED, admit
 from common.scenario import Scenario, build_scenario
-from common.site import (RoundResult, SiteAccount, SiteData, base_spec, figure_mode, load_site,
+from common.release import figure_mode
+from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_site,
                          released_accuracies, train_round)
 
 log = logging.getLogger("fedtl.site")

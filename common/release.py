@@ -11,10 +11,16 @@ with Gaussian noise on (correct, total) (accounted), or not at all.
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.accounting import Mechanism
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
 
 COUNT_MODES = ("exact", "rounded", "noised")
 METRIC_MODES = ("exact", "noised", "none")
@@ -60,3 +66,66 @@ def held_out_weight(public_train: int, holdout: float) -> int:
     """How many held-out images a site is taken to have, from its released training count
     (what weights its accuracy in the server's average when counts are not exact)."""
     return max(1, int(round(public_train * holdout / (1.0 - holdout))))
+
+
+def figure_mode(cfg: RunConfig) -> str:
+    """How held-out figures leave a site: a non-private run has nothing to noise them for."""
+    if cfg.dp or cfg.site_metrics == "none":
+        return cfg.site_metrics
+    return "exact"
+
+
+def planned_figure_releases(cfg: RunConfig) -> int:
+    """Noised (correct, total) releases a site makes in the run: one evaluation per round,
+    and its own and the global head's accuracy after personalization."""
+    if not cfg.dp or cfg.site_metrics != "noised":
+        return 0
+    return cfg.rounds + (2 if cfg.personalize else 0)
+
+
+@dataclass(frozen=True)
+class Releases:
+    """What a run has a site release besides its head, and under which guarantee. One
+    statement, read by the site (to plan its noise) and by the server (for the report)."""
+
+    mechanisms: tuple[Mechanism, ...]  # planned, composed into the record-level epsilon
+    covered: tuple[str, ...]  # what that epsilon covers
+    outside: tuple[str, ...]  # what leaves the site outside it
+
+
+def releases(cfg: RunConfig) -> Releases:
+    """The releases of ``cfg`` as a site plays it (after its policy)."""
+    if not cfg.dp:  # nothing is under a guarantee; the report says the run is not private
+        return Releases((), (), ())
+    mechanisms = [count_mechanism(cfg.example_counts, cfg.count_noise),
+                  metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg))]
+    covered = ["head updates"]
+    outside: list[str] = []
+    if cfg.example_counts == "noised":
+        covered.append("noised example counts")
+    else:
+        outside.append(f"example counts ({cfg.example_counts})")
+    if cfg.site_metrics == "noised":
+        covered.append("noised held-out accuracy")
+    elif cfg.site_metrics == "exact":
+        outside += ["held-out accuracy", "train loss", "skipped-image counts",
+                    "feature-extraction seconds"]
+    return Releases(tuple(m for m in mechanisms if m is not None), tuple(covered),
+                    tuple(outside))
+
+
+_CHANGE = re.compile(r"(?P<key>[a-z][a-z-]*) (?P<old>\S+) -> (?P<new>\S+)")
+
+
+def as_played(cfg: RunConfig, tightened: list[str] | tuple[str, ...]) -> RunConfig:
+    """``cfg`` as a site played it, from the changes its policy reported ("key old -> new");
+    a change that does not parse is ignored (the run's own settings then stand)."""
+    values = cfg.to_flower()
+    for change in tightened:
+        match = _CHANGE.fullmatch(change)
+        if match and match["key"] in values:
+            values[match["key"]] = match["new"]
+    try:
+        return type(cfg).from_flower(values)
+    except ValueError:
+        return cfg

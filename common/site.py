@@ -22,8 +22,8 @@ from common.policy import SitePolicy
 from common.sgd import SgdSettings
 from common.model import BaseSpec, predict_classes
 from common.partition import holdout_split
-from common.release import (count_mechanism, held_out_weight, metric_mechanism,
-                            noisy_accuracy, public_count)
+from common.release import (count_mechanism, figure_mode, held_out_weight, metric_mechanism,
+                            noisy_accuracy, public_count, releases)
 
 log = logging.getLogger("fedtl.site")
 
@@ -85,25 +85,13 @@ def planned_steps(cfg: RunConfig, sampling_rate: float) -> int:
     return cfg.local_epochs * per_epoch * cfg.rounds + personal
 
 
-def planned_releases(cfg: RunConfig) -> int:
-    """Noised (correct, total) releases a site makes in the run: one evaluation per round,
-    and its own and the global head's accuracy after personalization."""
-    if not cfg.dp or cfg.site_metrics != "noised":
-        return 0
-    return cfg.rounds + (2 if cfg.personalize else 0)
-
-
 def release_plan(cfg: RunConfig) -> list[Mechanism]:
     """What the run releases under DP besides the head: the count and the planned figures.
 
     The training noise is calibrated with these composed in, so the whole run spends the
     target, not the target plus the releases.
     """
-    if not cfg.dp:
-        return []
-    plan = [count_mechanism(cfg.example_counts, cfg.count_noise),
-            metric_mechanism(cfg.metric_noise, planned_releases(cfg))]
-    return [m for m in plan if m is not None]
+    return list(releases(cfg).mechanisms)
 
 
 def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None = None,
@@ -305,13 +293,6 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
                        num_examples=entry.public_count if cfg.dp else n,
                        epsilon=entry.epsilon if cfg.dp else 0.0,
                        steps=entry.steps, settings=settings)
-
-
-def figure_mode(cfg: RunConfig) -> str:
-    """How held-out figures leave the site: a non-private run has nothing to noise them for."""
-    if cfg.dp or cfg.site_metrics == "none":
-        return cfg.site_metrics
-    return "exact"
 
 
 def released_accuracies(cfg: RunConfig, data: SiteData, heads: list[list[np.ndarray]],

@@ -19,6 +19,7 @@ from common import protocol
 from common.config import RunConfig
 from common.errors import FedtlError, UpdateRejectedError
 from common.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
+from common.release import as_played, releases
 from common.report import versions, write_report
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
@@ -231,14 +232,15 @@ def site_privacy(cfg: RunConfig, book: RunBook) -> dict[str, dict[str, Any]]:
             for site, p in sorted(book.privacy.items())}
 
 
-def guarantees(cfg: RunConfig, client_level: ClientLevelState) -> dict[str, Any]:
-    """What the run's epsilons cover and what left the sites outside them."""
-    outside = []
-    if cfg.dp and cfg.example_counts != "noised":
-        outside.append(f"example counts ({cfg.example_counts})")
-    if cfg.dp and cfg.site_metrics == "exact":
-        outside += ["held-out accuracy", "train loss", "skipped-image counts",
-                    "feature-extraction seconds"]
+def guarantees(cfg: RunConfig, client_level: ClientLevelState,
+               tightened: dict[str, list[str]] | None = None,
+               sites: list[str] | None = None) -> dict[str, Any]:
+    """What the run's epsilons cover and what left the sites outside them, as each site
+    played the run (its own policy may have tightened it: ``tightened`` per site)."""
+    tightened = tightened or {}
+    played = [releases(as_played(cfg, tightened.get(site, []))) for site in sites or []]
+    played = played or [releases(cfg)]
+    outside = list(dict.fromkeys(o for r in played for o in r.outside))
     return {
         "record_level": {
             "private": cfg.dp,
@@ -246,10 +248,9 @@ def guarantees(cfg: RunConfig, client_level: ClientLevelState) -> dict[str, Any]
             "target_epsilon": cfg.target_epsilon if cfg.dp else None,
             "delta": cfg.delta if cfg.dp else None,
             "accountant": cfg.accountant,
-            "covers": ["head updates"]
-            + (["noised example counts"] if cfg.dp and cfg.example_counts == "noised" else [])
-            + (["noised held-out accuracy"] if cfg.dp and cfg.site_metrics == "noised" else []),
+            "covers": list(dict.fromkeys(c for r in played for c in r.covered)),
             "released_outside_guarantee": outside,
+            "tightened_by_sites": tightened,
         },
         "client_level": client_level_guarantee(cfg, client_level),
         "secure_aggregation": {
@@ -305,7 +306,8 @@ def build_report(cfg: RunConfig, fingerprint: str, book: RunBook,
         },
         "sites": sites,
         "privacy": site_privacy(cfg, book),
-        "guarantees": guarantees(cfg, client_level or ClientLevelState()),
+        "guarantees": guarantees(cfg, client_level or ClientLevelState(), book.tightened,
+                                 sorted(book.privacy)),
         "data": {"skipped_images": sum(book.skipped.values()),
                  "skipped_images_by_site": book.skipped},
         "timing": {

@@ -22,12 +22,19 @@ def test_flower_values_are_coerced_from_strings() -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("rounds", 0, "rounds must be at least 1"),
+    ("rounds", 0, "rounds must be in 1..100000"),
+    ("rounds", 10**9, "rounds must be in 1..100000"),
+    ("batch-size", 10**9, "batch-size must be in"),
+    ("head-width", 10**6, "head-width must be in"),
+    ("local-epochs", 5000, "local-epochs must be in"),
+    ("image-size", 4096, "image-size must be in 32..1024"),
+    ("run-id", "../x", "run-id must be"),
+    ("max-weight-ratio", 0.5, "max-weight-ratio must be"),
     ("target-epsilon", -1.0, "target-epsilon must be positive"),
     ("delta", 1.5, "delta must be in"),
     ("partition", "zipf", "partition must be one of"),
     ("base-layer", "block9_pool", "base-layer must be one of"),
-    ("image-size", 16, "image-size must be at least 32"),
+    ("image-size", 16, "image-size must be in 32..1024"),
     ("rounds", "many", "'rounds' must be a int"),
     ("dp", "maybe", "'dp' must be a bool"),
     ("colour", "red", "unknown setting 'colour'"),

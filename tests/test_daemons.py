@@ -76,7 +76,11 @@ def test_a_site_needs_its_key_and_the_ca_unless_insecure(creds: Path) -> None:
 
 
 def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> None:
-    opts = site(creds)
+    from client.daemon import write_policy
+    from common.policy import SitePolicy
+
+    opts = site(creds, policy=SitePolicy(max_run_epsilon=1.5, site_metrics="none"))
+    write_policy(opts.policy, opts.policy_file)  # as `fedtl client` does before starting
     cmd = supernode_command(opts, runtime_port=9200)
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.key)
     node_config = cmd[cmd.index("--node-config") + 1]
@@ -87,6 +91,14 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
     assert back.name == "clinic" and back.budget == SiteBudget(2.0, 1e-5)
     assert back.data == str((creds / "data").resolve())
     assert back.cache_dir == (creds / "state").resolve() / "features"
+    assert back.policy == opts.policy  # the site's own, never the run's
+
+
+def test_a_site_started_without_a_policy_file_gets_the_safe_defaults() -> None:
+    from common.policy import SitePolicy
+
+    back = SiteConfig.from_node_config({"data": "/d", "state": "/s", "budget": 1.0}, node_id=1)
+    assert back.policy == SitePolicy() and not back.policy.allow_no_dp
 
 
 def test_a_node_config_without_budget_is_refused_naming_the_command() -> None:

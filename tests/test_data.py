@@ -81,3 +81,41 @@ def test_a_site_with_other_classes_is_refused_with_both_lists(tmp_path: Path) ->
     other = write_image_folder(tmp_path / "other", {"cat": 1, "cow": 1})
     with pytest.raises(DataError, match=r"missing: \['dog'\], unexpected: \['cow'\]"):
         check_same_classes(("cat", "dog"), list_dataset(str(other)).classes, "site B")
+
+
+def test_a_decompression_bomb_is_refused_naming_it_or_skipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "data", {"a": 2, "b": 2})
+    bomb = root / "a" / "bomb.png"
+    Image.new("L", (20000, 20000)).save(bomb)  # 400 MP: twice Pillow's limit, a few kB
+    listing = list_dataset(str(root))
+    with pytest.raises(DataError, match="bomb.png"):
+        load_images(listing, 32)
+    images = load_images(listing, 32, skip_bad=True)
+    assert len(images.pixels) == 4 and images.skipped == [str(bomb)]
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "data", {"a": 1, "b": 1})
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(root / "a" / "scan.png")  # a 16-bit grey PNG
+    assert Image.open(root / "a" / "scan.png").mode.startswith("I")
+    listing = list_dataset(str(root))
+    pixels = load_images(listing, 64).pixels[listing.items.index("a/scan.png")]
+    grey = pixels[..., 0].astype(float)
+    expected = ramp.astype(float) / 257.0
+    assert np.abs(grey - expected).max() <= 1.0  # the whole range kept, not saturated
+    assert (pixels[..., 0] == 255).mean() < 0.01
+
+
+def test_broken_symbolic_links_are_named_not_called_an_empty_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", {"a": 2, "b": 1})
+    for f in (root / "b").iterdir():
+        f.unlink()
+    (root / "b" / "x1.jpg").symlink_to(tmp_path / "gone-1.jpg")
+    (root / "b" / "x2.jpg").symlink_to(tmp_path / "gone-2.jpg")
+    with pytest.raises(DataError, match="broken symbolic link.*x1.jpg, x2.jpg"):
+        list_dataset(str(root))

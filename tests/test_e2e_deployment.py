@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from common.accounting import Mechanism, composed_epsilon
-from common.ledger import PrivacyLedger, RunSpending, SiteBudget
+from common.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
 from server.checkpoint import load_checkpoint
 
 from .processes import Proc, fedtl_args, wait_until
@@ -214,10 +214,12 @@ def spend_all_of(state: Path, budget: SiteBudget) -> None:
     sigma, steps = 1.0, 1
     while composed_epsilon([Mechanism(0.5, sigma, steps)], delta=budget.delta) < budget.epsilon:
         steps *= 2
-    eps = composed_epsilon([Mechanism(0.5, sigma, steps)], delta=budget.delta)
-    PrivacyLedger(state).record("an-earlier-run", RunSpending(
-        sampling_rate=0.5, noise_multiplier=sigma, steps=steps, epsilon=eps,
-        delta=budget.delta, target_epsilon=budget.epsilon, accountant="rdp"), budget)
+    ledger = PrivacyLedger(state)
+    ledger.set_budget(budget)
+    with ledger.transaction() as book:
+        book.append("an-earlier-run", [LedgerEvent("dp-sgd", 0.5, sigma, steps)],
+                    RunHeader(target_epsilon=100.0, delta=budget.delta, accountant="rdp",
+                              public_count=100, noise_multiplier=sigma))
 
 
 def test_secure_aggregation_recovers_a_site_that_drops_out_after_the_key_exchange(

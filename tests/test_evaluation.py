@@ -18,8 +18,38 @@ def test_a_file_that_is_not_a_keras_model_is_refused(tmp_path: Path,
                                                      image_folder: Path) -> None:
     fake = tmp_path / "model.keras"
     fake.write_text("not a model")
-    with pytest.raises(FedtlError, match="is not a Keras model file"):
+    with pytest.raises(FedtlError, match="is not a Keras zip model file"):
         evaluate_model(fake, str(image_folder))
+
+
+def test_an_hdf5_model_whose_lambda_would_run_code_is_refused_unloaded(
+        tmp_path: Path, image_folder: Path) -> None:
+    import tensorflow as tf
+
+    ran = tmp_path / "code-ran"
+    inputs = tf.keras.Input((4,))
+    # A Lambda layer's Python code runs again when the legacy HDF5 loader rebuilds it.
+    outputs = tf.keras.layers.Lambda(
+        lambda x, marker=str(ran): x + 0 * len(open(marker, "w").name))(inputs)
+    hostile = tmp_path / "model.keras"
+    tf.keras.Model(inputs, outputs).save(tmp_path / "m.h5")
+    (tmp_path / "m.h5").rename(hostile)  # an HDF5 file under a .keras name
+    ran.unlink(missing_ok=True)  # building the model ran it once, here
+    with pytest.raises(FedtlError, match="not a Keras zip model file"):
+        evaluate_model(hostile, str(image_folder))
+    assert not ran.exists()
+
+
+def test_a_keras_zip_with_code_inside_is_refused_by_safe_mode(tmp_path: Path,
+                                                              image_folder: Path) -> None:
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((4,))
+    outputs = tf.keras.layers.Lambda(lambda x: x * 2)(inputs)
+    path = tmp_path / "lambda.keras"
+    tf.keras.Model(inputs, outputs).save(path)
+    with pytest.raises(FedtlError, match="safely"):
+        evaluate_model(path, str(image_folder))
 
 
 def test_cli_reports_errors_in_one_line_and_exits_2(tmp_path: Path, capsys) -> None:

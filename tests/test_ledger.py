@@ -238,3 +238,19 @@ def test_whatever_the_server_asks_spending_never_decreases_nor_passes_the_budget
         for entry in ledger.runs().values():
             assert entry.epsilon <= entry.header.target_epsilon * (1 + 1e-6)
         spent = now
+
+
+def test_every_write_makes_its_rename_durable(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import stat
+
+    synced: list[bool] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    charge(PrivacyLedger(tmp_path), "r1", 1.1, 10)
+    assert synced == [False, True]  # the file's data, then the folder's new name

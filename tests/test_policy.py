@@ -137,3 +137,17 @@ def test_command_line_flags_override_the_policy_file(tmp_path: Path) -> None:
     bare = _site_policy(build_parser().parse_args(
         ["client", "--server", "s:1", "--data", "d", "--state", "st", "--budget", "3"]))
     assert bare == SitePolicy()
+
+
+def test_the_report_states_what_each_site_released_as_it_played_the_run() -> None:
+    from server.client_dp import ClientLevelState
+    from server.federation import guarantees
+
+    cfg = RunConfig(site_metrics="exact", example_counts="exact")
+    tightened = {"a": ["site-metrics exact -> noised", "example-counts exact -> noised"]}
+    both = guarantees(cfg, ClientLevelState(), tightened, ["a", "b"])["record_level"]
+    assert "held-out accuracy" in both["released_outside_guarantee"]  # site b, as asked
+    assert "noised held-out accuracy" in both["covers"]  # site a, tightened
+    only_a = guarantees(cfg, ClientLevelState(), tightened, ["a"])["record_level"]
+    assert only_a["released_outside_guarantee"] == []
+    assert only_a["tightened_by_sites"] == tightened
