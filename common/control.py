@@ -110,6 +110,20 @@ class Control:
                             "--name", name)
         return int(result["node-id"])
 
-    def run_command(self, app: Path, run_config: Path, *, stream: bool) -> list[str]:
-        args = ["run", str(app), CONNECTION, "--run-config", str(run_config)]
-        return self.command(*args, *(["--stream"] if stream else []))
+    def start(self, app: Path, run_config: Path) -> int:
+        """Submit a run of ``app``; returns Flower's run id."""
+        result = self._json("run", str(app), CONNECTION, "--run-config", str(run_config),
+                            timeout=300)
+        return int(result["run-id"])
+
+    def log_command(self, run_id: int) -> list[str]:
+        """`flwr log` following a run until it ends."""
+        return self.command("log", str(run_id), CONNECTION, "--stream")
+
+    def status(self, run_id: int) -> tuple[str, str]:
+        """A run's status (e.g. ``finished:completed``, ``finished:failed``) and details,
+        as Flower's Control API states it (not read from its log text)."""
+        runs = self._json("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
+        if not runs:
+            raise FedtlError(f"the server at {self.target.address} knows no run {run_id}")
+        return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))

@@ -24,7 +24,7 @@ from common.control import Control, ControlAddress, flower_bin, flower_env
 from common.credentials import ServerCerts, key_fingerprint
 from common.errors import ConfigError, FedtlError
 from server.launch import project_dir, write_run_config
-from server.run_registry import SERVER_STATE_ENV, RunRegistry
+from server.run_registry import RUNNING, SERVER_STATE_ENV, RunRegistry
 
 INSECURE_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -136,13 +136,14 @@ def relaunch_unfinished(control: Control, registry: RunRegistry, out: TextIO) ->
             registry.failed(run.run_id, str(exc))
             continue
         config_file = write_run_config(cfg, Path(registry.folder) / f"{run.run_id}.toml")
-        done = subprocess.run(control.run_command(project_dir(), config_file, stream=False),
-                              env=control.env, capture_output=True, text=True, timeout=300)
-        status = "relaunched" if done.returncode == 0 else "could not relaunch"
-        print(f"fedtl server: {status} unfinished run {run.run_id} (output {run.out}); it "
-              "resumes after its last checkpointed round", file=out, flush=True)
-        if done.returncode != 0:
-            print((done.stdout + done.stderr)[-1500:], file=out, flush=True)
+        try:
+            flower_run = control.start(project_dir(), config_file)
+            print(f"fedtl server: relaunched unfinished run {run.run_id} (output {run.out}, "
+                  f"Flower run {flower_run}); it resumes after its last checkpointed round",
+                  file=out, flush=True)
+        except FedtlError as exc:
+            print(f"fedtl server: could not relaunch unfinished run {run.run_id} (output "
+                  f"{run.out}): {exc}", file=out, flush=True)
 
 
 def _wait_for_control(control: Control, process: subprocess.Popen, timeout: float) -> None:

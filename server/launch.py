@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +34,16 @@ def write_run_config(cfg: RunConfig, path: Path) -> Path:
     return path
 
 
+def wait_finished(control: Control, run_id: int, timeout: float = 120.0) -> tuple[str, str]:
+    """The run's final status (its log stream can end a moment before the status is set)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, details = control.status(run_id)
+        if status.startswith("finished") or time.monotonic() > deadline:
+            return status, details
+        time.sleep(1.0)
+
+
 def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
            out: TextIO = sys.stdout) -> dict[str, Any] | None:
     """Submit ``cfg`` to the server; with ``follow``, stream its log until it ends.
@@ -47,11 +58,18 @@ def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
         raise ConfigError(f"--out must be an absolute path on the server's host. Found {cfg.out!r}.")
     with tempfile.TemporaryDirectory(prefix="fedtl-run-") as tmp, Control(target) as control:
         config_file = write_run_config(cfg, Path(tmp) / "run-config.toml")
-        command = control.run_command(project_dir(), config_file, stream=follow)
-        done = subprocess.run(command, env=control.env, stdout=out, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            raise FedtlError(f"the server at {target.address} did not accept or finish the run "
-                             "(see Flower's messages above)")
+        run_id = control.start(project_dir(), config_file)
+        print(f"fedtl run: the server accepted the run (Flower run {run_id})", file=out,
+              flush=True)
+        if not follow:
+            return None
+        subprocess.run(control.log_command(run_id), env=control.env, stdout=out,
+                       stderr=subprocess.STDOUT)
+        status, details = wait_finished(control, run_id)
+        if not status.endswith(":completed"):
+            raise FedtlError(f"the run ended {status or 'without a status'} on the server at "
+                             f"{target.address}" + (f": {details}" if details else "")
+                             + " (its log above says why)")
     report = Path(cfg.out) / "report.json"
     if follow and report.exists():
         loaded: dict[str, Any] = json.loads(report.read_text())

@@ -118,3 +118,32 @@ def test_launching_needs_exactly_one_of_ca_and_insecure(creds: Path) -> None:
     with pytest.raises(ConfigError):
         ControlAddress("127.0.0.1:9093", ca=creds / "certs" / "ca.crt", insecure=True)
     ControlAddress("127.0.0.1:9093", ca=creds / "certs" / "ca.crt")
+
+
+def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tmp_path: Path) -> None:
+    import io
+
+    from common.config import RunConfig
+    from server.daemon import relaunch_unfinished
+    from server.run_registry import RunRegistry
+
+    registry = RunRegistry(tmp_path)
+    registry.started("r1", "/out/r1", RunConfig(classes=("a", "b")).to_flower())
+    registry.started("r2", "/out/r2", RunConfig(classes=("a", "b")).to_flower())
+    registry.finished("r2")
+    (registry.folder / "broken.json").write_text("{")
+
+    class FakeControl:
+        started: list[Path] = []
+
+        def start(self, app: Path, run_config: Path) -> int:
+            self.started.append(run_config)
+            return 42
+
+    out = io.StringIO()
+    control = FakeControl()
+    relaunch_unfinished(control, registry, out)  # type: ignore[arg-type]
+    said = out.getvalue()
+    assert [p.name for p in control.started] == ["r1.toml"]
+    assert "relaunched unfinished run r1" in said and "Flower run 42" in said
+    assert "broken.json" in said and "damaged" in said

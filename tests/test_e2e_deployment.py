@@ -26,7 +26,12 @@ from .processes import Proc, fedtl_args, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 GOOD = ("site-1", "site-2", "site-3")
-SITE_BUDGET = 12.0  # room for the module's four runs at target epsilon 3 each
+SITE_BUDGET = 20.0  # room for the module's runs at target epsilon 3 each
+# Each site's own policy: the good sites release exact held-out figures (the tests check
+# accuracy on ~120 held-out digits, where noised figures would be too rough); site-3
+# refuses, rather than tightens, a run that asks for less privacy than it allows.
+POLICY_FLAGS = {"site-1": ["--site-metrics", "exact"], "site-2": ["--site-metrics", "exact"],
+                "site-3": ["--site-metrics", "exact", "--on-violation", "refuse"]}
 REPORT_KEYS = {"settings", "base", "versions", "rounds", "final", "data", "timing", "run_id"}
 
 
@@ -75,7 +80,8 @@ class World:
         return fedtl_args("client", "--server", self.fleet, "--data", str(self.root / data),
                           "--state", str(self.root / "state" / name), "--budget", str(budget),
                           "--key", str(self.root / "keys" / f"{name}.key"),
-                          "--ca", str(self.root / "certs" / "ca.crt"), "--name", name)
+                          "--ca", str(self.root / "certs" / "ca.crt"), "--name", name,
+                          *POLICY_FLAGS.get(name, []))
 
     def start_site(self, name: str, data: str | None = None,
                    budget: float = SITE_BUDGET) -> Proc:
@@ -285,6 +291,7 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
                               "--json").stdout)
     assert ledger["runs"][report["run_id"]]["epsilon"] == pytest.approx(3.0, abs=1e-3)
     assert len(ledger["runs"]) == 2 and ledger["budget"] == SITE_BUDGET
+    assert report["guarantees"]["record_level"]["tightened_by_sites"] == {}
     assert 3.0 < ledger["spent"] < 6.0  # two runs of 3 compose to less than their sum
     assert ledger["remaining"] == pytest.approx(SITE_BUDGET - ledger["spent"], abs=1e-6)
     spent_ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "spent"),
@@ -292,6 +299,54 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     assert set(spent_ledger["runs"]) == {"an-earlier-run"}  # declining charged nothing
     assert spent_ledger["remaining"] == 0.0
     assert "1 declined (budget), 1 rejected" in done.stdout
+
+
+def audit_trail(world: World, site: str) -> list[dict]:
+    return json.loads(fedtl("budget", "--state", str(world.root / "state" / site),
+                            "--json").stdout)["decisions"]
+
+
+def test_a_coordinator_cannot_switch_dp_off_at_the_sites(world) -> None:
+    spent_site(world)
+    before = {s: json.loads(fedtl("budget", "--state", str(world.root / "state" / s),
+                                  "--json").stdout)["runs"] for s in (*GOOD, "spent")}
+    done = world.run("run-n", "--rounds", "1", "--min-sites", "4", "--no-dp",
+                     "--site-metrics", "exact", "--round-timeout", "300")
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert "no site contributed" in said and "refusal(s) by sites' own policies" in said
+    assert not (world.root / "run-n" / "report.json").exists()
+    for site in (*GOOD, "spent"):
+        after = json.loads(fedtl("budget", "--state", str(world.root / "state" / site),
+                                 "--json").stdout)["runs"]
+        assert after == before[site]  # nothing trained, nothing charged
+        refusals = [d for d in audit_trail(world, site) if d["decision"] == "refused"]
+        assert refusals and "without differential privacy" in refusals[-1]["reason"]
+        assert refusals[-1]["settings"]["dp"] is False
+
+
+def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says(
+        world) -> None:
+    done = world.run("run-e", "--rounds", "2", "--min-sites", "2", "--round-timeout", "300",
+                     "--target-epsilon", "8")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    report = report_of(world, "run-e")
+    for r in report["rounds"]:
+        assert sorted(r["sites_trained"]) == ["site-1", "site-2"]  # site-3 refuses
+        assert len(r["refused"]) >= 1
+    tightened = report["guarantees"]["record_level"]["tightened_by_sites"]
+    assert set(tightened) == {"site-1", "site-2"}
+    assert all("target-epsilon 8.0 -> 3.0" in changes for changes in tightened.values())
+    assert all(eps <= 3.0 + 1e-6 for eps in report["final"]["epsilon"].values())
+    assert "refused (policy)" in done.stdout
+    for site in ("site-1", "site-2"):
+        runs = json.loads(fedtl("budget", "--state", str(world.root / "state" / site),
+                                "--json").stdout)["runs"]
+        assert runs[report["run_id"]]["target_epsilon"] == 3.0
+        assert audit_trail(world, site)[-1]["decision"] == "tightened"
+    refused = [d for d in audit_trail(world, "site-3") if d["run_id"] == report["run_id"]]
+    assert refused and refused[-1]["decision"] == "refused"
+    assert "target-epsilon 8.0 -> 3.0" in refused[-1]["reason"]
 
 
 def test_a_site_killed_mid_round_does_not_stop_the_run_and_can_come_back(world) -> None:

@@ -151,3 +151,14 @@ def test_the_report_states_what_each_site_released_as_it_played_the_run() -> Non
     only_a = guarantees(cfg, ClientLevelState(), tightened, ["a"])["record_level"]
     assert only_a["released_outside_guarantee"] == []
     assert only_a["tightened_by_sites"] == tightened
+
+
+def test_the_readme_hospital_policy_parses_as_written(tmp_path: Path) -> None:
+    from .conftest import PROJECT
+
+    readme = (PROJECT / "README.md").read_text()
+    block = readme.split("# hospital-policy.toml")[1].split("```")[0]
+    (tmp_path / "hospital.toml").write_text(block.split("\n", 1)[1])
+    policy = SitePolicy.load(tmp_path / "hospital.toml")
+    assert policy.require_approval and policy.site_metrics == "none"
+    assert policy.approves("cardiology-2027-01") and not policy.approves("other")

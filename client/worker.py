@@ -1,0 +1,163 @@
+"""A site's worker: one long-lived process that answers every message its SuperNode receives,
+with fedtl's own ClientApp as installed at the site.
+
+Flower 1.39 starts a fresh `flwr-clientapp` process for every message: it imports TensorFlow,
+rebuilds the frozen base and retraces the DP step each time (tens of seconds a round), and it
+runs the app code the *server* shipped in its FAB, so a hostile coordinator could ship code
+that ignores the site's policy. `fedtl client` instead starts its SuperNode with
+`--isolation process` and this worker beside it. The worker takes each task from the
+SuperNode's Runtime API on loopback (authenticated by a secret file only the site's user can
+read), runs fedtl's installed ClientApp on it in this process and pushes the reply. The
+site's policy, budget and ledger checks run here, in code the server never supplied; the
+server's FAB is never installed or run. TensorFlow, the base, the compiled DP step and the
+site's features stay warm across rounds, and one task runs at a time.
+
+The Runtime API calls are Flower's own (`flwr.supernode.runtime.run_clientapp` pulls and
+pushes a task's messages the same way); Flower has no public API for a long-lived executor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("fedtl.worker")
+
+# What the SuperNode protects with the SuperExec secret (flwr.supercore.superexec).
+_PROTECTED = frozenset({"/flwr.proto.Runtime/AcquireTask", "/flwr.proto.Runtime/PullPendingTasks",
+                        "/flwr.proto.Runtime/ClaimTask"})
+POLL_SECONDS = 0.05  # between asks for a task when idle: loopback, cheap
+
+
+class SiteWorker:
+    """Takes ClientApp tasks from one SuperNode and runs them with ``app``."""
+
+    def __init__(self, runtime_address: str, secret: bytes, app: object | None = None) -> None:
+        from flwr.supercore.interceptors import (RuntimeVersionHttpInterceptor,
+                                                 SuperExecAuthHttpInterceptor)
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        from client.client_app import make_client_app
+
+        self.runtime_address = runtime_address
+        self.app = app if app is not None else make_client_app()
+        self.tasks = 0
+        self._acquirer = RuntimeHttpClient.from_server_address(
+            server_address=runtime_address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                          SuperExecAuthHttpInterceptor(master_secret=secret,
+                                                       protected_methods=_PROTECTED)],
+            retry_invoker=make_simple_http_retry_invoker())
+
+    def run_once(self) -> bool:
+        """Run one waiting task, if there is one; True if one ran."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+        from flwr.supercore.constant import TaskType
+
+        res = self._acquirer.AcquireTask(AcquireTaskRequest(
+            supported_task_types=[TaskType.CLIENT_APP], agentapp_fab_hashes=[]))
+        if not (res.HasField("task") and res.token):
+            return False
+        self._run_task(res.token)
+        self.tasks += 1
+        return True
+
+    def _run_task(self, token: str) -> None:
+        from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor,
+                                                 RuntimeVersionHttpInterceptor)
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+        from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
+                                                          push_task_output)
+
+        client = RuntimeHttpClient.from_server_address(
+            server_address=self.runtime_address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          RuntimeTokenHttpInterceptor(token)],
+            retry_invoker=make_simple_http_retry_invoker())
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        heartbeat.start()
+        message = context = reply = None
+        status, details = SubStatus.FAILED, "the site's worker failed (its log says why)"
+        started = time.perf_counter()
+        try:
+            # The run's FAB (the server's code) comes along; it is never installed or run.
+            message, context, _run, _fab = pull_task_input(client)
+            reply = self.app(message=message, context=context)  # type: ignore[operator]
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as exc:  # the site's own app failed: say so, keep serving
+            log.error("a task failed", exc_info=exc)
+            if message is not None:
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                      reason="the site's worker failed on this message (its "
+                                             "log says why)"), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
+                push_task_output(client, context, status, details)
+            finally:
+                heartbeat.stop()
+                client.close()
+        kind = message.metadata.message_type if message is not None else "?"
+        print(f"fedtl worker (pid {os.getpid()}): {kind} message answered in "
+              f"{time.perf_counter() - started:.2f} s", flush=True)
+
+    def serve(self, stop: threading.Event) -> None:
+        """Run tasks until ``stop`` is set; a Runtime API that is not up yet is waited for."""
+        while not stop.is_set():
+            try:
+                if not self.run_once():
+                    stop.wait(POLL_SECONDS)
+            except Exception as exc:  # the SuperNode restarting: wait, then ask again
+                log.debug("no task: %s", exc)
+                stop.wait(1.0)
+
+
+def warm_up() -> None:
+    """Import TensorFlow and the DP trainer before the first message needs them."""
+    import common.dp  # noqa: F401  (TensorFlow, tf-keras and tensorflow-privacy)
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    # `fedtl client` owns this worker: if it dies (even SIGKILL), the worker goes too.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client.worker", description=__doc__)
+    parser.add_argument("--runtime", required=True, help="the SuperNode's Runtime API host:port")
+    parser.add_argument("--secret-file", required=True, type=Path)
+    parser.add_argument("--parent", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    stop = threading.Event()
+    if args.parent:
+        threading.Thread(target=_watch_parent, args=(args.parent, stop), daemon=True).start()
+    secret = args.secret_file.read_bytes()
+    worker = SiteWorker(args.runtime, secret)
+    warm_up()
+    print(f"fedtl worker (pid {os.getpid()}): ready; TensorFlow loaded, waiting for messages",
+          flush=True)
+    try:
+        worker.serve(stop)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    import common  # noqa: F401  (TensorFlow's settings before it loads)
+
+    sys.exit(main())
