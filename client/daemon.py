@@ -8,9 +8,9 @@ can act on.
 
 from __future__ import annotations
 
-import signal
+import os
+import secrets
 import socket
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -26,8 +26,10 @@ from common.errors import ConfigError
 from common.ledger import PrivacyLedger, SiteBudget
 from common.policy import SitePolicy
 from common.storage import write_atomically
+from common.supervision import Supervised, stop_on_signals
 
 POLICY_FILE = "site-policy.toml"  # the policy in force, as `fedtl client` resolved it
+RUNTIME_SECRET = "runtime.secret"  # authenticates the site's worker to its SuperNode
 
 INSECURE_WARNING = ("fedtl client --insecure: NO TLS and NO SITE KEY; this site's updates "
                     "travel in clear text. Only for experiments on a trusted network.")
@@ -86,7 +88,10 @@ def _quote(value: str) -> str:
     return f'"{value}"'
 
 
-def supernode_command(opts: ClientOptions, runtime_port: int) -> list[str]:
+def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> list[str]:
+    """Flower's SuperNode for the site: it runs no app code itself (``--isolation process``);
+    the site's worker, holding ``secret``, takes its tasks from the Runtime API on
+    ``runtime_port`` (loopback)."""
     node = {
         NODE_DATA: _quote(str(Path(opts.data).expanduser().resolve())),
         NODE_STATE: _quote(str(Path(opts.state).expanduser().resolve())),
@@ -97,7 +102,8 @@ def supernode_command(opts: ClientOptions, runtime_port: int) -> list[str]:
         NODE_POLICY: _quote(str(opts.policy_file)),
     }
     cmd = [flower_bin("flower-supernode"), "--superlink", opts.server,
-           "--port", str(runtime_port),
+           "--host", "127.0.0.1", "--port", str(runtime_port),
+           "--isolation", "process", "--superexec-auth-secret-file", str(secret),
            "--node-config", " ".join(f"{k}={v}" for k, v in node.items())]
     if opts.max_wait is not None:
         cmd += ["--max-wait-time", str(opts.max_wait)]
@@ -148,8 +154,22 @@ def explain_line(line: str, opts: ClientOptions) -> str | None:
     return None
 
 
-def run_site(opts: ClientOptions, out: TextIO = sys.stdout) -> int:
-    """Check the site, then run its SuperNode until it stops; returns its exit code."""
+def worker_command(runtime_port: int, secret: Path) -> list[str]:
+    """The site's worker (`client.worker`), from this site's own installation."""
+    return [sys.executable, "-m", "client.worker", "--runtime", f"127.0.0.1:{runtime_port}",
+            "--secret-file", str(secret), "--parent", str(os.getpid())]
+
+
+def new_secret(path: Path) -> Path:
+    """A fresh secret for this start (0600): only the site's user can take its tasks."""
+    secret = secrets.token_bytes(32)
+    write_atomically(path, lambda handle: handle.write(secret))
+    return path
+
+
+def run_site(opts: ClientOptions, out: TextIO = sys.stdout, verbose: bool = False) -> int:
+    """Check the site, then run its SuperNode and its worker until it stops; returns the
+    SuperNode's exit code (`REFUSED_EXIT` if the server refused the site's key)."""
     listing = list_dataset(str(Path(opts.data).expanduser()))  # fails early, naming the folder
     state = Path(opts.state).expanduser()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -164,30 +184,23 @@ def run_site(opts: ClientOptions, out: TextIO = sys.stdout) -> int:
           flush=True)
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    process = subprocess.Popen(supernode_command(opts, _free_port()),
-                               env=flower_env(state / "flwr"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    port = _free_port()
+    secret = new_secret(state / RUNTIME_SECRET)
     refused = threading.Event()
 
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            out.write(line)
-            message = explain_line(line, opts)
-            if message:
-                if "REFUSED" in message:
-                    refused.set()
-                out.write(message + "\n")
-            out.flush()
+    def explain(line: str) -> str | None:
+        message = explain_line(line, opts)
+        if message and "REFUSED" in message:
+            refused.set()
+        return message
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-
-    def stop(signum: int, frame: object) -> None:
-        process.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    code = process.wait()
-    reader.join(timeout=5)
+    env = flower_env(state / "flwr")
+    supernode = Supervised("the SuperNode", supernode_command(opts, port, secret), out,
+                           env=env, explain=explain, verbose=verbose).start()
+    worker = Supervised("the site's worker", worker_command(port, secret), out, env=env,
+                        keep_alive=True, verbose=verbose).start()
+    stop_on_signals(supernode, worker)
+    code = supernode.wait()
+    worker.stop()
+    worker.wait()
     return REFUSED_EXIT if refused.is_set() else code

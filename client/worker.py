@@ -158,6 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import common  # noqa: F401  (TensorFlow's settings before it loads)
-
     sys.exit(main())

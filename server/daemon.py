@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from common.control import Control, ControlAddress, flower_bin, flower_env
 from common.credentials import ServerCerts, key_fingerprint
 from common.errors import ConfigError, FedtlError
 from server.launch import project_dir, write_run_config
+from common.supervision import Supervised, stop_on_signals
 from server.run_registry import RUNNING, SERVER_STATE_ENV, RunRegistry
 
 INSECURE_WARNING = """\
@@ -146,10 +144,10 @@ def relaunch_unfinished(control: Control, registry: RunRegistry, out: TextIO) ->
                   f"{run.out}): {exc}", file=out, flush=True)
 
 
-def _wait_for_control(control: Control, process: subprocess.Popen, timeout: float) -> None:
+def _wait_for_control(control: Control, superlink: Supervised, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if process.poll() is not None:
+        if superlink.returncode is not None:
             raise FedtlError("the SuperLink exited while starting (see its log above)")
         try:
             control.nodes()
@@ -166,21 +164,13 @@ def serve(opts: ServerOptions, out: TextIO = sys.stdout) -> int:
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     if opts.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    command = superlink_command(opts)
     env = flower_env(state / "flwr", **{SERVER_STATE_ENV: str(state)})
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, bufsize=1)
-    pump = threading.Thread(target=_pump, args=(process, out), daemon=True)
-    pump.start()
-
-    def stop(signum: int, frame: object) -> None:
-        process.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    superlink = Supervised("the SuperLink", superlink_command(opts), out, env=env,
+                           explain=explain_line).start()
+    stop_on_signals(superlink)
     try:
         with Control(opts.control) as control:
-            _wait_for_control(control, process, timeout=120)
+            _wait_for_control(control, superlink, timeout=120)
             if opts.sites is not None:
                 register_sites(control, Path(opts.sites), out)
             relaunch_unfinished(control, RunRegistry(state), out)
@@ -188,19 +178,6 @@ def serve(opts: ServerOptions, out: TextIO = sys.stdout) -> int:
                   f"launched at {opts.control.address} (`fedtl run --server "
                   f"{opts.control.address} ...`)", file=out, flush=True)
     except BaseException:
-        process.terminate()
-        process.wait(timeout=30)
+        superlink.stop()
         raise
-    code = process.wait()
-    pump.join(timeout=5)
-    return code
-
-
-def _pump(process: subprocess.Popen, out: TextIO) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        out.write(line)
-        message = explain_line(line)
-        if message:
-            out.write(message + "\n")
-        out.flush()
+    return superlink.wait()

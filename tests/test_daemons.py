@@ -81,7 +81,8 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
 
     opts = site(creds, policy=SitePolicy(max_run_epsilon=1.5, site_metrics="none"))
     write_policy(opts.policy, opts.policy_file)  # as `fedtl client` does before starting
-    cmd = supernode_command(opts, runtime_port=9200)
+    cmd = supernode_command(opts, runtime_port=9200, secret=creds / "secret")
+    assert cmd[cmd.index("--isolation") + 1] == "process"  # the site's worker runs its tasks
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.key)
     node_config = cmd[cmd.index("--node-config") + 1]
     from flwr.common.config import parse_config_args
