@@ -10,7 +10,10 @@ It measures, in one run and on this machine:
    against fedtl with a cold and with a warm feature cache;
 4. peak memory (resident set of this process and, for the scale runs, of the whole process
    tree: Flower's driver, Ray and every site worker);
-5. scale: ``fedtl simulate`` with 10, 50 and 100 sites on a slice of CIFAR-10.
+5. scale: ``fedtl simulate`` with 10, 50 and 100 sites on a slice of CIFAR-10;
+6. deployment: a loopback federation (``fedtl server``, 3 ``fedtl client`` sites with TLS and
+   keys, the bundled digits) with features cached: a 5-round ``fedtl run``, its first round
+   and the median of rounds 2-5, and the share of a round spent in the sites' workers.
 Targets (README, "Performance"): warm round >= 50x the naive one, DP >= 0.5x non-private
 speed, 100 sites x 5 rounds x 10,000 images under 8 GiB.
 """
@@ -38,9 +41,8 @@ import common  # noqa: F401  (TensorFlow settings before TensorFlow is imported)
 from common.config import RunConfig
 from common.data import Listing, list_dataset, load_images
 from common.features import LazyBase, extract
-from common.ledger import PrivacyLedger
-from common.model import BaseSpec, initial_head_weights
-from common.site import base_spec, load_site, sgd_settings, train_round
+from common.model import BaseSpec, cpu_has_bfloat16, initial_head_weights
+from common.site import SiteAccount, base_spec, load_site, sgd_settings, train_round
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = PROJECT.parent / "shared" / "datasets" / "cifar10" / "train"
@@ -75,16 +77,22 @@ def _peak_self_mb() -> float:
 
 # --- 1. extraction --------------------------------------------------------------------------
 
-def bench_extraction(listing: Listing, plan: Plan, cfg: RunConfig) -> dict[str, float]:
+def bench_extraction(listing: Listing, plan: Plan, cfg: RunConfig,
+                     dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, float]:
+    """Images/s of the frozen base per image size, in each compute dtype (key "64" is
+    float32, "64-bfloat16" bfloat16)."""
     rates: dict[str, float] = {}
     for size, count in plan.extraction.items():
-        base = LazyBase.for_spec(BaseSpec(cfg.weights, size, cfg.base_layer)).get()
         pixels = load_images(listing.subset(np.arange(count)), size).pixels
-        extract(base, pixels[:64])  # first call builds the graph
-        start = time.perf_counter()
-        extract(base, pixels)
-        rates[str(size)] = count / (time.perf_counter() - start)
-        _log(f"extraction {size} px: {rates[str(size)]:.1f} images/s ({count} images)")
+        for dtype in dtypes:
+            spec = BaseSpec(cfg.weights, size, cfg.base_layer, compute_dtype=dtype)
+            base = LazyBase.for_spec(spec).get()
+            extract(base, pixels[:64])  # first call builds the graph
+            start = time.perf_counter()
+            extract(base, pixels)
+            key = str(size) if dtype == "float32" else f"{size}-{dtype}"
+            rates[key] = count / (time.perf_counter() - start)
+            _log(f"extraction {size} px, {dtype}: {rates[key]:.1f} images/s ({count} images)")
     return rates
 
 
@@ -162,8 +170,8 @@ def bench_round(listing: Listing, plan: Plan, cfg: RunConfig, work: Path) -> dic
         for i, share in enumerate(shares):
             data = load_site(cfg, f"site-{i}", share, base, work / "state" / f"site-{i}",
                              holdout_seed=(cfg.seed, i))
-            result = train_round(cfg, data, weights, PrivacyLedger(work / "ledger" / str(i)),
-                                 "bench", np.random.default_rng())
+            account = SiteAccount.for_run(cfg, work / "ledger" / str(i), "bench")
+            result = train_round(cfg, data, weights, account, np.random.default_rng())
             if round_index == 0:
                 site_settings.append((len(data.train_y), result.settings))
         fedtl_rounds.append(time.perf_counter() - start)
@@ -291,15 +299,120 @@ def bench_scale(dataset: str, plan: Plan, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# --- 6. deployment ---------------------------------------------------------------------------
+
+DEPLOY_SITES = ("site-1", "site-2", "site-3")
+_ANSWERED = "message answered in "
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_deployment(work: Path, project: Path = PROJECT, rounds: int = 5) -> dict[str, Any]:
+    """A server daemon and three TLS sites on loopback; a warm-up run fills the feature
+    caches, then a ``rounds``-round run is timed from its report. ``project``: the checkout
+    (with its .venv) to measure."""
+    python = str(project / ".venv" / "bin" / "python") if project != PROJECT else sys.executable
+
+    def fedtl(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        return subprocess.run([python, "-m", "common.cli", *args], cwd=project,
+                              capture_output=True, text=True, timeout=timeout)
+
+    root = work / "deploy"
+    root.mkdir()
+    fedtl("certs", "--out", str(root / "certs"))
+    (root / "sites").mkdir()
+    for name in DEPLOY_SITES:
+        fedtl("keys", "--out", str(root / "keys"), "--name", name)
+        (root / "sites" / f"{name}.pub").write_bytes((root / "keys" / f"{name}.pub").read_bytes())
+    fedtl("demo-data", "--out", str(root / "data"), "--sites", str(len(DEPLOY_SITES)))
+    fleet, control = f"127.0.0.1:{_free_port()}", _free_port()
+    procs: list[subprocess.Popen] = []
+    logs = {name: root / f"{name}.log" for name in ("server", *DEPLOY_SITES)}
+
+    def start(name: str, *args: str) -> None:
+        handle = open(logs[name], "w")  # noqa: SIM115 (kept open while it runs)
+        procs.append(subprocess.Popen([python, "-m", "common.cli", *args], cwd=project,
+                                      stdout=handle, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    def wait_for(name: str, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in logs[name].read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"deployment: {name} did not say {text!r}; see {logs[name]}")
+            time.sleep(1)
+
+    def run(out: str, rounds_: int) -> dict[str, Any]:
+        done = fedtl("run", "--server", f"127.0.0.1:{control}", "--ca",
+                     str(root / "certs" / "ca.crt"), "--classes-from",
+                     str(root / "data" / "site-1"), "--min-sites", str(len(DEPLOY_SITES)),
+                     "--rounds", str(rounds_), "--out", str(root / out))
+        if done.returncode != 0 or not (root / out / "report.json").exists():
+            raise SystemExit(f"deployment run {out} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        return json.loads((root / out / "report.json").read_text())
+
+    try:
+        start("server", "server", "--state", str(root / "server-state"), "--certs",
+              str(root / "certs"), "--sites", str(root / "sites"), "--address", fleet,
+              "--control-port", str(control))
+        wait_for("server", "fedtl server: ready")
+        for name in DEPLOY_SITES:
+            start(name, "client", "--server", fleet, "--data", str(root / "data" / name),
+                  "--state", str(root / "state" / name), "--budget", "100",
+                  "--key", str(root / "keys" / f"{name}.key"),
+                  "--ca", str(root / "certs" / "ca.crt"), "--name", name,
+                  "--site-metrics", "exact")
+            wait_for(name, "SuperNode ID")
+        _log("deployment: warm-up run (extracts and caches the sites' features) ...")
+        run("warm-up", 1)
+        marks = {name: len(logs[name].read_text(errors="replace")) for name in DEPLOY_SITES}
+        _log(f"deployment: timed run of {rounds} rounds ...")
+        report = run("timed", rounds)
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+    seconds = [r["seconds"] for r in report["rounds"]]
+    worker = []  # per site: seconds its worker spent answering the timed run's messages
+    parts: dict[str, list[float]] = {"pull": [], "work": [], "push": []}
+    for name in DEPLOY_SITES:
+        text = logs[name].read_text(errors="replace")[marks[name]:]
+        answered = [line.split(_ANSWERED)[1] for line in text.splitlines() if _ANSWERED in line]
+        worker.append(sum(float(line.split()[0]) for line in answered))
+        for line in answered:  # "1.23 s (pull 0.50, work 0.10, push 0.60)"
+            for part in parts:
+                if f"{part} " in line:
+                    parts[part].append(float(line.split(f"{part} ")[1].split(",")[0]
+                                             .rstrip(")")))
+    per_round_worker = statistics.mean(worker) / rounds if any(worker) else None
+    warm = statistics.median(seconds[1:])
+    return {"sites": len(DEPLOY_SITES), "rounds": rounds, "round_seconds": seconds,
+            "deployed_first_round_seconds": seconds[0], "deployed_round_seconds": warm,
+            "worker_seconds_per_round": per_round_worker,
+            "worker_seconds_per_message": {k: statistics.mean(v) for k, v in parts.items() if v},
+            "rest_seconds_per_round": (statistics.mean(seconds) - per_round_worker
+                                       if per_round_worker is not None else None),
+            "accuracy": report["final"]["accuracy"]}
+
+
 # --- the table --------------------------------------------------------------------------------
 
 def table(result: dict[str, Any]) -> str:
     r = result["round"]
     head = result["head_examples_per_s"]
     lines = ["| measurement | value |", "| --- | --- |"]
-    for size, rate in result["extraction_images_per_s"].items():
-        lines.append(f"| base extraction, {size} px ({result['settings']['base_layer']}) | "
-                     f"{rate:,.1f} images/s |")
+    for key, rate in result["extraction_images_per_s"].items():
+        size, _, dtype = key.partition("-")
+        lines.append(f"| base extraction, {size} px ({result['settings']['base_layer']}, "
+                     f"{dtype or 'float32'}) | {rate:,.1f} images/s |")
     for key, rate in head.items():
         lines.append(f"| head training, {key.replace('_', ', ')} | {rate:,.0f} examples/s |")
     lines += [
@@ -312,6 +425,16 @@ def table(result: dict[str, Any]) -> str:
         f"({r['warm_round_speedup_vs_naive']:.0f}x naive) |",
         f"| peak RSS of the benchmark process | {result['peak_rss_self_mb']:,.0f} MB |",
     ]
+    deployed = result.get("deployment")
+    if deployed:
+        split = ("" if deployed["worker_seconds_per_round"] is None else
+                 f"; per round {deployed['worker_seconds_per_round']:.2f} s in each site's "
+                 f"worker, {deployed['rest_seconds_per_round']:.2f} s waiting and relaying")
+        lines += [
+            f"| deployed round, warm ({deployed['sites']} TLS sites on loopback, median of "
+            f"rounds 2-{deployed['rounds']}) | {deployed['deployed_round_seconds']:.2f} s{split} |",
+            f"| deployed first round (features cached) | "
+            f"{deployed['deployed_first_round_seconds']:.2f} s |"]
     for row in result["scale"]:
         per_round = (f"{row['mean_round_seconds']:.1f} s/round"
                      if row["mean_round_seconds"] is not None else "")
@@ -330,7 +453,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=str(SHARED_CIFAR) if SHARED_CIFAR.is_dir()
                         else "digits", help="class-folder dataset (default: shared CIFAR-10)")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale runs")
+    parser.add_argument("--only-deployment", action="store_true",
+                        help="measure only the deployed round")
+    parser.add_argument("--project", default=None,
+                        help="measure the deployment of another checkout (its .venv)")
     args = parser.parse_args(argv)
+    project = Path(args.project).resolve() if args.project else PROJECT
+    if args.only_deployment:
+        with tempfile.TemporaryDirectory(prefix="fedtl-bench-") as tmp:
+            deployed = bench_deployment(Path(tmp), project)
+        result = {"deployment": deployed, "project": args.project or str(PROJECT)}
+        d = deployed
+        print(f"| deployed round, warm (median of rounds 2-{d['rounds']}) | "
+              f"{d['deployed_round_seconds']:.2f} s |\n| deployed first round | "
+              f"{d['deployed_first_round_seconds']:.2f} s |\n| worker s/round | "
+              f"{d['worker_seconds_per_round']} |")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     plan = QUICK if args.quick else FULL
     cfg = RunConfig(dataset=args.dataset)
     listing = list_dataset(args.dataset)
@@ -345,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         head = bench_head(plan, cfg)
         round_ = bench_round(listing, plan, cfg, work)
         scale = [] if args.no_scale else bench_scale(args.dataset, plan, work)
+        deployment = bench_deployment(work, project)
     self_peak = _peak_self_mb()
     width = cfg.head_width
     result = {
@@ -353,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version()},
         "settings": {"image_size": cfg.image_size, "base_layer": cfg.base_layer,
                      "batch_size": cfg.batch_size, "head_width": width},
+        "cpu_has_bfloat16": cpu_has_bfloat16(),
         "extraction_images_per_s": extraction,
         "head_examples_per_s": head,
         "dp_over_nonprivate_ratio": head[f"width{width}_dp"] / head[f"width{width}_nonprivate"],
@@ -361,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_self_mb": self_peak,
         "peak_rss_mb": max([self_peak, *(row["peak_rss_mb"] for row in scale)]),
         "scale": scale,
+        "deployment": deployment,
+        "deployed_round_seconds": deployment["deployed_round_seconds"],
+        "simulated_warm_round_seconds": round_["warm_round_s"],
         "seconds": time.time() - started,
     }
     print(table(result))

@@ -57,9 +57,15 @@ def _site_config(cfg: RunConfig, context: Context) -> SiteConfig:
 
 # A site reads its folder once per run and process: simulated sites share long-lived worker
 # processes, where listing and hashing a folder for every message would dominate a round.
+def _base(cfg: RunConfig, site: SiteConfig) -> LazyBase:
+    """This process's base for the run, its public statistics kept in the site's state."""
+    stats = site.state / "public-stats" if site.partition is None else cfg.stats_cache
+    return LazyBase.shared(base_spec(cfg), stats)
+
+
 @functools.lru_cache(maxsize=256)
 def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
-    base = LazyBase.shared(base_spec(cfg))
+    base = _base(cfg, site)
     if site.partition is None:
         listing = list_dataset(site.data)
         check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
@@ -139,10 +145,12 @@ def _open(request: _Request, msg: Message) -> _Opened:
         raise PolicyRefusedError(admission.reason)
     request.record(admission.decision, changes=admission.changes)
     cfg = admission.cfg
+    if site.base_dtype:  # the site knows its hardware; the arithmetic changes no guarantee
+        cfg = cfg.replace(base_dtype=site.base_dtype)
     if admission.changes:
         log.info("site %s: run %s tightened by the site's policy: %s", site.name,
                  request.run_key, "; ".join(admission.changes))
-    base = LazyBase.shared(base_spec(cfg))
+    base = _base(cfg, site)
     server = msg.content.config_records[protocol.CONFIG]
     if server.get(protocol.FINGERPRINT) != base.fingerprint:
         raise FedtlError(
@@ -241,7 +249,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         if weights is None:
             weights = train_round(cfg, data, _head(at), account, _rng(cfg),
                                   personal=True).weights
-            base = LazyBase.shared(base_spec(cfg)).get()
+            base = LazyBase.shared(base_spec(cfg).for_saving,
+                                   at.site.state / "public-stats").get()
             folder.mkdir(parents=True, exist_ok=True)
             save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
                        folder / MODEL_FILE)

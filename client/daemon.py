@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from common.config import (NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA, NODE_NAME,
-                           NODE_POLICY, NODE_STATE)
+from common.config import (NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA,
+                           NODE_NAME, NODE_POLICY, NODE_STATE)
 from common.control import flower_bin, flower_env
 from common.credentials import key_fingerprint
 from common.data import list_dataset
@@ -52,6 +52,7 @@ class ClientOptions:
     cache: bool = True
     max_wait: float | None = None
     policy: SitePolicy = SitePolicy()  # what this site grants any run (safe defaults)
+    base_dtype: str = ""  # this site's arithmetic for the base ("": as the run says)
 
     def __post_init__(self) -> None:
         if self.insecure and (self.key is not None or self.ca is not None):
@@ -100,6 +101,7 @@ def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> l
         NODE_DELTA: repr(float(opts.budget.delta)),
         NODE_CACHE: "true" if opts.cache else "false",
         NODE_POLICY: _quote(str(opts.policy_file)),
+        **({NODE_BASE_DTYPE: _quote(opts.base_dtype)} if opts.base_dtype else {}),
     }
     cmd = [flower_bin("flower-supernode"), "--superlink", opts.server,
            "--host", "127.0.0.1", "--port", str(runtime_port),
@@ -154,10 +156,11 @@ def explain_line(line: str, opts: ClientOptions) -> str | None:
     return None
 
 
-def worker_command(runtime_port: int, secret: Path) -> list[str]:
+def worker_command(runtime_port: int, secret: Path, verbose: bool = False) -> list[str]:
     """The site's worker (`client.worker`), from this site's own installation."""
     return [sys.executable, "-m", "client.worker", "--runtime", f"127.0.0.1:{runtime_port}",
-            "--secret-file", str(secret), "--parent", str(os.getpid())]
+            "--secret-file", str(secret), "--parent", str(os.getpid()),
+            *(["--verbose"] if verbose else [])]
 
 
 def new_secret(path: Path) -> Path:
@@ -197,7 +200,7 @@ def run_site(opts: ClientOptions, out: TextIO = sys.stdout, verbose: bool = Fals
     env = flower_env(state / "flwr")
     supernode = Supervised("the SuperNode", supernode_command(opts, port, secret), out,
                            env=env, explain=explain, verbose=verbose).start()
-    worker = Supervised("the site's worker", worker_command(port, secret), out, env=env,
+    worker = Supervised("the site's worker", worker_command(port, secret, verbose), out, env=env,
                         keep_alive=True, verbose=verbose).start()
     stop_on_signals(supernode, worker)
     code = supernode.wait()

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("fedtl.worker")
 
@@ -76,8 +77,7 @@ class SiteWorker:
                                                  RuntimeVersionHttpInterceptor)
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
-        from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
-                                                          push_task_output)
+        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
         client = RuntimeHttpClient.from_server_address(
             server_address=self.runtime_address, insecure=True, root_certificates=None,
@@ -88,11 +88,13 @@ class SiteWorker:
         heartbeat.start()
         message = context = reply = None
         status, details = SubStatus.FAILED, "the site's worker failed (its log says why)"
-        started = time.perf_counter()
+        started = pulled = handled = time.perf_counter()
         try:
-            # The run's FAB (the server's code) comes along; it is never installed or run.
-            message, context, _run, _fab = pull_task_input(client)
+            # The run's FAB (the server's code) is never fetched, installed or run here.
+            message, context = pull_task_input(client)
+            pulled = time.perf_counter()
             reply = self.app(message=message, context=context)  # type: ignore[operator]
+            handled = time.perf_counter()
             status, details = SubStatus.COMPLETED, ""
         except Exception as exc:  # the site's own app failed: say so, keep serving
             log.error("a task failed", exc_info=exc)
@@ -109,8 +111,11 @@ class SiteWorker:
                 heartbeat.stop()
                 client.close()
         kind = message.metadata.message_type if message is not None else "?"
+        done = time.perf_counter()
+        handled = max(handled, pulled)
         print(f"fedtl worker (pid {os.getpid()}): {kind} message answered in "
-              f"{time.perf_counter() - started:.2f} s", flush=True)
+              f"{done - started:.2f} s (pull {pulled - started:.2f}, work "
+              f"{handled - pulled:.2f}, push {done - handled:.2f})", flush=True)
 
     def serve(self, stop: threading.Event) -> None:
         """Run tasks until ``stop`` is set; a Runtime API that is not up yet is waited for."""
@@ -123,9 +128,45 @@ class SiteWorker:
                 stop.wait(1.0)
 
 
-def warm_up() -> None:
+def pull_task_input(client: Any) -> tuple[Any, Any]:
+    """The task's message and context, as Flower's `run_clientapp.pull_task_input` gets them,
+    but retrying a message object the SuperNode is still fetching after 50 ms, not 1 s
+    (Flower's default backoff; the SuperNode hands out the task before it has the
+    message's arrays, so the first try nearly always misses)."""
+    from flwr.common.serde import context_from_proto
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import (PullAppMessagesRequest,  # pylint: disable=E0611
+                                        PullTaskInputRequest)
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf, make_pull_object_fn_protobuf)
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.app import Message
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context = context_from_proto(res.context)  # the run's FAB in `res` is never touched
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the SuperNode handed out a task without a message")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
+                                                  context.run_id),
+        return_type=Message, initial_backoff=0.05, backoff_cap=1.0)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower sets it
+    return message, context
+
+
+def warm_up(verbose: bool) -> None:
     """Import TensorFlow and the DP trainer before the first message needs them."""
-    import common.dp  # noqa: F401  (TensorFlow, tf-keras and tensorflow-privacy)
+    from common.quiet import load_tensorflow
+
+    load_tensorflow(verbose)
 
 
 def _watch_parent(parent: int, stop: threading.Event) -> None:
@@ -140,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", required=True, help="the SuperNode's Runtime API host:port")
     parser.add_argument("--secret-file", required=True, type=Path)
     parser.add_argument("--parent", type=int, default=None)
+    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     stop = threading.Event()
@@ -147,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_watch_parent, args=(args.parent, stop), daemon=True).start()
     secret = args.secret_file.read_bytes()
     worker = SiteWorker(args.runtime, secret)
-    warm_up()
+    warm_up(args.verbose)
     print(f"fedtl worker (pid {os.getpid()}): ready; TensorFlow loaded, waiting for messages",
           flush=True)
     try:

@@ -22,6 +22,8 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
+# The frozen base's arithmetic (common.model): auto is bfloat16 where the CPU has it.
+BASE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def default_state_dir() -> str:
@@ -55,6 +57,7 @@ class RunConfig:
     base_layer: str = "block4_pool"
     head_width: int = 0
     augment_views: int = 0  # precomputed augmented views per image (0: the images as they are)
+    base_dtype: str = "auto"  # the frozen base's arithmetic: auto (bf16 where the CPU has it)
     # local training
     batch_size: int = 512
     local_epochs: int = 1
@@ -142,6 +145,8 @@ class RunConfig:
              f"base-layer must be one of {POOL_LAYERS}. Found {self.base_layer!r}."),
             (0 <= self.head_width <= 65536,
              f"head-width must be in 0..65536. Found {self.head_width}."),
+            (self.base_dtype in BASE_DTYPES,
+             f"base-dtype must be one of {BASE_DTYPES}. Found {self.base_dtype!r}."),
             (0 <= self.augment_views <= 16,
              f"augment-views must be in 0..16. Found {self.augment_views}."),
             (0 <= self.gpus_per_site <= 8,
@@ -214,6 +219,11 @@ class RunConfig:
         """Sites that must be connected to start a round (all `clients` unless min-sites)."""
         return self.min_sites or self.clients
 
+    @property
+    def stats_cache(self) -> Path | None:
+        """Where this machine keeps the public statistics of bases it built (None: cache off)."""
+        return Path(self.state).expanduser() / "public-stats" if self.cache else None
+
     def site_cache_dir(self, site: str) -> Path | None:
         """Where simulated site ``site`` caches its features (None: cache off)."""
         return Path(self.state).expanduser() / site / "features" if self.cache else None
@@ -273,6 +283,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 NODE_DATA, NODE_STATE, NODE_NAME = "data", "state", "site-name"
 NODE_BUDGET, NODE_DELTA, NODE_CACHE = "budget", "delta", "cache"
 NODE_POLICY = "policy"  # path of the site's policy file (TOML), written by `fedtl client`
+NODE_BASE_DTYPE = "base-dtype"  # the site's own choice of arithmetic for the base
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -292,6 +303,7 @@ class SiteConfig:
     cache_dir: Path | None
     policy: SitePolicy = field(default_factory=SitePolicy)
     partition: int | None = None  # a simulated site trains on this share of ``data``
+    base_dtype: str = ""  # the site's arithmetic for the base, over the run's ("": the run's)
 
     @classmethod
     def simulated(cls, run: RunConfig, index: int) -> SiteConfig:
@@ -320,6 +332,10 @@ class SiteConfig:
         # No policy file: the safe defaults, never the run's wishes.
         policy = SitePolicy.load(Path(str(node[NODE_POLICY]))) if node.get(NODE_POLICY) \
             else SitePolicy()
+        base_dtype = str(node.get(NODE_BASE_DTYPE, ""))
+        if base_dtype and base_dtype not in BASE_DTYPES:
+            raise ConfigError(f"this site's {NODE_BASE_DTYPE} must be one of {BASE_DTYPES}. "
+                              f"Found {base_dtype!r}.")
         return cls(name=str(node.get(NODE_NAME) or f"node-{node_id}"), data=str(node[NODE_DATA]),
                    state=state, budget=budget, cache_dir=state / "features" if cache else None,
-                   policy=policy)
+                   policy=policy, base_dtype=base_dtype)

@@ -44,26 +44,30 @@ class SiteFeatures:
 
 
 class LazyBase:
-    """Builds the frozen base on first use only: a warm cache never pays for it."""
+    """Builds the frozen base on first use only: a warm cache never pays for it.
 
-    def __init__(self, spec: BaseSpec, fingerprint: str) -> None:
+    ``stats_cache`` keeps the base's public statistics across processes (see `build_base`).
+    """
+
+    def __init__(self, spec: BaseSpec, fingerprint: str, stats_cache: Path | None = None) -> None:
         self.spec = spec
         self.fingerprint = fingerprint
+        self.stats_cache = stats_cache
         self._base: FrozenBase | None = None
 
     @classmethod
-    def for_spec(cls, spec: BaseSpec) -> LazyBase:
+    def for_spec(cls, spec: BaseSpec, stats_cache: Path | None = None) -> LazyBase:
         """A lazy base whose expected fingerprint is that of ``spec`` on this machine."""
-        return cls(spec, _fingerprint(spec))
+        return cls(spec, _fingerprint(spec.for_saving), stats_cache)
 
     @classmethod
-    def shared(cls, spec: BaseSpec) -> LazyBase:
+    def shared(cls, spec: BaseSpec, stats_cache: Path | None = None) -> LazyBase:
         """This process's one lazy base for ``spec``: built at most once per worker."""
-        return _shared_base(spec)
+        return _shared_base(spec, stats_cache)
 
     def get(self) -> FrozenBase:
         if self._base is None:
-            base = build_base(self.spec)
+            base = build_base(self.spec, self.stats_cache)
             if base.fingerprint != self.fingerprint:
                 raise WeightsError(
                     f"the base built from {self.spec.weights!r} has fingerprint "
@@ -74,9 +78,9 @@ class LazyBase:
 
 # Simulated sites share worker processes; building the base (with its public statistics)
 # costs ~10 s, too much to repeat for each site a worker serves.
-@functools.lru_cache(maxsize=2)
-def _shared_base(spec: BaseSpec) -> LazyBase:
-    return LazyBase.for_spec(spec)
+@functools.lru_cache(maxsize=4)
+def _shared_base(spec: BaseSpec, stats_cache: Path | None) -> LazyBase:
+    return LazyBase.for_spec(spec, stats_cache)
 
 
 # Reading and hashing the weights costs ~1 s; a simulated site's worker asks for every message.
@@ -107,6 +111,8 @@ def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
                       if cache_dir is not None else None)
     digests = _digests(listing, memo)
     seen_as = f"{shift.name}|" if shift is not None else ""
+    if base.spec.compute_dtype != "float32":  # bfloat16 features are close, not the same
+        seen_as += f"{base.spec.compute_dtype}|"
     caches = [FeatureCache(cache_dir / namespace(base.fingerprint, seen_as + view_name(v))
                            if cache_dir is not None else None)
               for v in range(augment_views + 1)]

@@ -20,7 +20,7 @@ from common.ledger import (LedgerBook, LedgerEvent, PrivacyLedger, RunEntry, Run
                            SiteBudget)
 from common.policy import SitePolicy
 from common.sgd import SgdSettings
-from common.model import BaseSpec, predict_classes
+from common.model import BaseSpec, compute_dtype, predict_classes
 from common.partition import holdout_split
 from common.release import (count_mechanism, figure_mode, held_out_weight, metric_mechanism,
                             noisy_accuracy, public_count, releases)
@@ -56,7 +56,8 @@ class RoundResult:
 
 
 def base_spec(cfg: RunConfig) -> BaseSpec:
-    return BaseSpec(weights=cfg.weights, image_size=cfg.image_size, base_layer=cfg.base_layer)
+    return BaseSpec(weights=cfg.weights, image_size=cfg.image_size, base_layer=cfg.base_layer,
+                    compute_dtype=compute_dtype(cfg.base_dtype))
 
 
 def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,

@@ -119,7 +119,7 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
 def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
     out, settings = Path(cfg.out), cfg.to_flower()
-    base = build_base(base_spec(cfg))
+    base = build_base(base_spec(cfg).for_saving, cfg.stats_cache)
     initial = checkpoint.arrays if checkpoint else initial_head_weights(
         base.spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
     book = RunBook(initial)

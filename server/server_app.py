@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.data import list_dataset
 from server.federation import PreRun, run_server
+from server.prompt_grid import PromptGrid
 from server.run_registry import SERVER_STATE_ENV, RunRegistry
 
 
@@ -30,7 +31,8 @@ def make_server_app(config: RunConfig | None = None, prerun: PreRun | None = Non
                 cfg = cfg.replace(classes=list_dataset(cfg.dataset).classes)
             # Set by `fedtl server` for the SuperLink it starts, whose ServerApps inherit it.
             state = os.environ.get(SERVER_STATE_ENV)
-            run_server(grid, cfg, prerun, RunRegistry(Path(state)) if state else None)
+            run_server(PromptGrid(grid), cfg, prerun,
+                       RunRegistry(Path(state)) if state else None)
         except BaseException as exc:
             if failures is not None:
                 failures.append(exc)

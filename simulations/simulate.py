@@ -32,7 +32,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
         cfg = cfg.replace(clients=len(site_folders(cfg.dataset)))
     scenario = build_scenario(cfg)
     cfg = cfg.replace(classes=scenario.classes)
-    base = LazyBase.shared(base_spec(cfg))
+    base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     seconds = 0.0
     for index, site in enumerate(scenario.sites):
         seen = f" seen through {site.shift.kind} (severity {site.shift.severity})" \
@@ -70,7 +70,7 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
     print(f"[prepare] {unseen.name}: {len(unseen.listing)} images seen through "
           f"{unseen.shift.kind if unseen.shift else 'nothing'}, evaluation only...", end="",
           file=sys.stderr, flush=True)
-    feats = site_features(LazyBase.shared(base_spec(cfg)), unseen.listing,
+    feats = site_features(LazyBase.shared(base_spec(cfg), cfg.stats_cache), unseen.listing,
                           cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
                           shift=unseen.shift)
     print(" cached" if feats.cache_hit else f" {feats.seconds:.1f} s", file=sys.stderr,
@@ -123,8 +123,8 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
     server_app = make_server_app(
         cfg, PreRun(feature_extraction_seconds=seconds, started=started,
                     sites=scenario.describe(), unseen_accuracy=unseen), failures)
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    if not verbose:  # Flower's deprecation banner for run_simulation among them
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     # Keep Ray from touching accelerator visibility for CPU-only sites (and from warning
     # about its coming change of default on every start).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -347,6 +348,50 @@ def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says
     refused = [d for d in audit_trail(world, "site-3") if d["run_id"] == report["run_id"]]
     assert refused and refused[-1]["decision"] == "refused"
     assert "target-epsilon 8.0 -> 3.0" in refused[-1]["reason"]
+
+
+WORKER = re.compile(r"fedtl worker \(pid (\d+)\): (\S+) message answered")
+
+
+def worker_answers(log: str) -> list[tuple[int, str]]:
+    return [(int(pid), kind) for pid, kind in WORKER.findall(log)]
+
+
+def test_each_site_answers_every_message_in_one_warm_worker(world) -> None:
+    # Every message of the module so far reached each good site's one worker process: no
+    # per-message process, no second TensorFlow import (and no code from the server's FAB).
+    for site in GOOD:
+        log = world.procs[site].text()
+        answers = worker_answers(log)
+        assert len(answers) >= 10, log[-3000:]
+        assert len({pid for pid, _ in answers}) == 1
+        assert log.count("TensorFlow loaded") == 1
+        assert "flwr-clientapp" not in log
+
+
+def test_a_killed_worker_is_started_again_and_charges_nothing_twice(world) -> None:
+    site = world.procs["site-1"]
+    mark = len(site.text()) - site.offset
+    launched = world.run("run-w", "--rounds", "3", "--min-sites", "3", "--round-timeout", "300",
+                         "--target-epsilon", "3", detach=True)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    first = site.wait_for(r"fedtl worker \(pid (\d+)\): train message answered", timeout=300,
+                          after=mark)
+    os.kill(int(first.group(1)), signal.SIGKILL)  # between its first and second round
+    wait_until(lambda: (world.root / "run-w" / "report.json").exists(), timeout=900,
+               what="the run to finish")
+    log = site.text()[site.offset + mark:]
+    assert "exited with code -9; starting it again" in log
+    pids = {pid for pid, _ in worker_answers(log)}
+    assert len(pids) == 2  # the killed worker and its successor
+    report = report_of(world, "run-w")
+    trained = sum("site-1" in r["sites_trained"] for r in report["rounds"])
+    assert trained >= 2
+    entry = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
+                             "--json").stdout)["runs"][report["run_id"]]
+    # One charge per round trained (and at most one for a round a dead worker never sent).
+    assert trained <= entry["events"] - 1 <= trained + 1  # minus the count's release
+    assert entry["epsilon"] <= 3.0 + 1e-6
 
 
 def test_a_site_killed_mid_round_does_not_stop_the_run_and_can_come_back(world) -> None:

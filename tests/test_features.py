@@ -139,3 +139,13 @@ def test_a_wrong_base_is_refused_before_extracting(tmp_path: Path) -> None:
     listing = list_dataset(str(write_image_folder(tmp_path / "d", {"a": 1, "b": 1})))
     with pytest.raises(WeightsError, match="not the federation's"):
         site_features(LazyBase(SPEC, "0" * 64), listing, None)
+
+
+def test_bfloat16_features_are_cached_apart_from_float32_ones(tmp_path: Path) -> None:
+    listing = list_dataset(str(write_image_folder(tmp_path / "d", {"a": 2, "b": 2})))
+    fast = BaseSpec(weights=PYPI_SOURCE, image_size=32, base_layer="block2_pool",
+                    compute_dtype="bfloat16")
+    assert site_features(LazyBase.for_spec(SPEC), listing, tmp_path / "cache").extracted == 4
+    again = site_features(LazyBase.for_spec(fast), listing, tmp_path / "cache")
+    assert again.extracted == 4  # not the float32 rows
+    assert site_features(LazyBase.for_spec(fast), listing, tmp_path / "cache").extracted == 0

