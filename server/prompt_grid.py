@@ -1,4 +1,4 @@
-"""The ServerApp's Grid, asking the SuperLink for replies every quarter second.
+"""The ServerApp's Grid, asking the SuperLink for replies every half second.
 
 Flower 1.39's deployment Grid waits 3 s between pulls for replies (a literal in
 `HttpGrid.send_and_receive`); a site's warm reply then waits up to 3 s for the server to look,
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.5  # each pull is one line in the SuperLink's access log
 
 
 class PromptGrid(Grid):

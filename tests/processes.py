@@ -26,8 +26,10 @@ class Proc:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> re.Match:
-        """Wait until ``pattern`` shows in this process's log, ``after`` characters in."""
+    def wait_for(self, pattern: str, timeout: float, after: int = 0,
+                 every: float = 1.0) -> re.Match:
+        """Wait until ``pattern`` shows in this process's log, ``after`` characters in
+        (looking ``every`` seconds)."""
         deadline = time.monotonic() + timeout
         while True:
             match = re.search(pattern, self.text()[self.offset + after:])
@@ -39,7 +41,7 @@ class Proc:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n"
                                      f"{self.text()[-4000:]}")
-            time.sleep(1.0)
+            time.sleep(every)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (Flower's children included) and reap it."""

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+from dataclasses import asdict
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from common.accounting import Mechanism, composed_epsilon
 from common.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
 from server.checkpoint import load_checkpoint
 
+from .conftest import PROJECT
 from .processes import Proc, fedtl_args, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -54,15 +56,17 @@ class World:
         self.fleet = f"127.0.0.1:{free_port()}"
         self.control_port = free_port()
         self.procs: dict[str, Proc] = {}
+        from common.credentials import make_site_keys
+        from common.demo_data import write_demo_sites
+
         assert fedtl("certs", "--out", str(root / "certs")).returncode == 0
         (root / "sites").mkdir()
+        # What `fedtl keys` and `fedtl demo-data` do, in this process (a CLI start each).
         for name in (*GOOD, "spent", "poison", "intruder"):
-            assert fedtl("keys", "--out", str(root / "keys"), "--name", name).returncode == 0
+            keys = make_site_keys(root / "keys", name)
             if name != "intruder":
-                (root / "sites" / f"{name}.pub").write_bytes(
-                    (root / "keys" / f"{name}.pub").read_bytes())
-        done = fedtl("demo-data", "--out", str(root / "data"), "--sites", "3")
-        assert done.returncode == 0, done.stderr
+                (root / "sites" / f"{name}.pub").write_bytes(keys.public.read_bytes())
+        write_demo_sites(root / "data", 3)
 
     @property
     def control(self) -> str:
@@ -147,17 +151,18 @@ def test_an_unregistered_site_is_refused_with_a_clear_message_on_both_sides(worl
 
 
 POISON = textwrap.dedent('''\
-    import os, sys
+    import os, sys, threading
     from pathlib import Path
     import numpy as np
     from flwr.app import ArrayRecord
-    from flwr.clientapp import ClientApp
+    from client.client_app import make_client_app
+    from client.worker import SiteWorker
 
     counter = Path(os.environ["FEDTL_POISON_COUNTER"])
-    honest = ClientApp.__call__
+    honest = make_client_app()
 
-    def poisoned(self, message, context):
-        reply = honest(self, message, context)
+    def poisoned(message, context):
+        reply = honest(message, context)
         if message.metadata.message_type == "train" and not reply.has_error():
             n = int(counter.read_text()) if counter.exists() else 0
             counter.write_text(str(n + 1))
@@ -172,38 +177,35 @@ POISON = textwrap.dedent('''\
             reply.content["arrays"] = ArrayRecord(arrays)
         return reply
 
-    ClientApp.__call__ = poisoned
-    from flwr.supernode.cli import flwr_clientapp
-    sys.exit(flwr_clientapp())
+    runtime, secret = sys.argv[1], Path(sys.argv[2]).read_bytes()
+    SiteWorker(runtime, secret, app=poisoned).serve(threading.Event())
 ''')
 
 
-def start_poisoned_site(world: World) -> Proc:
-    """A registered site whose machine runs a tampered ClientApp (its owner's choice).
-
-    Its SuperNode finds a `flwr-clientapp` first on PATH that sends NaN, a wrong shape and a
-    huge update in turn.
-    """
-    bin_dir = world.root / "poison-bin"
-    bin_dir.mkdir(exist_ok=True)
-    script = bin_dir / "flwr-clientapp"
-    script.write_text(f"#!{sys.executable}\n{POISON}")
-    script.chmod(0o755)
+def start_poisoned_site(world: World) -> list[Proc]:
+    """A registered site whose machine runs a tampered worker (its owner's choice) that
+    sends NaN, a wrong shape and a huge update in turn, beside Flower's own SuperNode."""
     state = world.root / "state" / "poison"
     state.mkdir(parents=True, exist_ok=True)
+    secret = state / "runtime.secret"
+    secret.write_bytes(os.urandom(32))
+    port = free_port()
     env = dict(os.environ, FLWR_HOME=str(state / "flwr"),
-               FEDTL_POISON_COUNTER=str(world.root / "poison-count"),
-               PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
-                    f"{os.environ.get('PATH', '')}")
+               FEDTL_POISON_COUNTER=str(world.root / "poison-count"))
     node_config = (f'data="{world.root / "data" / "site-2"}" state="{state}" '
                    f'site-name="poison" budget=4.0')
-    args = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", world.fleet,
-            "--port", str(free_port()), "--root-certificates",
-            str(world.root / "certs" / "ca.crt"), "--auth-supernode-private-key",
-            str(world.root / "keys" / "poison.key"), "--node-config", node_config]
-    proc = Proc("poison", args, world.root / "poison.log", env=env)
-    world.procs["poison"] = proc
-    return proc
+    supernode = Proc("poison", [
+        str(Path(sys.executable).parent / "flower-supernode"), "--superlink", world.fleet,
+        "--port", str(port), "--isolation", "process", "--superexec-auth-secret-file",
+        str(secret), "--root-certificates", str(world.root / "certs" / "ca.crt"),
+        "--auth-supernode-private-key", str(world.root / "keys" / "poison.key"),
+        "--node-config", node_config], world.root / "poison.log", env=env)
+    (world.root / "poison-worker.py").write_text(POISON)
+    worker = Proc("poison-worker", [sys.executable, str(world.root / "poison-worker.py"),
+                                    f"127.0.0.1:{port}", str(secret)],
+                  world.root / "poison-worker.log", env={**env, "PYTHONPATH": str(PROJECT)})
+    world.procs.update({"poison": supernode, "poison-worker": worker})
+    return [supernode, worker]
 
 
 def spent_site(world: World) -> Proc:
@@ -235,22 +237,22 @@ def test_secure_aggregation_recovers_a_site_that_drops_out_after_the_key_exchang
     # then declines to train: a dropout mid-round, after its masks are in the others' sums.
     spent = spent_site(world)
     mark = len(spent.text())
-    done = world.run("run-s", "--rounds", "2", "--min-sites", "4", "--round-timeout", "300",
+    done = world.run("run-s", "--rounds", "1", "--min-sites", "4", "--round-timeout", "300",
                      "--target-epsilon", "3", "--secure-aggregation")
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     report = report_of(world, "run-s")
     assert report["guarantees"]["secure_aggregation"]["on"] is True
-    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert [r["round"] for r in report["rounds"]] == [1]
     for r in report["rounds"]:
         assert sorted(r["sites_trained"]) == list(GOOD)
         assert len(r["declined"]) == 1  # the spent site, recovered from by SecAgg+
     final = report["final"]
-    assert final["accuracy"] > 0.5
+    assert final["accuracy"] > 0.3  # one private round on ten digits: chance is 0.1
     assert set(final["epsilon"]) == set(GOOD)
     assert set(report["privacy"]) == set(GOOD)
-    # Four messages a round reached the spent site (setup, key shares, masked round, and the
+    # Four messages reached the spent site (setup, key shares, masked round, and the
     # evaluation), so it was inside the protocol when it dropped out.
-    assert spent.text()[mark:].count("Receiving: train message") >= 3 * 2
+    assert spent.text()[mark:].count("Receiving: train message") >= 3
 
 
 def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_rejected(
@@ -258,11 +260,12 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     spent_site(world)
     poison = start_poisoned_site(world)
     try:
-        wait_online(world, poison)
+        wait_online(world, poison[0])
         done = world.run("run-a", "--rounds", "3", "--min-sites", "3",
                          "--target-epsilon", "3", "--strategy", "fedprox", "--personalize")
     finally:
-        poison.kill()
+        for proc in poison:
+            proc.kill()
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     assert "round | train loss" in done.stdout
     report = report_of(world, "run-a")
@@ -295,22 +298,29 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     assert report["guarantees"]["record_level"]["tightened_by_sites"] == {}
     assert 3.0 < ledger["spent"] < 6.0  # two runs of 3 compose to less than their sum
     assert ledger["remaining"] == pytest.approx(SITE_BUDGET - ledger["spent"], abs=1e-6)
-    spent_ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "spent"),
-                                    "--json").stdout)
+    spent_ledger = asdict(PrivacyLedger(world.root / "state" / "spent").summary())
     assert set(spent_ledger["runs"]) == {"an-earlier-run"}  # declining charged nothing
     assert spent_ledger["remaining"] == 0.0
     assert "1 declined (budget), 1 rejected" in done.stdout
 
 
 def audit_trail(world: World, site: str) -> list[dict]:
-    return json.loads(fedtl("budget", "--state", str(world.root / "state" / site),
-                            "--json").stdout)["decisions"]
+    from dataclasses import asdict
+
+    from common.audit_trail import AuditTrail
+
+    return [asdict(d) for d in AuditTrail(world.root / "state" / site).decisions()]
+
+
+def ledger_runs(world: World, site: str) -> dict[str, dict]:
+    """A site's ledger as `fedtl budget --json` prints it (read here: one CLI call is
+    tested in the TLS run; the rest need not pay a process start each)."""
+    return PrivacyLedger(world.root / "state" / site).summary().runs
 
 
 def test_a_coordinator_cannot_switch_dp_off_at_the_sites(world) -> None:
     spent_site(world)
-    before = {s: json.loads(fedtl("budget", "--state", str(world.root / "state" / s),
-                                  "--json").stdout)["runs"] for s in (*GOOD, "spent")}
+    before = {s: ledger_runs(world, s) for s in (*GOOD, "spent")}
     done = world.run("run-n", "--rounds", "1", "--min-sites", "4", "--no-dp",
                      "--site-metrics", "exact", "--round-timeout", "300")
     assert done.returncode != 0
@@ -318,9 +328,7 @@ def test_a_coordinator_cannot_switch_dp_off_at_the_sites(world) -> None:
     assert "no site contributed" in said and "refusal(s) by sites' own policies" in said
     assert not (world.root / "run-n" / "report.json").exists()
     for site in (*GOOD, "spent"):
-        after = json.loads(fedtl("budget", "--state", str(world.root / "state" / site),
-                                 "--json").stdout)["runs"]
-        assert after == before[site]  # nothing trained, nothing charged
+        assert ledger_runs(world, site) == before[site]  # nothing trained, nothing charged
         refusals = [d for d in audit_trail(world, site) if d["decision"] == "refused"]
         assert refusals and "without differential privacy" in refusals[-1]["reason"]
         assert refusals[-1]["settings"]["dp"] is False
@@ -341,9 +349,7 @@ def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says
     assert all(eps <= 3.0 + 1e-6 for eps in report["final"]["epsilon"].values())
     assert "refused (policy)" in done.stdout
     for site in ("site-1", "site-2"):
-        runs = json.loads(fedtl("budget", "--state", str(world.root / "state" / site),
-                                "--json").stdout)["runs"]
-        assert runs[report["run_id"]]["target_epsilon"] == 3.0
+        assert ledger_runs(world, site)[report["run_id"]]["target_epsilon"] == 3.0
         assert audit_trail(world, site)[-1]["decision"] == "tightened"
     refused = [d for d in audit_trail(world, "site-3") if d["run_id"] == report["run_id"]]
     assert refused and refused[-1]["decision"] == "refused"
@@ -369,50 +375,45 @@ def test_each_site_answers_every_message_in_one_warm_worker(world) -> None:
         assert "flwr-clientapp" not in log
 
 
-def test_a_killed_worker_is_started_again_and_charges_nothing_twice(world) -> None:
-    site = world.procs["site-1"]
-    mark = len(site.text()) - site.offset
-    launched = world.run("run-w", "--rounds", "3", "--min-sites", "3", "--round-timeout", "300",
+def test_a_killed_site_and_a_killed_worker_do_not_stop_the_run_and_both_come_back(
+        world) -> None:
+    victim, site = world.procs["site-3"], world.procs["site-1"]
+    marks = {name: len(proc.text()) - proc.offset for name, proc in
+             (("site-3", victim), ("site-1", site))}
+    # A round waits for a silent site until its timeout (or until the SuperLink notices it
+    # is gone): 60 s here.
+    launched = world.run("run-b", "--rounds", "6", "--min-sites", "2", "--round-timeout", "60",
                          "--target-epsilon", "3", detach=True)
     assert launched.returncode == 0, launched.stdout + launched.stderr
+    victim.wait_for("Receiving: train message", timeout=300, after=marks["site-3"], every=0.05)
+    victim.kill()  # mid-round: it received the round's work (its warm worker answers in a
+    # fraction of a second, so it may or may not have sent round 1's update)
     first = site.wait_for(r"fedtl worker \(pid (\d+)\): train message answered", timeout=300,
-                          after=mark)
-    os.kill(int(first.group(1)), signal.SIGKILL)  # between its first and second round
-    wait_until(lambda: (world.root / "run-w" / "report.json").exists(), timeout=900,
-               what="the run to finish")
-    log = site.text()[site.offset + mark:]
-    assert "exited with code -9; starting it again" in log
-    pids = {pid for pid, _ in worker_answers(log)}
-    assert len(pids) == 2  # the killed worker and its successor
-    report = report_of(world, "run-w")
-    trained = sum("site-1" in r["sites_trained"] for r in report["rounds"])
-    assert trained >= 2
-    entry = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
-                             "--json").stdout)["runs"][report["run_id"]]
-    # One charge per round trained (and at most one for a round a dead worker never sent).
-    assert trained <= entry["events"] - 1 <= trained + 1  # minus the count's release
-    assert entry["epsilon"] <= 3.0 + 1e-6
-
-
-def test_a_site_killed_mid_round_does_not_stop_the_run_and_can_come_back(world) -> None:
-    victim = world.procs["site-3"]
-    mark = len(victim.text()) - victim.offset
-    launched = world.run("run-b", "--rounds", "3", "--min-sites", "2", "--round-timeout", "300",
-                         "--target-epsilon", "3", detach=True)
-    assert launched.returncode == 0, launched.stdout + launched.stderr
-    victim.wait_for("Receiving: train message", timeout=300, after=mark)
-    victim.kill()  # mid-round: it received the round's work and never answers
+                          after=marks["site-1"])
+    os.kill(int(first.group(1)), signal.SIGKILL)  # site-1's worker alone, between rounds
     wait_until(lambda: (load_checkpoint(world.root / "run-b") or _NoRound).round >= 1,
-               timeout=600, what="round 1 to complete without site-3")
+               timeout=600, what="round 1 to complete", interval=0.2)
     back = world.start_site("site-3")
     wait_online(world, back)
     wait_until(lambda: (world.root / "run-b" / "report.json").exists(), timeout=900,
                what="the run to finish")
-    rounds = report_of(world, "run-b")["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert "site-3" not in rounds[0]["sites_trained"]
-    assert sorted(rounds[0]["sites_trained"]) == ["site-1", "site-2"]
+    report = report_of(world, "run-b")
+    rounds = report["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6]
+    assert all("site-2" in r["sites_trained"] for r in rounds)
+    missed = [r["round"] for r in rounds if "site-3" not in r["sites_trained"]]
+    assert missed and missed[0] <= 2  # the round it died in (or the next) went on without it
     assert "site-3" in rounds[-1]["sites_trained"]  # it came back
+    # site-1's fedtl client started its worker again; the run went on with it.
+    log = site.text()[site.offset + marks["site-1"]:]
+    assert "exited with code -9; starting it again" in log
+    assert len({pid for pid, _ in worker_answers(log)}) == 2  # the killed one, its successor
+    trained = sum("site-1" in r["sites_trained"] for r in rounds)
+    assert trained >= 5
+    entry = ledger_runs(world, "site-1")[report["run_id"]]
+    # One charge per round trained (and at most one for a round a dead worker never sent).
+    assert trained <= entry["events"] - 1 <= trained + 1  # minus the count's release
+    assert entry["epsilon"] <= 3.0 + 1e-6
 
 
 class _NoRound:
@@ -420,8 +421,10 @@ class _NoRound:
 
 
 def test_a_killed_server_restarts_and_resumes_without_repeating_or_losing_rounds(world) -> None:
+    # After a restart the SuperLink takes a while to see that sites killed earlier in the
+    # module are gone; a round waits at most its timeout for them.
     launched = world.run("run-c", "--rounds", "3", "--min-sites", "3", "--target-epsilon", "3",
-                         detach=True)
+                         "--round-timeout", "60", detach=True)
     assert launched.returncode == 0, launched.stdout + launched.stderr
     wait_until(lambda: (load_checkpoint(world.root / "run-c") or _NoRound).round >= 1,
                timeout=600, what="the first checkpoint")
@@ -435,7 +438,7 @@ def test_a_killed_server_restarts_and_resumes_without_repeating_or_losing_rounds
     report = report_of(world, "run-c")
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
     assert report["run_id"] == before.run_id
-    assert report["rounds"][: before.round] == before.history  # kept, not redone
+    assert report["rounds"][: before.round] == before.book["history"]  # kept, not redone
     for name in GOOD:
         runs = PrivacyLedger(world.root / "state" / name).runs()
         # One ledger entry for the run across the restart; at most the killed round extra.
