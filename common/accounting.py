@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -127,7 +128,8 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: floa
                      accountant: str = "rdp", prior: Sequence[Mechanism] = ()) -> float:
     """The smallest noise multiplier that keeps ``steps`` steps within ``target_epsilon``.
 
-    ``prior`` mechanisms (earlier runs) count against the same ``target_epsilon``.
+    ``prior`` mechanisms (earlier runs) count against the same ``target_epsilon``. The
+    result never overshoots: composed with ``prior`` it spends at most the target.
     """
     if target_epsilon <= 0:
         raise ConfigError(f"target epsilon must be positive. Found {target_epsilon}.")
@@ -136,29 +138,58 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: floa
     if steps <= 0:
         raise ConfigError(f"planned steps must be positive. Found {steps}.")
     _check_rate(sampling_rate)
-    upper = 500.0
+    return _calibrated(float(target_epsilon), float(delta), float(sampling_rate), int(steps),
+                       accountant, tuple(prior))
 
-    def plan(sigma: float) -> list[Mechanism]:
-        return [*prior, Mechanism(sampling_rate, sigma, steps)]
 
-    if composed_epsilon(plan(upper), delta=delta, accountant=accountant) > target_epsilon:
+_UPPER = 500.0
+
+
+# Sites of one run ask the same question (a simulated site's budget is the run's target, so
+# the site's and the run's calibration coincide): answered once per process.
+@functools.lru_cache(maxsize=256)
+def _calibrated(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
+                accountant: str, prior: tuple[Mechanism, ...]) -> float:
+    def spent(sigma: float) -> float:
+        return composed_epsilon([*prior, Mechanism(sampling_rate, sigma, steps)], delta=delta,
+                                accountant=accountant)
+
+    if spent(_UPPER) > target_epsilon:
         already = composed_epsilon(prior, delta=delta, accountant=accountant)
         raise ConfigError(
             f"target epsilon {target_epsilon} at delta {delta} cannot be met with {steps} "
-            f"steps at sampling rate {sampling_rate:.4g} even with noise multiplier {upper}"
+            f"steps at sampling rate {sampling_rate:.4g} even with noise multiplier {_UPPER}"
             + (f" (earlier runs and this run's count and figure releases already spend "
                f"{already:.3f})" if prior else "")
             + ": raise the budget, or lower rounds, local epochs or the batch size"
         )
-    import dp_accounting
+    if accountant != "rdp":
+        import dp_accounting
 
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: _accountant(accountant),
-        lambda sigma: _composed(plan(sigma)),
-        target_epsilon, delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, upper),
-        tol=1e-4,
-    ))
+        return float(dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant(accountant),
+            lambda sigma: _composed([*prior, Mechanism(sampling_rate, sigma, steps)]),
+            target_epsilon, delta,
+            bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, _UPPER), tol=1e-4))
+    return _root_from_above(spent, target_epsilon)
+
+
+def _root_from_above(spent: Callable[[float], float], target: float) -> float:
+    """The least sigma in [1e-3, 500] whose ``spent(sigma)`` is at most ``target``, to 1e-4
+    relative: Brent's method on log sigma (epsilon falls smoothly as noise grows, ~10
+    evaluations of an RDP curve instead of dp-accounting's ~25 bisection steps), then a
+    step up, never down, until the target holds."""
+    from scipy.optimize import brentq
+
+    low, high = math.log(1e-3), math.log(_UPPER)
+    if spent(math.exp(low)) <= target:
+        return math.exp(low)
+    root = brentq(lambda log_sigma: spent(math.exp(log_sigma)) - target, low, high,
+                  xtol=1e-5, rtol=1e-6)
+    sigma = math.exp(root)
+    while spent(sigma) > target:
+        sigma *= 1 + 1e-5
+    return sigma
 
 
 def _check_rate(sampling_rate: float) -> None:

@@ -69,7 +69,9 @@ class HeadTrainer:
         self._prox = tf.Variable(0.0, trainable=False, dtype=tf.float32)
         self._anchor = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
         dim = key.feature_dim
-        self._run = tf.function(self._steps, input_signature=[
+        # No AutoGraph: the loop is an explicit tf.while_loop, and AutoGraph's conversion of
+        # tensorflow-privacy's registry code took ~10 s of every process's first round.
+        self._run = tf.function(self._steps, autograph=False, input_signature=[
             tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.int64),
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32),
         ])
@@ -95,15 +97,21 @@ class HeadTrainer:
 
     def _steps(self, x: tf.Tensor, y: tf.Tensor, index: tf.Tensor,
                mask: tf.Tensor) -> tf.Tensor:
-        total = tf.constant(0.0, tf.float32)
-        for step in tf.range(tf.shape(index)[0]):
-            xb, yb, wb = tf.gather(x, index[step]), tf.gather(y, index[step]), mask[step]
+        def step(i: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            xb, yb, wb = tf.gather(x, index[i]), tf.gather(y, index[i]), mask[i]
             grads, logits = self._gradients(xb, yb, wb)
             grads = [g + self._prox * (v - a) for g, v, a in
                      zip(grads, self.model.trainable_variables, self._anchor, strict=True)]
             # Loss before the update, over the drawn rows only (padding has weight 0).
-            total += tf.reduce_sum(wb * self._per_example_loss(yb, logits))
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+            loss = tf.reduce_sum(wb * self._per_example_loss(yb, logits))
+            with tf.control_dependencies([loss]):
+                update = self.optimizer.apply_gradients(zip(grads,
+                                                            self.model.trainable_variables))
+            with tf.control_dependencies([update]):
+                return i + 1, total + loss
+
+        _, total = tf.while_loop(lambda i, _: i < tf.shape(index)[0], step,
+                                 (tf.constant(0), tf.constant(0.0, tf.float32)))
         return total
 
     def train(self, x: np.ndarray, y: np.ndarray, weights: Sequence[np.ndarray],
