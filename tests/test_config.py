@@ -50,13 +50,59 @@ def test_config_is_frozen() -> None:
         RunConfig().rounds = 3  # type: ignore[misc]
 
 
-def test_flower_app_config_in_pyproject_matches_the_dataclass_defaults() -> None:
+def test_flower_app_config_in_pyproject_declares_every_setting_with_its_default() -> None:
     import tomllib
+    from dataclasses import fields
 
     from .conftest import PROJECT
 
     declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())
     app_config = declared["tool"]["flwr"]["app"]["config"]
+    assert set(app_config) == {f.name.replace("_", "-") for f in fields(RunConfig)}
     parsed = RunConfig.from_flower(app_config)
     assert parsed.replace(state=RunConfig().state) == RunConfig()
     assert parsed.site_cache_dir("site-0") == RunConfig().site_cache_dir("site-0")
+
+
+def _options(command: str) -> dict[str, object]:
+    from common.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {a.dest: a for a in sub.choices[command]._actions}
+
+
+@pytest.mark.parametrize(("command", "scopes"), [
+    ("simulate", {"scenario", "training", "engine"}),
+    ("compare", {"scenario", "training", "engine"}),
+    ("run", {"training"})])
+def test_each_setting_has_one_command_line_option_made_from_its_declaration(
+        command: str, scopes: set[str]) -> None:
+    from dataclasses import fields
+
+    from common.cli.options import default_of, option_name
+
+    options = _options(command)
+    for f in fields(RunConfig):
+        assert f.metadata["help"], f.name
+        if f.metadata["scope"] not in scopes:
+            assert f.name not in options or f.name in ("out", "classes"), (command, f.name)
+            continue
+        action = options[f.name]
+        assert option_name(f) in action.option_strings
+        if str(f.type) == "bool":  # a switch that turns the default around
+            assert action.default is default_of(f) and action.const is not default_of(f)
+        else:
+            assert action.default == default_of(f) and action.choices == f.metadata["choices"]
+
+
+def test_parsed_defaults_are_the_dataclass_defaults() -> None:
+    from common.cli import build_parser
+    from common.cli.options import settings_from
+
+    args = build_parser().parse_args(["simulate"])
+    assert settings_from(args, out=RunConfig().out) == RunConfig()
+    args = build_parser().parse_args(["simulate", "--no-dp", "--no-cache", "--cache-dir", "x",
+                                      "--rounds", "3", "--base-dtype", "float32"])
+    cfg = settings_from(args, out="o")
+    assert (cfg.dp, cfg.cache, cfg.state, cfg.rounds, cfg.base_dtype) == \
+        (False, False, "x", 3, "float32")

@@ -125,7 +125,7 @@ def test_a_policy_survives_its_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_command_line_flags_override_the_policy_file(tmp_path: Path) -> None:
-    from common.cli import _site_policy, build_parser
+    from common.cli.main import _site_policy, build_parser
 
     (tmp_path / "p.toml").write_text('site-metrics = "none"\nmax-run-epsilon = 1.0\n')
     args = build_parser().parse_args([

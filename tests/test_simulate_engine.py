@@ -23,9 +23,9 @@ def test_with_an_address_the_existing_cluster_decides_the_resources() -> None:
 
 
 def _simulate_config(*argv: str) -> RunConfig:
-    from common.cli import _run_config
+    from common.cli.options import settings_from
 
-    return _run_config(build_parser().parse_args(["simulate", *argv]), out="o")
+    return settings_from(build_parser().parse_args(["simulate", *argv]), out="o")
 
 
 def test_state_flag_places_each_simulated_sites_cache_under_it(tmp_path: Path) -> None:

