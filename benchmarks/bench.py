@@ -39,9 +39,9 @@ import numpy as np
 
 import common  # noqa: F401  (TensorFlow settings before TensorFlow is imported)
 from common.config import RunConfig
-from common.data import Listing, list_dataset, load_images
-from common.features import LazyBase, extract
-from common.model import BaseSpec, cpu_has_bfloat16, initial_head_weights
+from common.data.images import Listing, list_dataset, load_images
+from common.features.extraction import LazyBase, extract
+from common.features.model import BaseSpec, cpu_has_bfloat16, initial_head_weights
 from common.site import SiteAccount, base_spec, load_site, sgd_settings, train_round
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def bench_extraction(listing: Listing, plan: Plan, cfg: RunConfig,
 # --- 2. head training -----------------------------------------------------------------------
 
 def bench_head(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
-    from common.dp import SgdSettings, train_head
+    from common.privacy.dp import SgdSettings, train_head
 
     rng = np.random.default_rng(0)
     n, dim = plan.head_examples, 512
@@ -131,8 +131,8 @@ def bench_head(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
 def _naive_model(cfg: RunConfig, base: Any, settings: Any, batch: int) -> Any:
     import tensorflow as tf
 
-    from common.dp import microbatched_optimizer
-    from common.model import head_layers
+    from common.privacy.dp import microbatched_optimizer
+    from common.features.model import head_layers
 
     inputs = tf.keras.Input((cfg.image_size, cfg.image_size, 3))
     x = base.model(inputs)

@@ -2,7 +2,7 @@
 
 Everything in a message is the server's word, which a site does not take on trust: the run
 config, class list, run id and arrays are checked, and the run is held against the site's own
-policy (`common.policy.admit`) before any of its data is read. Every decision goes to the
+policy (`common.privacy.policy.admit`) before any of its data is read. Every decision goes to the
 site's audit trail; a refusal tells the server only that, the reasons stay in the site's log.
 """
 
@@ -19,17 +19,17 @@ from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import legacy_messages_mod, secure_aggregation_mod
 from common import protocol
-from common.audit_trail import AuditTrail, Decision
+from common.privacy.audit_trail import AuditTrail, Decision
 from common.config import NODE_NAME, RunConfig, SiteConfig, valid_run_id
-from common.data import check_same_classes, list_dataset
+from common.data.images import check_same_classes, list_dataset
 from common.errors import (BudgetExhaustedError, DataError, FedtlError, PolicyRefusedError)
-from common.features import LazyBase
-from common.ledger import PrivacyLedger
-from common.model import full_model, head_shapes, save_model
+from common.features.extraction import LazyBase
+from common.privacy.ledger import PrivacyLedger
+from common.features.model import full_model, head_shapes, save_model
 from common.personal import MODEL_FILE, load_head, personal_dir, save_head
-from common.policy import REFUSED, admit
-from common.scenario import Scenario, build_scenario
-from common.release import figure_mode
+from common.privacy.policy import REFUSED, admit
+from common.data.scenario import Scenario, build_scenario
+from common.privacy.release import figure_mode
 from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_site,
                          released_accuracies, train_round)
 

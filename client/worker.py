@@ -19,7 +19,9 @@ pushes a task's messages the same way); Flower has no public API for a long-live
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import os
 import sys
 import threading
@@ -33,6 +35,7 @@ log = logging.getLogger("fedtl.worker")
 _PROTECTED = frozenset({"/flwr.proto.Runtime/AcquireTask", "/flwr.proto.Runtime/PullPendingTasks",
                         "/flwr.proto.Runtime/ClaimTask"})
 POLL_SECONDS = 0.05  # between asks for a task when idle: loopback, cheap
+PULL_SECONDS = 20.0  # the most a message's arrays may take to reach the SuperNode
 
 
 class SiteWorker:
@@ -132,7 +135,10 @@ def pull_task_input(client: Any) -> tuple[Any, Any]:
     """The task's message and context, as Flower's `run_clientapp.pull_task_input` gets them,
     but retrying a message object the SuperNode is still fetching after 50 ms, not 1 s
     (Flower's default backoff; the SuperNode hands out the task before it has the
-    message's arrays, so the first try nearly always misses)."""
+    message's arrays, so the first try nearly always misses), and for at most
+    `PULL_SECONDS`, not Flower's two hours: a SuperNode that reconnects after the server
+    restarted leaves a task behind for a message of a finished run, whose arrays never come,
+    and one worker waiting on it would hold up every later message of the site."""
     from flwr.common.serde import context_from_proto
     from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
     from flwr.proto.runtime_pb2 import (PullAppMessagesRequest,  # pylint: disable=E0611
@@ -157,14 +163,14 @@ def pull_task_input(client: Any) -> tuple[Any, Any]:
         tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
                                                   context.run_id),
-        return_type=Message, initial_backoff=0.05, backoff_cap=1.0)
+        return_type=Message, initial_backoff=0.05, backoff_cap=1.0, max_time=PULL_SECONDS)
     message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower sets it
     return message, context
 
 
 def warm_up(verbose: bool) -> None:
     """Import TensorFlow and the DP trainer before the first message needs them."""
-    from common.quiet import load_tensorflow
+    from common.deploy.quiet import load_tensorflow
 
     load_tensorflow(verbose)
 
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where it is
     stop = threading.Event()
     if args.parent:
         threading.Thread(target=_watch_parent, args=(args.parent, stop), daemon=True).start()

@@ -1,4 +1,12 @@
-"""fedtl's framework-independent core: data, model, DP training, accounting, reports."""
+"""fedtl's framework-independent core, in layers (docs/architecture.md):
+
+- ``config``, ``errors``, ``storage``, ``protocol``, ``report``: shared by everything;
+- ``data``, ``features``, ``privacy``: images, the frozen base, DP training and accounting;
+- ``site``, ``personal``: one site's round, composed from the layers above;
+- ``deploy`` and ``cli``: the edges (Flower's processes, the command line). Nothing in the
+  core imports them, Flower's framework, ``client``, ``server`` or ``simulations``
+  (tests/test_layers.py checks it).
+"""
 
 import os
 

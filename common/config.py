@@ -9,11 +9,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from common.accounting import ACCOUNTANTS
+from common.privacy.accounting import ACCOUNTANTS
 from common.errors import ConfigError
-from common.ledger import SiteBudget
-from common.policy import SitePolicy
-from common.release import COUNT_MODES, METRIC_MODES
+from common.privacy.ledger import SiteBudget
+from common.privacy.policy import SitePolicy
+from common.privacy.release import COUNT_MODES, METRIC_MODES
 
 # iid / dirichlet (label skew) / domain (each site its own acquisition shift; label skew too
 # with --alpha) split one dataset; folders: the dataset folder holds one folder per site.
@@ -22,7 +22,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
-# The frozen base's arithmetic (common.model): auto is bfloat16 where the CPU has it.
+# The frozen base's arithmetic (common.features.model): auto is bfloat16 where the CPU has it.
 BASE_DTYPES = ("auto", "float32", "bfloat16")
 
 

@@ -1,14 +1,148 @@
-"""The run report (``report.json``) and its plots, written only when a run completes."""
+"""The run report (``report.json``) as typed records, and its plots, written only when a run
+completes. The CLI, `fedtl compare` and the tests read a `Report`, not string keys."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from common.storage import write_atomically, write_json_atomically
+
+
+@dataclass
+class RoundRecord:
+    """What the server learnt in one round."""
+
+    round: int
+    train_loss: float | None = None
+    accuracy: float | None = None
+    epsilon_max: float | None = None
+    sites_trained: list[str] = field(default_factory=list)
+    declined: list[str] = field(default_factory=list)  # their budget did not allow it
+    rejected: list[str] = field(default_factory=list)  # a reply failed the server's checks
+    refused: list[str] = field(default_factory=list)  # their own policy refused the run
+    site_accuracy: dict[str, float] = field(default_factory=dict)  # global head, per site
+    worst_site_accuracy: float | None = None
+    site_accuracy_std: float | None = None  # spread over sites (population std)
+    unseen_accuracy: float | None = None  # a simulated site no one trains on
+    client_epsilon: float | None = None  # client-level DP's epsilon after this round
+    seconds: float | None = None  # wall time from sending train messages to evaluating
+    failure: str | None = None  # why the round's aggregation failed (the head stayed)
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """The frozen base every site used."""
+
+    weights: str
+    fingerprint: str
+    base_layer: str
+    image_size: int
+    preprocessing: str
+
+
+@dataclass(frozen=True)
+class FinalFigures:
+    """How the run ended: accuracies (per site, of the model each site would use), epsilons."""
+
+    accuracy: float | None
+    per_site_accuracy: dict[str, float]
+    mean_site_accuracy: float | None
+    worst_site_accuracy: float | None
+    site_accuracy_std: float | None
+    per_site_global_accuracy: dict[str, float]
+    per_site_personal_accuracy: dict[str, float] | None
+    unseen_domain_accuracy: float | None
+    strategy: str
+    personalized: bool
+    epsilon: dict[str, float]
+    delta: float
+    target_epsilon: float | None
+    private: bool
+
+
+@dataclass(frozen=True)
+class RecordLevel:
+    """What each site's record-level epsilon covers and what left sites outside it."""
+
+    private: bool
+    unit: str
+    target_epsilon: float | None
+    delta: float | None
+    accountant: str
+    covers: list[str]
+    released_outside_guarantee: list[str]
+    tightened_by_sites: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class Guarantees:
+    record_level: RecordLevel
+    client_level: dict[str, Any]  # server/client_dp.py's statement ({"private": False} if off)
+    secure_aggregation: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DataFigures:
+    skipped_images: int
+    skipped_images_by_site: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Timing:
+    total_seconds: float
+    feature_extraction_seconds: float
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``report.json`` holds (README, "What a run writes")."""
+
+    run_id: str
+    settings: dict[str, Any]
+    base: BaseInfo
+    versions: dict[str, str]
+    rounds: list[RoundRecord]
+    final: FinalFigures
+    sites: dict[str, dict[str, Any]]
+    privacy: dict[str, dict[str, Any]]
+    guarantees: Guarantees
+    data: DataFigures
+    timing: Timing
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Report:
+        """A report read back (unknown keys are an error: the format is this class)."""
+        guarantees = raw["guarantees"]
+        return cls(
+            run_id=raw["run_id"], settings=dict(raw["settings"]),
+            base=BaseInfo(**raw["base"]), versions=dict(raw["versions"]),
+            rounds=[RoundRecord(**r) for r in raw["rounds"]],
+            final=FinalFigures(**raw["final"]), sites=dict(raw["sites"]),
+            privacy=dict(raw["privacy"]),
+            guarantees=Guarantees(record_level=RecordLevel(**guarantees["record_level"]),
+                                  client_level=dict(guarantees["client_level"]),
+                                  secure_aggregation=dict(guarantees["secure_aggregation"])),
+            data=DataFigures(**raw["data"]), timing=Timing(**raw["timing"]))
+
+    @classmethod
+    def read(cls, path: Path) -> Report:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    @property
+    def max_epsilon(self) -> float | None:
+        return max(self.final.epsilon.values(), default=None) if self.final.private else None
+
+
+REPORT_KEYS = tuple(f.name for f in fields(Report))
 
 _PACKAGES = ("fedtl", "flwr", "tensorflow", "tf-keras", "tensorflow-privacy", "dp-accounting",
              "numpy", "ray")
@@ -25,29 +159,29 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_report(out: Path, report: dict[str, Any]) -> Path:
+def write_report(out: Path, report: Report) -> Path:
     """Plots first, then ``report.json`` last, so a report always has its plots beside it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rounds = report["rounds"]
-    numbers = [r["round"] for r in rounds]
-    series = {"global head, mean over sites (held-out)": [r["accuracy"] for r in rounds],
-              "global head, worst site": [r.get("worst_site_accuracy") for r in rounds]}
-    if any(r.get("unseen_accuracy") is not None for r in rounds):
-        series["global head, unseen-domain site"] = [r.get("unseen_accuracy") for r in rounds]
+    rounds = report.rounds
+    numbers = [r.round for r in rounds]
+    series = {"global head, mean over sites (held-out)": [r.accuracy for r in rounds],
+              "global head, worst site": [r.worst_site_accuracy for r in rounds]}
+    if any(r.unseen_accuracy is not None for r in rounds):
+        series["global head, unseen-domain site"] = [r.unseen_accuracy for r in rounds]
     plot_series(out / "accuracy.png", numbers, series, "accuracy", "Accuracy per round")
-    final = report["final"]
-    bars = {"global head": final.get("per_site_global_accuracy") or {}}
-    if final.get("per_site_personal_accuracy"):
-        bars["own (personalized) head"] = final["per_site_personal_accuracy"]
+    final = report.final
+    bars = {"global head": final.per_site_global_accuracy or {}}
+    if final.per_site_personal_accuracy:
+        bars["own (personalized) head"] = final.per_site_personal_accuracy
     if bars["global head"]:
         plot_site_bars(out / "sites.png", bars, "Final accuracy per site (held-out)")
     plot_series(out / "epsilon.png", numbers, {"max epsilon over sites":
-                [r["epsilon_max"] for r in rounds]}, "epsilon",
-                f"Privacy spent per round (delta={report['final']['delta']})",
-                hline=report["settings"].get("target-epsilon") if report["settings"].get("dp") else None)
+                [r.epsilon_max for r in rounds]}, "epsilon",
+                f"Privacy spent per round (delta={final.delta})",
+                hline=final.target_epsilon if final.private else None)
     path = out / "report.json"
-    write_json_atomically(path, report, mode=0o644)
+    write_json_atomically(path, report.to_json(), mode=0o644)
     return path
 
 

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common.accounting import Mechanism, composed_epsilon, noise_for_budget
+from common.privacy.accounting import Mechanism, composed_epsilon, noise_for_budget
 from common.config import RunConfig
-from common.data import Listing
-from common.shift import Shift
+from common.data.images import Listing
+from common.data.shift import Shift
 from common.errors import BudgetExhaustedError, ConfigError, PolicyRefusedError
-from common.features import LazyBase, Progress, site_features
-from common.ledger import (LedgerBook, LedgerEvent, PrivacyLedger, RunEntry, RunHeader,
+from common.features.extraction import LazyBase, Progress, site_features
+from common.privacy.ledger import (LedgerBook, LedgerEvent, PrivacyLedger, RunEntry, RunHeader,
                            SiteBudget)
-from common.policy import SitePolicy
-from common.sgd import SgdSettings
-from common.model import BaseSpec, compute_dtype, predict_classes
-from common.partition import holdout_split
-from common.release import (count_mechanism, figure_mode, held_out_weight, metric_mechanism,
+from common.privacy.policy import SitePolicy
+from common.privacy.sgd import SgdSettings
+from common.features.model import BaseSpec, compute_dtype, predict_classes
+from common.data.partition import holdout_split
+from common.privacy.release import (count_mechanism, figure_mode, held_out_weight, metric_mechanism,
                             noisy_accuracy, public_count, releases)
 
 log = logging.getLogger("fedtl.site")
@@ -284,7 +284,7 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
     n = len(data.train_y)
     settings, entry = charge(cfg, data.name, n, account, rng, personal)
     settings = dataclasses.replace(settings, proximal_mu=proximal_mu)
-    from common.dp import train_head  # TensorFlow only once the site trains
+    from common.privacy.dp import train_head  # TensorFlow only once the site trains
 
     new_weights, loss = train_head(
         data.train_x, data.train_y, weights, num_classes=len(cfg.classes),

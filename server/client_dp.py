@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from common.accounting import Mechanism, composed_epsilon
+from common.privacy.accounting import Mechanism, composed_epsilon
 from common.config import RunConfig
 
 log = logging.getLogger("fedtl.server")

@@ -18,16 +18,18 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.config import RunConfig
 from common.errors import FedtlError, UpdateRejectedError
-from common.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
-from common.release import as_played, releases
-from common.report import versions, write_report
+from common.features.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
+from common.privacy.release import as_played, releases
+from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
+                           Timing, versions, write_report)
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
                               with_client_dp)
 from server.replies import ReplyRules, check_personal_reply
 from server.run_registry import RunRegistry
-from server.runbook import RoundRecord, RunBook, site_summary
+from common.report import RoundRecord
+from server.runbook import RunBook, site_summary
 from server.secure import run_secure
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
                              validated)
@@ -234,38 +236,32 @@ def site_privacy(cfg: RunConfig, book: RunBook) -> dict[str, dict[str, Any]]:
 
 def guarantees(cfg: RunConfig, client_level: ClientLevelState,
                tightened: dict[str, list[str]] | None = None,
-               sites: list[str] | None = None) -> dict[str, Any]:
+               sites: list[str] | None = None) -> Guarantees:
     """What the run's epsilons cover and what left the sites outside them, as each site
     played the run (its own policy may have tightened it: ``tightened`` per site)."""
     tightened = tightened or {}
     played = [releases(as_played(cfg, tightened.get(site, []))) for site in sites or []]
     played = played or [releases(cfg)]
-    outside = list(dict.fromkeys(o for r in played for o in r.outside))
-    return {
-        "record_level": {
-            "private": cfg.dp,
-            "unit": "one image of one site (add/remove)",
-            "target_epsilon": cfg.target_epsilon if cfg.dp else None,
-            "delta": cfg.delta if cfg.dp else None,
-            "accountant": cfg.accountant,
-            "covers": list(dict.fromkeys(c for r in played for c in r.covered)),
-            "released_outside_guarantee": outside,
-            "tightened_by_sites": tightened,
-        },
-        "client_level": client_level_guarantee(cfg, client_level),
-        "secure_aggregation": {
+    return Guarantees(
+        record_level=RecordLevel(
+            private=cfg.dp, unit="one image of one site (add/remove)",
+            target_epsilon=cfg.target_epsilon if cfg.dp else None,
+            delta=cfg.delta if cfg.dp else None, accountant=cfg.accountant,
+            covers=list(dict.fromkeys(c for r in played for c in r.covered)),
+            released_outside_guarantee=list(dict.fromkeys(o for r in played for o in r.outside)),
+            tightened_by_sites=tightened),
+        client_level=client_level_guarantee(cfg, client_level),
+        secure_aggregation={
             "on": cfg.secure_aggregation,
             **({"protocol": "SecAgg+ (Flower)", "server_sees": "the weighted mean of the "
                 "heads of the sites that completed the round",
-                "coordinate_clip": cfg.secagg_clip} if cfg.secure_aggregation else {}),
-        },
-    }
+                "coordinate_clip": cfg.secagg_clip} if cfg.secure_aggregation else {})})
 
 
 def build_report(cfg: RunConfig, fingerprint: str, book: RunBook,
                  prerun: PreRun, run_id: str, elapsed_before: float = 0.0,
                  personal: PersonalResult | None = None,
-                 client_level: ClientLevelState | None = None) -> dict[str, Any]:
+                 client_level: ClientLevelState | None = None) -> Report:
     last = book.history[-1]
     global_acc = dict(last.site_accuracy)
     if personal is not None:
@@ -282,37 +278,24 @@ def build_report(cfg: RunConfig, fingerprint: str, book: RunBook,
             entry["epsilon"] = book.epsilon_by_site.get(name)
         if name in book.tightened:
             entry["tightened_by_its_policy"] = book.tightened[name]
-    return {
-        "run_id": run_id,
-        "settings": cfg.to_flower(),
-        "base": {"weights": cfg.weights, "fingerprint": fingerprint,
-                 "base_layer": cfg.base_layer, "image_size": cfg.image_size,
-                 "preprocessing": PREPROCESSING},
-        "versions": versions(),
-        "rounds": [asdict(r) for r in book.history],
-        "final": {
-            "accuracy": last.accuracy,
-            "per_site_accuracy": used,
-            **site_summary(used),
-            "per_site_global_accuracy": global_acc,
-            "per_site_personal_accuracy": personal.personal if personal else None,
-            "unseen_domain_accuracy": last.unseen_accuracy,
-            "strategy": cfg.strategy,
-            "personalized": personal is not None,
-            "epsilon": book.epsilon_by_site if cfg.dp else {},
-            "delta": cfg.delta,
-            "target_epsilon": cfg.target_epsilon if cfg.dp else None,
-            "private": cfg.dp,
-        },
-        "sites": sites,
-        "privacy": site_privacy(cfg, book),
-        "guarantees": guarantees(cfg, client_level or ClientLevelState(), book.tightened,
-                                 sorted(book.privacy)),
-        "data": {"skipped_images": sum(book.skipped.values()),
-                 "skipped_images_by_site": book.skipped},
-        "timing": {
-            "total_seconds": elapsed_before + time.time() - prerun.started,
-            "feature_extraction_seconds": prerun.feature_extraction_seconds
-            + book.extract_seconds,
-        },
-    }
+    return Report(
+        run_id=run_id, settings=cfg.to_flower(),
+        base=BaseInfo(weights=cfg.weights, fingerprint=fingerprint, base_layer=cfg.base_layer,
+                      image_size=cfg.image_size, preprocessing=PREPROCESSING),
+        versions=versions(), rounds=list(book.history),
+        final=FinalFigures(
+            accuracy=last.accuracy, per_site_accuracy=used, **site_summary(used),
+            per_site_global_accuracy=global_acc,
+            per_site_personal_accuracy=personal.personal if personal else None,
+            unseen_domain_accuracy=last.unseen_accuracy, strategy=cfg.strategy,
+            personalized=personal is not None,
+            epsilon=book.epsilon_by_site if cfg.dp else {}, delta=cfg.delta,
+            target_epsilon=cfg.target_epsilon if cfg.dp else None, private=cfg.dp),
+        sites=sites, privacy=site_privacy(cfg, book),
+        guarantees=guarantees(cfg, client_level or ClientLevelState(), book.tightened,
+                              sorted(book.privacy)),
+        data=DataFigures(skipped_images=sum(book.skipped.values()),
+                         skipped_images_by_site=dict(book.skipped)),
+        timing=Timing(total_seconds=elapsed_before + time.time() - prerun.started,
+                      feature_extraction_seconds=prerun.feature_extraction_seconds
+                      + book.extract_seconds))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -13,8 +12,9 @@ from typing import Any, TextIO
 import tomli_w
 
 from common.config import RunConfig
-from common.control import Control, ControlAddress
+from common.deploy.control import Control, ControlAddress
 from common.errors import ConfigError, FedtlError
+from common.report import Report
 
 
 def project_dir() -> Path:
@@ -45,7 +45,7 @@ def wait_finished(control: Control, run_id: int, timeout: float = 120.0) -> tupl
 
 
 def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
-           out: TextIO = sys.stdout) -> dict[str, Any] | None:
+           out: TextIO = sys.stdout) -> Report | None:
     """Submit ``cfg`` to the server; with ``follow``, stream its log until it ends.
 
     Returns the run's report when the output folder is visible from here (the server writes
@@ -72,6 +72,5 @@ def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
                              + " (its log above says why)")
     report = Path(cfg.out) / "report.json"
     if follow and report.exists():
-        loaded: dict[str, Any] = json.loads(report.read_text())
-        return loaded
+        return Report.read(report)
     return None

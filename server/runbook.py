@@ -11,36 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 
 from common import protocol
+from common.report import RoundRecord
 from server.replies import SiteEvaluation, SitePrivacy, SiteUpdate
 
 log = logging.getLogger("fedtl.server")
-
-
-@dataclass
-class RoundRecord:
-    """What the server learnt in one round."""
-
-    round: int
-    train_loss: float | None = None
-    accuracy: float | None = None
-    epsilon_max: float | None = None
-    sites_trained: list[str] = field(default_factory=list)
-    declined: list[str] = field(default_factory=list)  # their budget did not allow it
-    rejected: list[str] = field(default_factory=list)  # a reply failed the server's checks
-    refused: list[str] = field(default_factory=list)  # their own policy refused the run
-    site_accuracy: dict[str, float] = field(default_factory=dict)  # global head, per site
-    worst_site_accuracy: float | None = None
-    site_accuracy_std: float | None = None  # spread over sites (population std)
-    unseen_accuracy: float | None = None  # a simulated site no one trains on
-    client_epsilon: float | None = None  # client-level DP's epsilon after this round
-    seconds: float | None = None  # wall time from sending train messages to evaluating
-    failure: str | None = None  # why the round's aggregation failed (the head stayed)
 
 
 def site_summary(per_site: dict[str, float]) -> dict[str, float | None]:

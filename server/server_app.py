@@ -9,7 +9,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from common.data import list_dataset
+from common.data.images import list_dataset
 from server.federation import PreRun, run_server
 from server.prompt_grid import PromptGrid
 from server.run_registry import SERVER_STATE_ENV, RunRegistry

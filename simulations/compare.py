@@ -8,7 +8,6 @@ is resumed: variants that already finished are read back, not run again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from common.config import STRATEGIES, RunConfig
 from common.errors import ConfigError
-from common.report import plot_series, plot_site_bars
+from common.report import Report, plot_series, plot_site_bars
 from common.storage import write_json_atomically
 from simulations.simulate import simulate
 
@@ -52,23 +51,24 @@ def parse_variants(text: str) -> list[Variant]:
     return variants
 
 
-def summarize(report: dict[str, Any]) -> dict[str, Any]:
+def summarize(report: Report) -> dict[str, Any]:
     """What the comparison keeps of one run's report."""
-    final, rounds = report["final"], report["rounds"]
+    final = report.final
     return {
-        "mean_site_accuracy": final["mean_site_accuracy"],
-        "worst_site_accuracy": final["worst_site_accuracy"],
-        "site_accuracy_std": final["site_accuracy_std"],
-        "weighted_accuracy": final["accuracy"],
-        "unseen_domain_accuracy": final.get("unseen_domain_accuracy"),
-        "per_site_accuracy": final["per_site_accuracy"],
-        "per_site_global_accuracy": final["per_site_global_accuracy"],
-        "max_epsilon": max(final["epsilon"].values(), default=None) if final["private"]
-        else None,
-        "rounds": [{k: r.get(k) for k in ("round", "accuracy", "worst_site_accuracy",
-                                          "site_accuracy_std", "unseen_accuracy",
-                                          "epsilon_max")} for r in rounds],
-        "total_seconds": report["timing"]["total_seconds"],
+        "mean_site_accuracy": final.mean_site_accuracy,
+        "worst_site_accuracy": final.worst_site_accuracy,
+        "site_accuracy_std": final.site_accuracy_std,
+        "weighted_accuracy": final.accuracy,
+        "unseen_domain_accuracy": final.unseen_domain_accuracy,
+        "per_site_accuracy": final.per_site_accuracy,
+        "per_site_global_accuracy": final.per_site_global_accuracy,
+        "max_epsilon": report.max_epsilon,
+        "rounds": [{"round": r.round, "accuracy": r.accuracy,
+                    "worst_site_accuracy": r.worst_site_accuracy,
+                    "site_accuracy_std": r.site_accuracy_std,
+                    "unseen_accuracy": r.unseen_accuracy, "epsilon_max": r.epsilon_max}
+                   for r in report.rounds],
+        "total_seconds": report.timing.total_seconds,
     }
 
 
@@ -118,7 +118,7 @@ def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
                                               personalize=variant.personalize),
                                   f"{variant.name} ({k + 1}/{repeats})", verbose)
             runs.append(summarize(report))
-            scenario = report.get("sites", {})
+            scenario = report.sites
         results[variant.name] = combine(runs)
     comparison = {"settings": {k: v for k, v in cfg.to_flower().items()
                                if k not in ("strategy", "personalize", "out")},
@@ -129,11 +129,11 @@ def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
     return comparison
 
 
-def _run_or_read(cfg: RunConfig, label: str, verbose: bool) -> dict[str, Any]:
+def _run_or_read(cfg: RunConfig, label: str, verbose: bool) -> Report:
     done = Path(cfg.out) / "report.json"
     if done.exists():
-        report: dict[str, Any] = json.loads(done.read_text())
-        if not _same_run(cfg, report["settings"]):
+        report = Report.read(done)
+        if not _same_run(cfg, report.settings):
             raise ConfigError(f"{done} is a run with other settings; choose another --out")
         print(f"[compare] {label}: finished before, read back", flush=True)
         return report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -15,9 +14,10 @@ import numpy as np
 
 from common.config import RunConfig
 from common.errors import ConfigError, FedtlError
-from common.features import LazyBase, site_features
-from common.model import predict_classes
-from common.scenario import Scenario, build_scenario, site_folders
+from common.features.extraction import LazyBase, site_features
+from common.features.model import predict_classes
+from common.report import Report
+from common.data.scenario import Scenario, build_scenario, site_folders
 from common.site import base_spec, load_site, sgd_settings
 
 
@@ -104,7 +104,7 @@ def _progress(done: int, total: int) -> None:
         print(f" {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
-def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
+def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
     """Run the federation described by ``cfg``; return the report written to ``cfg.out``."""
     started = time.time()
     out = Path(cfg.out)
@@ -141,5 +141,4 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> dict[str, Any]:
     if not report_path.exists():
         raise FedtlError("the simulation ended without a report; rerun with --verbose to see "
                          "Flower's log")
-    report: dict[str, Any] = json.loads(report_path.read_text())
-    return report
+    return Report.read(report_path)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from common.accounting import epsilon, noise_for_budget
+from common.privacy.accounting import epsilon, noise_for_budget
 from common.errors import ConfigError
 
 
@@ -63,7 +63,7 @@ def test_impossible_or_malformed_budgets_are_refused(kwargs: dict) -> None:
 def test_cached_rdp_curves_give_exactly_the_accountants_epsilon() -> None:
     import dp_accounting
 
-    from common.accounting import Mechanism, composed_epsilon
+    from common.privacy.accounting import Mechanism, composed_epsilon
 
     runs = [Mechanism(0.64, 1.3, 7), Mechanism(0.05, 0.9, 300), Mechanism(0.64, 1.3, 2)]
     accountant = dp_accounting.rdp.RdpAccountant()
@@ -78,7 +78,7 @@ def test_cached_rdp_curves_give_exactly_the_accountants_epsilon() -> None:
 
 def tensorflow_privacy_epsilon(*, epochs: float, noise: float, rate: float, delta: float,
                                accountant: str) -> float:
-    import common.tf_privacy  # noqa: F401  (sets tensorflow-privacy's import escape hatch)
+    import common.privacy.tf_privacy  # noqa: F401  (sets tensorflow-privacy's import escape hatch)
     from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
 
     return lib._compute_dp_sgd_example_privacy(
@@ -105,7 +105,7 @@ def test_epsilon_matches_tensorflow_privacys_own_statement_for_poisson_dp_sgd(
 
 
 def test_the_abadi_setting_as_tensorflow_privacys_statement_prints_it() -> None:
-    import common.tf_privacy  # noqa: F401
+    import common.privacy.tf_privacy  # noqa: F401
     from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
 
     statement = lib.compute_dp_sgd_privacy_statement(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.audit import ATTACKS, run_attacks
+from common.privacy.membership import ATTACKS, run_attacks
 
 
 def probabilities(labels: np.ndarray, confidence: float, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,7 @@ from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, 
 from client.client_app import make_client_app
 from common import protocol
 from common.config import RunConfig
-from common.model import base_fingerprint, initial_head_weights
+from common.features.model import base_fingerprint, initial_head_weights
 from common.site import base_spec
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -140,7 +140,7 @@ def real_site(tmp_path: Path, budget: float, policy: str | None = None) -> Conte
 
 
 def trail(tmp_path: Path) -> list:
-    from common.audit_trail import AuditTrail
+    from common.privacy.audit_trail import AuditTrail
 
     return AuditTrail(tmp_path / "state").decisions()
 
@@ -263,7 +263,7 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused_before_it_becomes_a_path(
 
 def test_a_run_that_needs_approval_is_refused_until_an_operator_approves_it(
         cfg: RunConfig, tmp_path: Path) -> None:
-    from common.audit_trail import AuditTrail
+    from common.privacy.audit_trail import AuditTrail
 
     site = real_site(tmp_path, budget=3.0,
                      policy='require-approval = true\napproved-runs = ["study-*"]\n')

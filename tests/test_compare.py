@@ -57,3 +57,30 @@ def test_a_finished_run_is_reused_only_under_the_same_settings_that_matter_to_it
     assert not _same_run(cfg.replace(rounds=3), stored)
     adam = cfg.replace(strategy="fedadam")
     assert not _same_run(adam.replace(server_lr=0.5), {**adam.to_flower(), "classes": "a,b"})
+
+
+def test_a_report_round_trips_through_its_json() -> None:
+    import json
+
+    from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel,
+                               Report, RoundRecord, Timing)
+
+    report = Report(
+        run_id="r", settings={"rounds": 2}, base=BaseInfo("imagenet-pypi", "f" * 64,
+                                                          "block4_pool", 32, "p"),
+        versions={"python": "3.11"},
+        rounds=[RoundRecord(round=1, accuracy=0.5, sites_trained=["a"],
+                            site_accuracy={"a": 0.5}, refused=["node 9"])],
+        final=FinalFigures(accuracy=0.5, per_site_accuracy={"a": 0.5}, mean_site_accuracy=0.5,
+                           worst_site_accuracy=0.5, site_accuracy_std=0.0,
+                           per_site_global_accuracy={"a": 0.5},
+                           per_site_personal_accuracy=None, unseen_domain_accuracy=None,
+                           strategy="fedavg", personalized=False, epsilon={"a": 2.9},
+                           delta=1e-5, target_epsilon=3.0, private=True),
+        sites={"a": {"images": 10}}, privacy={"a": {"epsilon": 2.9}},
+        guarantees=Guarantees(RecordLevel(True, "one image", 3.0, 1e-5, "rdp",
+                                          ["head updates"], [], {"a": ["x 1 -> 2"]}),
+                              {"private": False}, {"on": False}),
+        data=DataFigures(0, {}), timing=Timing(1.0, 0.5))
+    again = Report.from_json(json.loads(json.dumps(report.to_json())))
+    assert again == report and again.max_epsilon == 2.9

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from common.credentials import ServerCerts, key_fingerprint, make_site_keys, make_test_certs
+from common.deploy.credentials import ServerCerts, key_fingerprint, make_site_keys, make_test_certs
 from common.errors import ConfigError
 
 

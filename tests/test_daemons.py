@@ -8,10 +8,10 @@ import pytest
 
 from client.daemon import ClientOptions, explain_line as site_says, supernode_command
 from common.config import SiteConfig
-from common.control import ControlAddress
-from common.credentials import key_fingerprint, make_site_keys, make_test_certs
+from common.deploy.control import ControlAddress
+from common.deploy.credentials import key_fingerprint, make_site_keys, make_test_certs
 from common.errors import ConfigError
-from common.ledger import SiteBudget
+from common.privacy.ledger import SiteBudget
 from server.daemon import ServerOptions, explain_line as server_says, superlink_command
 
 
@@ -77,7 +77,7 @@ def test_a_site_needs_its_key_and_the_ca_unless_insecure(creds: Path) -> None:
 
 def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> None:
     from client.daemon import write_policy
-    from common.policy import SitePolicy
+    from common.privacy.policy import SitePolicy
 
     opts = site(creds, policy=SitePolicy(max_run_epsilon=1.5, site_metrics="none"))
     write_policy(opts.policy, opts.policy_file)  # as `fedtl client` does before starting
@@ -96,7 +96,7 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
 
 
 def test_a_site_started_without_a_policy_file_gets_the_safe_defaults() -> None:
-    from common.policy import SitePolicy
+    from common.privacy.policy import SitePolicy
 
     back = SiteConfig.from_node_config({"data": "/d", "state": "/s", "budget": 1.0}, node_id=1)
     assert back.policy == SitePolicy() and not back.policy.allow_no_dp
@@ -148,3 +148,18 @@ def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tm
     assert [p.name for p in control.started] == ["r1.toml"]
     assert "relaunched unfinished run r1" in said and "Flower run 42" in said
     assert "broken.json" in said and "damaged" in said
+
+
+def test_the_flower_log_words_the_daemons_look_for_are_still_flowers_words() -> None:
+    # Where Flower states an event only in its log, the daemons match its words; if a Flower
+    # release rewords them, this fails instead of the daemons going quietly blind.
+    import flwr
+
+    from client.daemon import REFUSED_WORDS
+    from server.daemon import UNREGISTERED_WORDS
+
+    source = "\n".join(p.read_text(errors="replace")
+                       for p in Path(flwr.__file__).parent.rglob("*.py"))
+    assert REFUSED_WORDS[0] in source
+    assert UNREGISTERED_WORDS in source
+    assert "Attempted to register SuperNode with public key: " in source  # _UNREGISTERED

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import check_same_classes, list_dataset, load_images
+from common.data.images import check_same_classes, list_dataset, load_images
 from common.errors import DataError
 
 from .conftest import write_image_folder

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.dp import SgdSettings, train_head
-from common.model import head_layers, initial_head_weights
+from common.privacy.dp import SgdSettings, train_head
+from common.features.model import head_layers, initial_head_weights
 
 RNG = np.random.default_rng(0)
 X = (RNG.normal(size=(40, 6)) * 3).astype(np.float32)
@@ -98,7 +98,7 @@ def test_a_reused_trainer_carries_nothing_from_the_previous_site(momentum: float
 
 
 def test_each_drawn_example_enters_a_step_as_exactly_one_of_its_views() -> None:
-    from common.dp import sample_batches
+    from common.privacy.dp import sample_batches
 
     index, mask, drawn = sample_batches(50, settings(sampling_rate=0.2, steps=40),
                                         np.random.default_rng(0), num_views=3)
@@ -135,7 +135,7 @@ def test_batches_are_poisson_samples_at_the_accounted_rate_and_step_count() -> N
     """The accountant assumes each example joins each step independently with probability
     q; the drawn batches must look exactly like that (sizes Binomial(n, q), every example
     at rate q, no dependence between examples) and there must be exactly ``steps`` of them."""
-    from common.dp import sample_batches
+    from common.privacy.dp import sample_batches
 
     n, q, steps = 200, 0.1, 3000
     index, mask, drawn = sample_batches(n, settings(sampling_rate=q, steps=steps),

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.accounting import noise_for_budget
-from common.data import list_dataset
-from common.features import LazyBase, site_features
-from common.model import full_model, initial_head_weights, save_model
-from common.sgd import SgdSettings
+from common.privacy.accounting import noise_for_budget
+from common.data.images import list_dataset
+from common.features.extraction import LazyBase, site_features
+from common.features.model import full_model, initial_head_weights, save_model
+from common.privacy.sgd import SgdSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def split_folder(source: Path, members: Path, nonmembers: Path) -> None:
 
 
 def train(features: np.ndarray, labels: np.ndarray, settings: SgdSettings) -> list[np.ndarray]:
-    from common.dp import train_head
+    from common.privacy.dp import train_head
 
     start = initial_head_weights(features.shape[1], 10, 0, seed=0)
     return train_head(features, labels, start, num_classes=10, head_width=0,
@@ -51,7 +51,7 @@ def audit(model: Path, members: Path, nonmembers: Path) -> dict:
 
 def test_the_attack_beats_an_overfit_model_and_not_the_dp_model_on_the_same_data(
         cifar_dir: Path, tmp_path: Path) -> None:
-    from common.model import BaseSpec
+    from common.features.model import BaseSpec
 
     members, nonmembers = tmp_path / "members", tmp_path / "nonmembers"
     split_folder(cifar_dir, members, nonmembers)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from common.accounting import Mechanism, composed_epsilon
-from common.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
+from common.privacy.accounting import Mechanism, composed_epsilon
+from common.privacy.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
 from server.checkpoint import load_checkpoint
 
 from .conftest import PROJECT
@@ -56,8 +56,8 @@ class World:
         self.fleet = f"127.0.0.1:{free_port()}"
         self.control_port = free_port()
         self.procs: dict[str, Proc] = {}
-        from common.credentials import make_site_keys
-        from common.demo_data import write_demo_sites
+        from common.deploy.credentials import make_site_keys
+        from common.data.demo import write_demo_sites
 
         assert fedtl("certs", "--out", str(root / "certs")).returncode == 0
         (root / "sites").mkdir()
@@ -145,7 +145,7 @@ def test_an_unregistered_site_is_refused_with_a_clear_message_on_both_sides(worl
     assert "REFUSED by the server" in intruder.text()
     said = world.procs["server"].text()
     intruder_pub = (world.root / "keys" / "intruder.pub").read_bytes()
-    from common.credentials import key_fingerprint
+    from common.deploy.credentials import key_fingerprint
 
     assert f"REFUSED a site with key {key_fingerprint(intruder_pub)}" in said
 
@@ -307,7 +307,7 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
 def audit_trail(world: World, site: str) -> list[dict]:
     from dataclasses import asdict
 
-    from common.audit_trail import AuditTrail
+    from common.privacy.audit_trail import AuditTrail
 
     return [asdict(d) for d in AuditTrail(world.root / "state" / site).decisions()]
 
@@ -439,6 +439,8 @@ def test_a_killed_server_restarts_and_resumes_without_repeating_or_losing_rounds
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
     assert report["run_id"] == before.run_id
     assert report["rounds"][: before.round] == before.book["history"]  # kept, not redone
+    for r in report["rounds"][before.round:]:  # the sites came back to the resumed run
+        assert set(r["sites_trained"]) == set(GOOD), r
     for name in GOOD:
         runs = PrivacyLedger(world.root / "state" / name).runs()
         # One ledger entry for the run across the restart; at most the killed round extra.

@@ -70,7 +70,7 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
 
 def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
                                                                      tmp_path: Path) -> None:
-    from common.data import list_dataset, load_images
+    from common.data.images import list_dataset, load_images
 
     out, done = digits_run
     assert done.returncode == 0, done.stderr[-3000:]

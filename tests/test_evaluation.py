@@ -6,7 +6,7 @@ import pytest
 
 from common.cli import main
 from common.errors import FedtlError
-from common.evaluation import evaluate_model
+from common.features.evaluation import evaluate_model
 
 
 def test_missing_model_file_is_named(tmp_path: Path, image_folder: Path) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-import common.feature_cache
-from common.augment import augmented
-from common.feature_cache import DigestMemo, FeatureCache
+import common.features.cache
+from common.features.augment import augmented
+from common.features.cache import DigestMemo, FeatureCache
 
 
 def _digest(i: int) -> str:
@@ -22,7 +22,7 @@ def test_rows_written_by_one_cache_are_read_by_the_next(tmp_path: Path) -> None:
 
 
 def test_many_shards_are_merged_without_losing_rows(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(common.feature_cache, "MAX_SHARDS", 3)
+    monkeypatch.setattr(common.features.cache, "MAX_SHARDS", 3)
     cache = FeatureCache(tmp_path)
     for i in range(7):
         cache.add([_digest(i)], np.full((1, 2), i, np.float32))

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import common.features
-from common.data import list_dataset
+import common.features.extraction
+from common.data.images import list_dataset
 from common.errors import DataError, WeightsError
-from common.features import LazyBase, site_features
-from common.model import BaseSpec, base_fingerprint
-from common.weights import PYPI_SOURCE
+from common.features.extraction import LazyBase, site_features
+from common.features.model import BaseSpec, base_fingerprint
+from common.features.weights import PYPI_SOURCE
 
 from .conftest import write_image_folder
 
@@ -86,8 +86,8 @@ def test_a_damaged_shard_is_dropped_and_recomputed(base, tmp_path: Path) -> None
 def test_an_interrupted_extraction_keeps_its_finished_chunks(base, tmp_path: Path,
                                                              monkeypatch) -> None:
     listing = list_dataset(str(write_image_folder(tmp_path / "d", {"a": 3, "b": 3})))
-    monkeypatch.setattr(common.features, "CHUNK", 2)
-    real, calls = common.features.extract, []
+    monkeypatch.setattr(common.features.extraction, "CHUNK", 2)
+    real, calls = common.features.extraction.extract, []
 
     def dies_on_the_third_chunk(b, pixels):
         calls.append(len(pixels))
@@ -95,10 +95,10 @@ def test_an_interrupted_extraction_keeps_its_finished_chunks(base, tmp_path: Pat
             raise KeyboardInterrupt
         return real(b, pixels)
 
-    monkeypatch.setattr(common.features, "extract", dies_on_the_third_chunk)
+    monkeypatch.setattr(common.features.extraction, "extract", dies_on_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         site_features(base, listing, tmp_path / "cache")
-    monkeypatch.setattr(common.features, "extract", real)
+    monkeypatch.setattr(common.features.extraction, "extract", real)
     resumed = site_features(base, listing, tmp_path / "cache")
     assert resumed.extracted == 2 and resumed.features.shape[0] == 6
     assert not [p for p in _files(tmp_path / "cache") if p.name.startswith(".")]

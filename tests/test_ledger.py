@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.accounting import Mechanism, composed_epsilon, epsilon, noise_for_budget
+from common.privacy.accounting import Mechanism, composed_epsilon, epsilon, noise_for_budget
 from common.errors import ConfigError, DataError
-from common.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
+from common.privacy.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
 
 HEADER = RunHeader(target_epsilon=10.0, delta=1e-5, accountant="rdp", public_count=100,
                    noise_multiplier=1.1)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.model import (BaseSpec, build_base, full_model, head_shapes, save_model,
+from common.features.model import (BaseSpec, build_base, full_model, head_shapes, save_model,
                           initial_head_weights, predict_classes)
-from common.weights import PYPI_SOURCE, load_conv_weights
+from common.features.weights import PYPI_SOURCE, load_conv_weights
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_base_matches_keras_vgg16_with_its_own_preprocessing(base) -> None:
 
 
 def test_standardisation_uses_public_statistics_that_centre_public_features(base) -> None:
-    from common.public_stats import public_crops
+    from common.features.public_stats import public_crops
 
     standardize = base.model.get_layer("public_standardize").get_config()
     assert np.asarray(standardize["mean"]).size == 256
@@ -76,7 +76,7 @@ def test_saved_model_loads_with_plain_keras_and_predicts_like_base_plus_head(
 def test_numpy_head_predicts_what_the_keras_head_predicts(width: int) -> None:
     import tensorflow as tf
 
-    from common.model import head_layers, head_logits
+    from common.features.model import head_layers, head_logits
 
     rng = np.random.default_rng(3)
     weights = [rng.normal(size=s).astype(np.float32) for s in head_shapes(12, 5, width)]
@@ -91,7 +91,7 @@ def test_numpy_head_predicts_what_the_keras_head_predicts(width: int) -> None:
 
 def test_a_bfloat16_base_computes_close_to_float32_and_shares_its_statistics(
         base, tmp_path: Path, monkeypatch) -> None:
-    import common.model as model
+    import common.features.model as model
 
     spec = BaseSpec(weights=PYPI_SOURCE, image_size=32, base_layer="block3_pool")
     cache = tmp_path / "stats"
@@ -117,7 +117,7 @@ def test_a_bfloat16_base_computes_close_to_float32_and_shares_its_statistics(
 
 
 def test_auto_means_bfloat16_only_where_the_cpu_has_it(tmp_path: Path) -> None:
-    from common.model import cpu_has_bfloat16
+    from common.features.model import cpu_has_bfloat16
 
     (tmp_path / "with").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
     (tmp_path / "without").write_text("flags\t\t: fpu avx2 avx512f\n")
@@ -126,7 +126,7 @@ def test_auto_means_bfloat16_only_where_the_cpu_has_it(tmp_path: Path) -> None:
 
 
 def test_a_damaged_statistics_file_is_recomputed(tmp_path: Path) -> None:
-    from common.model import public_statistics
+    from common.features.model import public_statistics
 
     calls = []
 

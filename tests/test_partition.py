@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.partition import PartitionSpec, holdout_split, partition, quantity_sizes
+from common.data.partition import PartitionSpec, holdout_split, partition, quantity_sizes
 
 LABELS = np.repeat(np.arange(10), 100)
 

@@ -9,8 +9,8 @@ import pytest
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.ledger import SiteBudget
-from common.policy import ADMITTED, REFUSED, TIGHTENED, SitePolicy, admit
+from common.privacy.ledger import SiteBudget
+from common.privacy.policy import ADMITTED, REFUSED, TIGHTENED, SitePolicy, admit
 
 BUDGET = SiteBudget(10.0, 1e-5)
 
@@ -145,12 +145,12 @@ def test_the_report_states_what_each_site_released_as_it_played_the_run() -> Non
 
     cfg = RunConfig(site_metrics="exact", example_counts="exact")
     tightened = {"a": ["site-metrics exact -> noised", "example-counts exact -> noised"]}
-    both = guarantees(cfg, ClientLevelState(), tightened, ["a", "b"])["record_level"]
-    assert "held-out accuracy" in both["released_outside_guarantee"]  # site b, as asked
-    assert "noised held-out accuracy" in both["covers"]  # site a, tightened
-    only_a = guarantees(cfg, ClientLevelState(), tightened, ["a"])["record_level"]
-    assert only_a["released_outside_guarantee"] == []
-    assert only_a["tightened_by_sites"] == tightened
+    both = guarantees(cfg, ClientLevelState(), tightened, ["a", "b"]).record_level
+    assert "held-out accuracy" in both.released_outside_guarantee  # site b, as asked
+    assert "noised held-out accuracy" in both.covers  # site a, tightened
+    only_a = guarantees(cfg, ClientLevelState(), tightened, ["a"]).record_level
+    assert only_a.released_outside_guarantee == []
+    assert only_a.tightened_by_sites == tightened
 
 
 def test_the_readme_hospital_policy_parses_as_written(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from common.config import RunConfig
 from common.errors import ConfigError, DataError
-from common.scenario import UNSEEN, build_scenario
+from common.data.scenario import UNSEEN, build_scenario
 
 
 def items(site) -> set[str]:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.shift import KINDS, Shift, site_shifts
+from common.data.shift import KINDS, Shift, site_shifts
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)

@@ -8,8 +8,8 @@ import pytest
 
 from common.config import RunConfig
 from common.errors import BudgetExhaustedError, ConfigError, DataError
-from common.ledger import PrivacyLedger, SiteBudget
-from common.model import initial_head_weights
+from common.privacy.ledger import PrivacyLedger, SiteBudget
+from common.features.model import initial_head_weights
 from common.site import SiteAccount, SiteData, evaluate, sgd_settings, train_round
 
 RNG = np.random.default_rng(0)
@@ -58,7 +58,7 @@ def test_planned_rounds_spend_exactly_the_budget_and_one_more_is_declined(
 
 
 def test_a_second_run_fits_what_the_first_left_of_the_site_budget(tmp_path: Path) -> None:
-    from common.ledger import SiteBudget
+    from common.privacy.ledger import SiteBudget
 
     data, ledger = site(), PrivacyLedger(tmp_path)
     # Two runs at the first run's noise would compose to epsilon 2.83 (RDP): over 2.5.
@@ -80,7 +80,7 @@ def test_a_second_run_fits_what_the_first_left_of_the_site_budget(tmp_path: Path
 
 
 def test_the_budget_holds_across_a_restart_of_the_site(tmp_path: Path) -> None:
-    from common.ledger import SiteBudget
+    from common.privacy.ledger import SiteBudget
 
     budget = SiteBudget(epsilon=2.0, delta=CFG.delta)
     weights = start()
@@ -94,12 +94,12 @@ def test_the_budget_holds_across_a_restart_of_the_site(tmp_path: Path) -> None:
 
 def test_spending_is_on_disk_before_the_update_is_returned(tmp_path: Path,
                                                            monkeypatch) -> None:
-    import common.dp
+    import common.privacy.dp
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-training")
 
-    monkeypatch.setattr(common.dp, "train_head", crash)
+    monkeypatch.setattr(common.privacy.dp, "train_head", crash)
     with pytest.raises(RuntimeError):
         train_round(CFG, site(), start(), account(tmp_path, "run-1", cfg=CFG), RNG)
     saved = json.loads((tmp_path / "privacy-ledger.json").read_text())
@@ -120,7 +120,7 @@ def test_a_damaged_ledger_stops_the_site(tmp_path: Path) -> None:
 
 
 def test_a_non_private_round_is_recorded_as_spending_everything(tmp_path: Path) -> None:
-    # Only a site whose policy allows runs without DP trains one (common.policy); its ledger
+    # Only a site whose policy allows runs without DP trains one (common.privacy.policy); its ledger
     # then says the truth: this data's guarantee is gone, and later DP runs decline.
     result = train_round(CFG.replace(dp=False), site(), start(), account(tmp_path), RNG)
     entry = PrivacyLedger(tmp_path).get("run-1")
@@ -179,7 +179,7 @@ def test_a_personal_head_reads_back_and_a_foreign_one_is_ignored(tmp_path: Path)
 
 def test_the_noised_count_is_released_once_accounted_and_drives_the_settings(
         tmp_path: Path) -> None:
-    from common.accounting import composed_epsilon
+    from common.privacy.accounting import composed_epsilon
 
     data, ledger = site(), PrivacyLedger(tmp_path)
     weights = start()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from common.errors import WeightsError
-from common.model import BaseSpec, base_fingerprint
-from common.weights import PYPI_SOURCE, check_imagenet, fingerprint, load_conv_weights
+from common.features.model import BaseSpec, base_fingerprint
+from common.features.weights import PYPI_SOURCE, check_imagenet, fingerprint, load_conv_weights
 
 
 @pytest.fixture(scope="module")

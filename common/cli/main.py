@@ -13,8 +13,9 @@ from typing import Any
 from common.cli.options import add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError
-from common.policy import ACTIONS, SitePolicy
-from common.release import COUNT_MODES, METRIC_MODES
+from common.privacy.policy import ACTIONS, SitePolicy
+from common.report import Report
+from common.privacy.release import COUNT_MODES, METRIC_MODES
 
 _P = SitePolicy()
 
@@ -182,7 +183,7 @@ def _audit_parser(sub: Any) -> None:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from common.audit import audit
+    from common.privacy.membership import audit
 
     result = audit(Path(args.model), args.members, args.nonmembers,
                    skip_bad=args.skip_bad_images)
@@ -222,45 +223,44 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(report: dict[str, Any], out: str) -> None:
-    final = report["final"]
-    eps = final["epsilon"]
+def _print_summary(report: Report, out: str) -> None:
+    final = report.final
     print()
-    if final["accuracy"] is None:
+    if final.accuracy is None:
         print("final held-out accuracy: not released by the sites (--site-metrics none)")
     else:
-        print(f"final held-out accuracy (mean over sites): {final['accuracy']:.4f}")
-    if final.get("worst_site_accuracy") is not None:
-        which = "own heads" if final.get("personalized") else "global head"
-        print(f"per site ({which}): worst {final['worst_site_accuracy']:.4f}, mean "
-              f"{final['mean_site_accuracy']:.4f}, spread (std) "
-              f"{final['site_accuracy_std']:.4f}")
-    if final.get("unseen_domain_accuracy") is not None:
-        print(f"unseen-domain site (global head): {final['unseen_domain_accuracy']:.4f}")
-    if final["private"]:
-        print(f"epsilon per site at delta={final['delta']}: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items()))
-              + f" (budget {final['target_epsilon']})")
+        print(f"final held-out accuracy (mean over sites): {final.accuracy:.4f}")
+    if final.worst_site_accuracy is not None:
+        which = "own heads" if final.personalized else "global head"
+        print(f"per site ({which}): worst {final.worst_site_accuracy:.4f}, mean "
+              f"{final.mean_site_accuracy:.4f}, spread (std) {final.site_accuracy_std:.4f}")
+    if final.unseen_domain_accuracy is not None:
+        print(f"unseen-domain site (global head): {final.unseen_domain_accuracy:.4f}")
+    if final.private:
+        print(f"epsilon per site at delta={final.delta}: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.epsilon.items()))
+              + f" (budget {final.target_epsilon})")
     else:
         print("no record-level differential privacy (--no-dp)")
-    record_level = report.get("guarantees", {}).get("record_level", {})
-    if record_level.get("released_outside_guarantee"):
+    record_level = report.guarantees.record_level
+    if record_level.released_outside_guarantee:
         print("released by sites outside that guarantee: "
-              + ", ".join(record_level["released_outside_guarantee"]))
-    client_level = report.get("guarantees", {}).get("client_level", {})
+              + ", ".join(record_level.released_outside_guarantee))
+    for site, changes in sorted(record_level.tightened_by_sites.items()):
+        print(f"{site} played the run under its own policy: {'; '.join(changes)}")
+    client_level = report.guarantees.client_level
     if client_level.get("private"):
         print(f"client-level epsilon (a whole site) at delta={client_level['delta']}: "
               f"{client_level['epsilon']:.3f} after {client_level['releases']} noised "
               f"aggregates ({client_level['clipping']} clipping, final clip norm "
               f"{client_level['clip_norm']:.3g})")
-    timing = report["timing"]
-    print(f"time: {timing['total_seconds']:.1f} s in all, "
-          f"{timing['feature_extraction_seconds']:.1f} s extracting features")
+    print(f"time: {report.timing.total_seconds:.1f} s in all, "
+          f"{report.timing.feature_extraction_seconds:.1f} s extracting features")
     print(f"written: {out}/report.json, {out}/model.keras, {out}/accuracy.png, {out}/epsilon.png")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from common.evaluation import evaluate_model
+    from common.features.evaluation import evaluate_model
 
     result = evaluate_model(args.model, args.data, skip_bad=args.skip_bad_images)
     if args.json:
@@ -291,7 +291,7 @@ def _site_policy(args: argparse.Namespace) -> SitePolicy:
 
 def _run_client(args: argparse.Namespace) -> int:
     from client.daemon import ClientOptions, run_site
-    from common.ledger import SiteBudget
+    from common.privacy.ledger import SiteBudget
 
     key = _path(args.key)
     name = args.name or (key.stem if key else Path(args.data).name)
@@ -304,8 +304,8 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from common.control import ControlAddress
-    from common.data import list_dataset
+    from common.deploy.control import ControlAddress
+    from common.data.images import list_dataset
     from server.launch import launch
 
     if (args.classes is None) == (args.classes_from is None):
@@ -325,7 +325,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from common.credentials import make_test_certs
+    from common.deploy.credentials import make_test_certs
 
     certs = make_test_certs(Path(args.out), args.host or ["localhost", "127.0.0.1"], args.days)
     print(f"test CA and server certificate written: {certs.ca} (give to sites and to "
@@ -334,7 +334,7 @@ def _run_certs(args: argparse.Namespace) -> int:
 
 
 def _run_keys(args: argparse.Namespace) -> int:
-    from common.credentials import key_fingerprint, make_site_keys
+    from common.deploy.credentials import key_fingerprint, make_site_keys
 
     keys = make_site_keys(Path(args.out), args.name)
     print(f"site key pair written: {keys.private} (stays at the site, `fedtl client --key`) "
@@ -344,8 +344,8 @@ def _run_keys(args: argparse.Namespace) -> int:
 
 
 def _run_budget(args: argparse.Namespace) -> int:
-    from common.audit_trail import AuditTrail
-    from common.ledger import PrivacyLedger
+    from common.privacy.audit_trail import AuditTrail
+    from common.privacy.ledger import PrivacyLedger
 
     state = Path(args.state)
     if not state.is_dir():
@@ -387,7 +387,7 @@ def _run_budget(args: argparse.Namespace) -> int:
 def _run_approve(args: argparse.Namespace) -> int:
     import getpass
 
-    from common.audit_trail import AuditTrail
+    from common.privacy.audit_trail import AuditTrail
     from common.config import valid_run_id
 
     state = Path(args.state).expanduser()
@@ -401,7 +401,7 @@ def _run_approve(args: argparse.Namespace) -> int:
 
 
 def _run_demo_data(args: argparse.Namespace) -> int:
-    from common.demo_data import write_demo_sites
+    from common.data.demo import write_demo_sites
 
     for folder in write_demo_sites(Path(args.out), args.sites, args.seed):
         print(folder)
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in USES_TENSORFLOW:
-            from common.quiet import load_tensorflow
+            from common.deploy.quiet import load_tensorflow
 
             load_tensorflow(verbose=getattr(args, "verbose", False))
         return COMMANDS[args.command](args)

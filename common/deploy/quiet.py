@@ -33,10 +33,10 @@ def native_stderr_to_devnull() -> Iterator[None]:
 def load_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow, tf-keras and tensorflow-privacy now; quietly unless ``verbose``."""
     if verbose:
-        import common.dp  # noqa: F401
+        import common.privacy.dp  # noqa: F401
         return
     with native_stderr_to_devnull():
-        import common.dp  # noqa: F401
+        import common.privacy.dp  # noqa: F401
         import tensorflow as tf
 
         tf.config.list_logical_devices()  # CUDA's probe (cuInit) speaks when devices start

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from common.model import head_layers
-from common.sgd import SgdSettings
-from common.tf_privacy import (clip_grads, dp_optimizer_keras, gradient_clipping_utils,
+from common.features.model import head_layers
+from common.privacy.sgd import SgdSettings
+from common.privacy.tf_privacy import (clip_grads, dp_optimizer_keras, gradient_clipping_utils,
                                layer_registry)
 
 __all__ = ["HeadTrainer", "SgdSettings", "sample_batches", "train_head"]

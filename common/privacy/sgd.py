@@ -1,4 +1,4 @@
-"""Settings of a site's local SGD, kept apart from `common.dp` so that reading them needs no
+"""Settings of a site's local SGD, kept apart from `common.privacy.dp` so that reading them needs no
 TensorFlow (a site decides whether it may train before it loads the heavy machinery)."""
 
 from __future__ import annotations

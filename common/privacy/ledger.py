@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.accounting import ACCOUNTANTS, Mechanism, composed_epsilon
+from common.privacy.accounting import ACCOUNTANTS, Mechanism, composed_epsilon
 from common.errors import ConfigError, DataError
 from common.storage import exclusive_lock, write_json_atomically
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.config import POOL_LAYERS
-from common.public_stats import RECIPE, feature_stats
+from common.features.public_stats import RECIPE, feature_stats
 from common.storage import write_atomically
-from common.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
+from common.features.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common.augment import augmented, view_name
-from common.data import Listing, content_digests, load_images
+from common.features.augment import augmented, view_name
+from common.data.images import Listing, content_digests, load_images
 from common.errors import DataError, WeightsError
-from common.feature_cache import DigestMemo, FeatureCache, namespace, private_dir
-from common.model import BaseSpec, FrozenBase, base_fingerprint, build_base
-from common.shift import Shift
+from common.features.cache import DigestMemo, FeatureCache, namespace, private_dir
+from common.features.model import BaseSpec, FrozenBase, base_fingerprint, build_base
+from common.data.shift import Shift
 
 EXTRACT_BATCH = 64
 CHUNK = 1024  # images per shard: an interrupted extraction loses at most this many

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.ledger import LOCK_FILE
+from common.privacy.ledger import LOCK_FILE
 from common.storage import append_line_durably, exclusive_lock
 
 AUDIT_FILE = "audit.jsonl"

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data import _digits_arrays
+from common.data.images import _digits_arrays
 from common.errors import ConfigError
-from common.partition import PartitionSpec, partition
+from common.data.partition import PartitionSpec, partition
 
 
 def write_demo_sites(out: Path, sites: int, seed: int = 0) -> list[Path]:

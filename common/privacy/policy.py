@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import ConfigError
-from common.ledger import SiteBudget
-from common.release import COUNT_MODES, METRIC_MODES
+from common.privacy.ledger import SiteBudget
+from common.privacy.release import COUNT_MODES, METRIC_MODES
 
 if TYPE_CHECKING:
     from common.config import RunConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from common.data import check_same_classes, list_dataset, load_images
+from common.data.images import check_same_classes, list_dataset, load_images
 from common.errors import DataError, FedtlError
 
 

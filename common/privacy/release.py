@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.accounting import Mechanism
+from common.privacy.accounting import Mechanism
 
 if TYPE_CHECKING:
     from common.config import RunConfig

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from common.config import RunConfig
-from common.data import Listing, check_same_classes, list_dataset
+from common.data.images import Listing, check_same_classes, list_dataset
 from common.errors import DataError
-from common.partition import PartitionSpec, partition
-from common.shift import Shift, site_shifts
+from common.data.partition import PartitionSpec, partition
+from common.data.shift import Shift, site_shifts
 
 UNSEEN = "unseen-domain"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
-from common.evaluation import load_model, predict_folder
+from common.features.evaluation import load_model, predict_folder
 
 # Loss-threshold (Yeom et al., arXiv 1709.01604) and a trained logistic-regression attack on
 # the loss and probabilities (Shokri et al., arXiv 1610.05820), as tensorflow-privacy names them.
@@ -39,7 +39,7 @@ class AuditResult:
 def run_attacks(probs_in: np.ndarray, labels_in: np.ndarray, probs_out: np.ndarray,
                 labels_out: np.ndarray) -> dict[str, dict[str, float]]:
     """AUC and attacker advantage of each attack in `ATTACKS` on these probabilities."""
-    from common.tf_privacy import membership_inference
+    from common.privacy.tf_privacy import membership_inference
 
     mia, structures = membership_inference()
     data = structures.AttackInputData(probs_train=probs_in, probs_test=probs_out,
