@@ -106,3 +106,27 @@ def test_parsed_defaults_are_the_dataclass_defaults() -> None:
     cfg = settings_from(args, out="o")
     assert (cfg.dp, cfg.cache, cfg.state, cfg.rounds, cfg.base_dtype) == \
         (False, False, "x", 3, "float32")
+
+
+def test_every_numeric_setting_states_its_valid_values_and_its_default_is_one() -> None:
+    from dataclasses import fields
+
+    from common.cli.options import default_of
+
+    for f in fields(RunConfig):
+        if str(f.type) in ("int", "float") and f.name != "seed":
+            valid = f.metadata["valid"]
+            assert valid is not None, f.name
+            assert valid.admits(default_of(f)), f.name
+
+
+def test_a_switch_help_does_not_show_a_default_that_reads_as_its_opposite() -> None:
+    from common.cli import build_parser
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["simulate"].format_help()
+    text = " ".join(help_text.split())
+    options = text[text.index("options:"):]
+    no_dp = options[options.index("--no-dp "):options.index("--target-epsilon TARGET")]
+    assert "train without DP" in no_dp and "default" not in no_dp
+    assert "(default: 3.0)" in text and text.count("(default: runs/<time>)") == 1
+    assert "(default: None)" not in text

@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from common.cli.options import add_settings, settings_from
+from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError
 from common.privacy.policy import ACTIONS, SitePolicy
@@ -22,14 +22,14 @@ _P = SitePolicy()
 
 def _simulate_parser(sub: Any) -> None:
     p = sub.add_parser("simulate", help="simulate a whole federation in one process",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     _simulation_options(p)
 
 
 def _compare_parser(sub: Any) -> None:
     p = sub.add_parser("compare", help="run several strategies on one simulated scenario and "
                        "write one comparison report with plots",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--variants", default="fedavg,fedprox,fedadam,fedavg+personalize",
                    help="comma-separated strategies; '+personalize' adds personal heads")
     p.add_argument("--repeats", type=int, default=1,
@@ -46,7 +46,7 @@ def _simulation_options(p: argparse.ArgumentParser) -> None:
 
 def _server_parser(sub: Any) -> None:
     p = sub.add_parser("server", help="the server daemon (Flower SuperLink, TLS and site "
-                       "authentication on)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "authentication on)", formatter_class=HelpFormatter)
     p.add_argument("--state", required=True, help="the daemon's state folder (database, runs)")
     p.add_argument("--certs", default=None,
                    help="folder with ca.crt, server.pem, server.key (`fedtl certs`)")
@@ -62,7 +62,7 @@ def _server_parser(sub: Any) -> None:
 
 def _client_parser(sub: Any) -> None:
     p = sub.add_parser("client", help="one site (Flower SuperNode) on its own image folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--server", required=True, help="the server's address, host:9092")
     p.add_argument("--data", required=True, help="this site's folder, one subfolder per class")
     p.add_argument("--state", required=True,
@@ -110,7 +110,7 @@ def _client_parser(sub: Any) -> None:
 
 def _run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="launch a training run on a running `fedtl server`",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--server", default="127.0.0.1:9093",
                    help="the server's control address (`fedtl server --control-port`)")
     p.add_argument("--ca", default=None, help="the server's CA certificate")

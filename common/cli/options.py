@@ -11,6 +11,16 @@ from common.config import RunConfig
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except a switch's ("--no-dp (default: True)" reads as the opposite),
+    None and one the help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def default_of(f: Field) -> Any:
     return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
 
