@@ -1,0 +1,1 @@
+"""Deployment plumbing at the edge: Flower's Control API, credentials, child processes."""
