@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import legacy_messages_mod, secure_aggregation_mod
-from common import protocol
+from common import protocol, resend
 from common.privacy.audit_trail import AuditTrail, Decision
 from common.config import NODE_NAME, RunConfig, SiteConfig, valid_run_id
 from common.data.images import check_same_classes, list_dataset
@@ -231,11 +231,21 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             return _refusal(msg, exc, name, request)
 
     def train(at: _Opened, msg: Message) -> RecordDict:
-        result = train_round(at.cfg, at.data, _head(at), at.account, _rng(at.cfg),
-                             proximal_mu=_proximal_mu(msg))
+        mu = _proximal_mu(msg)
+        key = resend.request_key(_head(at), mu)
+        update = resend.recall(at.site.state, at.run_key, key)
+        if update is not None:
+            log.info("site %s: the server asked again for an update it was already sent (a "
+                     "lost reply); the same update goes again, charging nothing",
+                     at.site.name)
+        else:
+            result = train_round(at.cfg, at.data, _head(at), at.account, _rng(at.cfg),
+                                 proximal_mu=mu)
+            update = resend.KeptUpdate(result.weights, train_figures(at.cfg, result, at.data))
+            resend.keep(at.site.state, at.run_key, key, update)
         return RecordDict({
-            protocol.ARRAYS: ArrayRecord(result.weights),
-            protocol.METRICS: MetricRecord(train_figures(at.cfg, result, at.data)),
+            protocol.ARRAYS: ArrayRecord(update.weights),
+            protocol.METRICS: MetricRecord(update.figures),
             protocol.SITE: at.site_record(),
         })
 

@@ -21,12 +21,17 @@ MODEL_FILE = "model.keras"
 
 
 def personal_dir(state: Path, run_key: str) -> Path:
-    """Where a site keeps its personal head (and Keras model) of run ``run_key``.
+    """Where a site keeps its personal head (and Keras model) of run ``run_key``."""
+    return run_dir(state, run_key, "personal")
+
+
+def run_dir(state: Path, run_key: str, kind: str = "runs") -> Path:
+    """The site's folder for run ``run_key`` under ``kind`` in its state folder.
 
     The run key comes from the server: one that would lead out of the state folder is
     refused (callers check its format first; this is the last line).
     """
-    root = (Path(state) / "personal").resolve()
+    root = (Path(state) / kind).resolve()
     folder = (root / run_key).resolve()
     if folder.parent != root:
         raise ConfigError(f"run id {run_key[:40]!r} is not a plain name; refused")

@@ -161,6 +161,31 @@ def test_a_real_site_spends_no_more_than_its_own_budget_and_keys_its_ledger_by_r
     assert 0 < reply.content[protocol.METRICS][protocol.EPSILON] < 1.0
 
 
+def test_a_request_repeated_after_a_lost_reply_gets_the_same_update_free(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    fingerprint = base_fingerprint(base_spec(cfg))
+    msg = message(MessageType.TRAIN, fingerprint)
+    msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-lost"
+    site, app = real_site(tmp_path, budget=3.0), make_client_app(cfg)
+    ledger = tmp_path / "state" / "privacy-ledger.json"
+
+    first = app(msg, site)
+    spent_once = ledger.read_text()
+    again = app(msg, site)
+    assert not first.has_error() and not again.has_error()
+    assert ledger.read_text() == spent_once  # nothing charged for the second answer
+    assert [a.tobytes() for a in again.content[protocol.ARRAYS].to_numpy_ndarrays()] == \
+        [a.tobytes() for a in first.content[protocol.ARRAYS].to_numpy_ndarrays()]
+    assert dict(again.content[protocol.METRICS]) == dict(first.content[protocol.METRICS])
+
+    moved = message(MessageType.TRAIN, fingerprint)  # a new global head: a new round, charged
+    moved.content[protocol.CONFIG][protocol.RUN_ID] = "run-lost"
+    moved.content[protocol.ARRAYS] = ArrayRecord(
+        first.content[protocol.ARRAYS].to_numpy_ndarrays())
+    assert not app(moved, site).has_error()
+    assert ledger.read_text() != spent_once
+
+
 def test_a_sites_own_release_policy_overrides_a_run_that_asks_for_more(
         cfg: RunConfig, tmp_path: Path) -> None:
     site = real_site(tmp_path, budget=3.0, policy='site-metrics = "none"\n')

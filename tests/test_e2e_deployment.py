@@ -443,5 +443,7 @@ def test_a_killed_server_restarts_and_resumes_without_repeating_or_losing_rounds
         assert set(r["sites_trained"]) == set(GOOD), r
     for name in GOOD:
         runs = PrivacyLedger(world.root / "state" / name).runs()
-        # One ledger entry for the run across the restart; at most the killed round extra.
+        # One ledger entry for the run across the restart, one charge per round: a round
+        # the restart cut off is asked again with the same head and answered free.
         assert before.run_id in runs and runs[before.run_id].epsilon <= 3.0 + 1e-6
+        assert [e.kind for e in runs[before.run_id].events].count("dp-sgd") == 3, name
