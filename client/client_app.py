@@ -230,77 +230,78 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         except Exception as exc:  # every failure becomes a refusal that leaks nothing
             return _refusal(msg, exc, name, request)
 
-    def train(at: _Opened, msg: Message) -> RecordDict:
-        mu = _proximal_mu(msg)
-        key = resend.request_key(_head(at), mu)
-        update = resend.recall(at.site.state, at.run_key, key)
-        if update is not None:
-            log.info("site %s: the server asked again for an update it was already sent (a "
-                     "lost reply); the same update goes again, charging nothing",
-                     at.site.name)
-        else:
-            result = train_round(at.cfg, at.data, _head(at), at.account, _rng(at.cfg),
-                                 proximal_mu=mu)
-            update = resend.KeptUpdate(result.weights, train_figures(at.cfg, result, at.data))
-            resend.keep(at.site.state, at.run_key, key, update)
-        return RecordDict({
-            protocol.ARRAYS: ArrayRecord(update.weights),
-            protocol.METRICS: MetricRecord(update.figures),
-            protocol.SITE: at.site_record(),
-        })
-
-    def personalize(at: _Opened) -> RecordDict:
-        """Fine-tune this site's own head from the global one (DP, same budget); report both
-        accuracies. The personal head stays here, with a Keras model of it."""
-        cfg, data, account = at.cfg, at.data, at.account
-        folder = personal_dir(at.site.state, at.run_key)
-        shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
-        weights = load_head(folder, shapes)  # a repeated request spends nothing again
-        if weights is None:
-            weights = train_round(cfg, data, _head(at), account, _rng(cfg),
-                                  personal=True).weights
-            base = LazyBase.shared(base_spec(cfg).for_saving,
-                                   at.site.state / "public-stats").get()
-            folder.mkdir(parents=True, exist_ok=True)
-            save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
-                       folder / MODEL_FILE)
-            save_head(folder, weights)  # last: its presence means "done, both saved"
-        accuracies, weight = released_accuracies(cfg, data, [weights, _head(at)], account,
-                                                 _rng(cfg))
-        spent = account.ledger.get(at.run_key)
-        figures = {protocol.NUM_EXAMPLES: weight,
-                   protocol.EPSILON: spent.epsilon if spent and cfg.dp else 0.0,
-                   protocol.STEPS: spent.steps if spent else 0}
-        if accuracies:
-            figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
-        return RecordDict({protocol.METRICS: MetricRecord(figures),
-                           protocol.SITE: at.site_record()})
-
-    def evaluate(at: _Opened) -> RecordDict:
-        accuracies, weight = released_accuracies(at.cfg, at.data, [_head(at)], at.account,
-                                                 _rng(at.cfg))
-        if not accuracies:
-            raise _Withheld(f"site {at.data.name} releases no held-out figures "
-                            "(site-metrics none)")
-        return RecordDict({
-            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: weight,
-                                            protocol.ACCURACY: accuracies[0]}),
-            protocol.SITE: at.site_record(),
-        })
-
     @app.train()
     def train_handler(msg: Message, context: Context) -> Message:
-        return handle(msg, context, lambda at: train(at, msg))
+        return handle(msg, context, lambda at: _train(at, msg))
 
     @app.train(protocol.PERSONALIZE)
     def personalize_handler(msg: Message, context: Context) -> Message:
-        return handle(msg, context, personalize)
+        return handle(msg, context, _personalize)
 
     @app.evaluate()
     def evaluate_handler(msg: Message, context: Context) -> Message:
-        return handle(msg, context, evaluate)
+        return handle(msg, context, _evaluate)
 
     return app
+
+
+def _train(at: _Opened, msg: Message) -> RecordDict:
+    mu = _proximal_mu(msg)
+    key = resend.request_key(_head(at), mu)
+    update = resend.recall(at.site.state, at.run_key, key)
+    if update is not None:
+        log.info("site %s: the server asked again for an update it was already sent (a "
+                 "lost reply); the same update goes again, charging nothing",
+                 at.site.name)
+    else:
+        result = train_round(at.cfg, at.data, _head(at), at.account, _rng(at.cfg),
+                             proximal_mu=mu)
+        update = resend.KeptUpdate(result.weights, train_figures(at.cfg, result, at.data))
+        resend.keep(at.site.state, at.run_key, key, update)
+    return RecordDict({
+        protocol.ARRAYS: ArrayRecord(update.weights),
+        protocol.METRICS: MetricRecord(update.figures),
+        protocol.SITE: at.site_record(),
+    })
+
+def _personalize(at: _Opened) -> RecordDict:
+    """Fine-tune this site's own head from the global one (DP, same budget); report both
+    accuracies. The personal head stays here, with a Keras model of it."""
+    cfg, data, account = at.cfg, at.data, at.account
+    folder = personal_dir(at.site.state, at.run_key)
+    shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
+    weights = load_head(folder, shapes)  # a repeated request spends nothing again
+    if weights is None:
+        weights = train_round(cfg, data, _head(at), account, _rng(cfg),
+                              personal=True).weights
+        base = LazyBase.shared(base_spec(cfg).for_saving,
+                               at.site.state / "public-stats").get()
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
+                   folder / MODEL_FILE)
+        save_head(folder, weights)  # last: its presence means "done, both saved"
+    accuracies, weight = released_accuracies(cfg, data, [weights, _head(at)], account,
+                                             _rng(cfg))
+    spent = account.ledger.get(at.run_key)
+    figures = {protocol.NUM_EXAMPLES: weight,
+               protocol.EPSILON: spent.epsilon if spent and cfg.dp else 0.0,
+               protocol.STEPS: spent.steps if spent else 0}
+    if accuracies:
+        figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
+    return RecordDict({protocol.METRICS: MetricRecord(figures),
+                       protocol.SITE: at.site_record()})
+
+def _evaluate(at: _Opened) -> RecordDict:
+    accuracies, weight = released_accuracies(at.cfg, at.data, [_head(at)], at.account,
+                                             _rng(at.cfg))
+    if not accuracies:
+        raise _Withheld(f"site {at.data.name} releases no held-out figures "
+                        "(site-metrics none)")
+    return RecordDict({
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: weight,
+                                        protocol.ACCURACY: accuracies[0]}),
+        protocol.SITE: at.site_record(),
+    })
 
 
 class _Withheld(Exception):
