@@ -100,6 +100,10 @@ class RunConfig:
         scope=SCENARIO, valid=at_least(0, " (0: equal site sizes)"))
     shift_severity: int = setting(
         3, "highest acquisition-shift severity 1..5 (--partition domain)", scope=SCENARIO, valid=between(1, 5))
+    unseen_site: str = setting(
+        "", "with --partition folders: the site folder kept out of training, whose images "
+        "score the global head every round (leave-one-domain-out); the others are the sites",
+        scope=SCENARIO)
     # --- training (simulate, compare, run) ------------------------------------------------
     rounds: int = setting(10, "federated rounds", valid=between(1, 100_000))
     min_sites: int = setting(
@@ -211,6 +215,9 @@ class RunConfig:
             (not (self.partition == "iid" and self.alpha > 0),
              "alpha sets label skew, which --partition iid does not have; use --partition "
              "dirichlet or domain"),
+            (self.unseen_site == "" or self.partition == "folders",
+             "--unseen-site names a site folder of --partition folders; with --partition "
+             "domain the unseen site is made by an acquisition shift"),
             (not (self.partition == "folders" and (self.alpha > 0 or self.size_alpha > 0)),
              "with --partition folders each site is its own folder; alpha and size-alpha "
              "do not apply"),

@@ -33,6 +33,7 @@ from server.runbook import RunBook, site_summary
 from server.secure import run_secure
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
                              validated)
+from server.tensorboard import TensorBoardLog
 
 log = logging.getLogger("fedtl.server")
 
@@ -139,6 +140,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     table = RoundTable()
     for record in book.history:
         table(record)
+    tensorboard = TensorBoardLog(out, settings)  # rounds before a restart are there already
 
     def after_round(record: RoundRecord) -> None:
         if prerun.unseen_accuracy is not None:
@@ -148,6 +150,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                 client_level.noise_multipliers, delta=cfg.client_delta,
                 accountant=cfg.accountant)
         table(record)
+        tensorboard.round(record, book.epsilon_by_site)
         state, head = book.snapshot()
         save_checkpoint(out, Checkpoint(
             run_id=run_id, settings=settings, round=record.round, arrays=head, book=state,
@@ -180,6 +183,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
                           personal, client_level)
     path = write_report(out, report)
+    tensorboard.close()
     if registry is not None:
         registry.finished(run_id)
     return path

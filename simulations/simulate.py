@@ -67,9 +67,9 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
     unseen = scenario.unseen
     if unseen is None:
         return None
-    print(f"[prepare] {unseen.name}: {len(unseen.listing)} images seen through "
-          f"{unseen.shift.kind if unseen.shift else 'nothing'}, evaluation only...", end="",
-          file=sys.stderr, flush=True)
+    seen = f" seen through {unseen.shift.kind}" if unseen.shift else ""
+    print(f"[prepare] {unseen.name}: {len(unseen.listing)} images{seen}, evaluation only "
+          "(unseen site)...", end="", file=sys.stderr, flush=True)
     feats = site_features(LazyBase.shared(base_spec(cfg), cfg.stats_cache), unseen.listing,
                           cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
                           shift=unseen.shift)

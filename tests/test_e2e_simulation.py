@@ -66,6 +66,13 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
     assert "outside that guarantee" in done.stdout
     for name in ("model.keras", "accuracy.png", "epsilon.png"):
         assert (out / name).stat().st_size > 0
+    # TensorBoard's curves are the report's rounds.
+    from .test_tensorboard import read_scalars
+
+    curves = read_scalars(out / "tensorboard")
+    assert curves["accuracy/mean_site"] == {
+        r["round"]: pytest.approx(r["accuracy"]) for r in report["rounds"]}
+    assert set(curves["site_epsilon/site-0"]) == {1, 2, 3, 4}
 
 
 def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,

@@ -82,3 +82,27 @@ def test_skew_settings_that_do_not_apply_are_refused() -> None:
         RunConfig(partition="folders", size_alpha=0.3)
     assert RunConfig(partition="dirichlet").label_alpha == 0.5
     assert RunConfig(partition="domain").label_alpha == 0.0
+
+
+def test_an_unseen_site_folder_is_kept_out_of_training_and_scored_whole(tmp_path: Path) -> None:
+    for site in ("art", "photo", "sketch"):
+        write_site(tmp_path / site, ["cat", "dog"])
+    scenario = build_scenario(RunConfig(dataset=str(tmp_path), clients=2, partition="folders",
+                                        unseen_site="sketch"))
+    assert [s.name for s in scenario.sites] == ["art", "photo"]
+    assert scenario.unseen is not None and scenario.unseen.name == "sketch"
+    assert len(scenario.unseen.listing) == 6 and scenario.unseen.shift is None
+    assert scenario.describe()["sketch"]["trains"] is False
+
+
+def test_an_unseen_site_must_be_one_of_the_folders_and_of_a_folders_run(tmp_path: Path) -> None:
+    for site in ("art", "photo"):
+        write_site(tmp_path / site, ["cat", "dog"])
+    with pytest.raises(DataError, match=r"'cartoon' is not a site folder .*\['art', 'photo'\]"):
+        build_scenario(RunConfig(dataset=str(tmp_path), clients=1, partition="folders",
+                                 unseen_site="cartoon"))
+    with pytest.raises(DataError, match="1 of them training.*--clients 1"):
+        build_scenario(RunConfig(dataset=str(tmp_path), clients=2, partition="folders",
+                                 unseen_site="art"))
+    with pytest.raises(ConfigError, match="unseen-site"):
+        RunConfig(partition="domain", unseen_site="art")

@@ -50,7 +50,7 @@ class Scenario:
     def describe(self) -> dict[str, Any]:
         out = {site.name: site.describe() for site in self.sites}
         if self.unseen is not None:
-            out[UNSEEN] = {**self.unseen.describe(), "trains": False}
+            out[self.unseen.name] = {**self.unseen.describe(), "trains": False}
         return out
 
 
@@ -94,13 +94,20 @@ def site_folders(dataset: str) -> list[Path]:
 
 def _folder_sites(cfg: RunConfig) -> Scenario:
     folders = site_folders(cfg.dataset)
-    if len(folders) != cfg.clients:
-        raise DataError(f"{cfg.dataset} holds {len(folders)} site folders but the run has "
-                        f"{cfg.clients} clients; set --clients {len(folders)}")
+    names = [f.name for f in folders]
+    if cfg.unseen_site and cfg.unseen_site not in names:
+        raise DataError(f"--unseen-site {cfg.unseen_site!r} is not a site folder of "
+                        f"{cfg.dataset}; its site folders are {names}")
+    training = len(folders) - bool(cfg.unseen_site)
+    if training != cfg.clients:
+        raise DataError(f"{cfg.dataset} holds {len(folders)} site folders"
+                        + (f", {training} of them training," if cfg.unseen_site else "")
+                        + f" but the run has {cfg.clients} clients; set --clients {training}")
     listings = [list_dataset(str(f), cfg.max_per_class) for f in folders]
     classes = cfg.classes or listings[0].classes
     for folder, listing in zip(folders, listings, strict=True):
         check_same_classes(classes, listing.classes, f"site folder {folder}")
-    sites = tuple(SimulatedSite(folder.name, listing, None, (cfg.seed,))
-                  for folder, listing in zip(folders, listings, strict=True))
-    return Scenario(classes, sites, None)
+    sites = [SimulatedSite(folder.name, listing, None, (cfg.seed,))
+             for folder, listing in zip(folders, listings, strict=True)]
+    unseen = next((s for s in sites if s.name == cfg.unseen_site), None)
+    return Scenario(classes, tuple(s for s in sites if s is not unseen), unseen)

@@ -1,0 +1,63 @@
+"""TensorBoard event files of a run, in its output folder: `tensorboard --logdir runs/`.
+
+Written with TensorFlow's core `tf.summary.write` (already loaded by the server for the
+base), one step per round; the settings go in once as a text table. `tf.summary.scalar` and
+`tf.summary.text` live in the tensorboard package, which a run does not need: the summaries
+are tagged for TensorBoard's scalars and text plugins by hand, as those functions do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from common.report import RoundRecord
+
+FOLDER = "tensorboard"
+
+
+class TensorBoardLog:
+    """Per-round curves of one run: accuracy (mean, worst, unseen, per site), epsilon (max
+    over sites, per site, client-level), train loss, seconds."""
+
+    def __init__(self, out: Path, settings: Mapping[str, Any]) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework.summary_pb2 import SummaryMetadata
+
+        self._tf = tf
+        self._scalar = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name="scalars")).SerializeToString()
+        text = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name="text")).SerializeToString()
+        self._writer = tf.summary.create_file_writer(str(Path(out) / FOLDER))
+        rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(settings.items()))
+        with self._writer.as_default():
+            tf.summary.write("settings", tf.constant(
+                f"| setting | value |\n| --- | --- |\n{rows}"), step=0, metadata=text)
+        self._writer.flush()
+
+    def round(self, record: RoundRecord, epsilon_by_site: Mapping[str, float]) -> None:
+        """The figures of ``record`` at step ``record.round``."""
+        scalars: dict[str, float | None] = {
+            "accuracy/mean_site": record.accuracy,
+            "accuracy/worst_site": record.worst_site_accuracy,
+            "accuracy/unseen_site": record.unseen_accuracy,
+            "accuracy/site_spread": record.site_accuracy_std,
+            "epsilon/max_site": record.epsilon_max,
+            "epsilon/client_level": record.client_epsilon,
+            "train/loss": record.train_loss,
+            "train/sites_trained": float(len(record.sites_trained)),
+            "train/round_seconds": record.seconds,
+        }
+        scalars.update({f"site_accuracy/{k}": v for k, v in record.site_accuracy.items()})
+        scalars.update({f"site_epsilon/{k}": v for k, v in epsilon_by_site.items()})
+        with self._writer.as_default():
+            for tag, value in scalars.items():
+                if value is not None:
+                    self._tf.summary.write(tag, self._tf.constant(float(value), self._tf.float32),
+                                           step=record.round, metadata=self._scalar)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
