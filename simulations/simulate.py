@@ -28,8 +28,8 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
     site count), the extraction seconds and the scenario. Every data or budget error
     surfaces here, before any training.
     """
-    if cfg.partition == "folders":
-        cfg = cfg.replace(clients=len(site_folders(cfg.dataset)))
+    if cfg.partition == "folders":  # one site per folder, less the one kept unseen
+        cfg = cfg.replace(clients=len(site_folders(cfg.dataset)) - bool(cfg.unseen_site))
     scenario = build_scenario(cfg)
     cfg = cfg.replace(classes=scenario.classes)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
