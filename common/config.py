@@ -11,6 +11,7 @@ from typing import Any
 
 from common.privacy.accounting import ACCOUNTANTS
 from common.errors import ConfigError
+from common.kebab import from_kebab
 from common.privacy.ledger import SiteBudget
 from common.privacy.policy import SitePolicy
 from common.privacy.release import COUNT_MODES, METRIC_MODES
@@ -274,15 +275,7 @@ class RunConfig:
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Parse a Flower run config; missing keys keep their defaults, unknown keys fail."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown setting {key!r}; known: "
-                                  f"{sorted(k.replace('_', '-') for k in known)}")
-            kwargs[name] = _coerce(name, value, known[name].type)
-        return cls(**kwargs)
+        return from_kebab(cls, run_config, lambda name, value, f: _coerce(name, value, f.type))
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:

@@ -209,12 +209,17 @@ def check_train_reply(msg: Message, start: Sequence[np.ndarray],
                       skipped_images=skipped, tightened=tightened)
 
 
-def check_evaluation_reply(msg: Message, rules: ReplyRules) -> SiteEvaluation:
+def _figures_reply(msg: Message, rules: ReplyRules) -> tuple[str, str, Mapping[str, Any]]:
+    """(who, name, figures) of a reply that carries figures and no arrays."""
     who = _who(msg)
     content = msg.content
     check_structure(content, arrays=False, who=who)
     name, _ = check_site_record(content.config_records[protocol.SITE], rules, who)
-    metrics = content.metric_records[protocol.METRICS]
+    return who, name, content.metric_records[protocol.METRICS]
+
+
+def check_evaluation_reply(msg: Message, rules: ReplyRules) -> SiteEvaluation:
+    who, name, metrics = _figures_reply(msg, rules)
     if set(metrics) != EVALUATION_KEYS:
         raise UpdateRejectedError(f"{who} ({name}): evaluation figures {sorted(metrics)[:5]} "
                                   f"are not {sorted(EVALUATION_KEYS)}")
@@ -226,11 +231,7 @@ def check_evaluation_reply(msg: Message, rules: ReplyRules) -> SiteEvaluation:
 
 
 def check_personal_reply(msg: Message, rules: ReplyRules) -> SitePersonal:
-    who = _who(msg)
-    content = msg.content
-    check_structure(content, arrays=False, who=who)
-    name, _ = check_site_record(content.config_records[protocol.SITE], rules, who)
-    metrics = content.metric_records[protocol.METRICS]
+    who, name, metrics = _figures_reply(msg, rules)
     keys = set(metrics)
     if keys not in (PERSONAL_KEYS, PERSONAL_KEYS | PERSONAL_ACCURACIES):
         raise UpdateRejectedError(f"{who} ({name}): personalization figures {sorted(keys)[:6]}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import ConfigError
+from common.kebab import from_kebab
 from common.privacy.ledger import SiteBudget
 from common.privacy.release import COUNT_MODES, METRIC_MODES
 
@@ -92,15 +93,8 @@ class SitePolicy:
     @classmethod
     def from_mapping(cls, values: dict[str, Any], where: str = "site policy") -> SitePolicy:
         """Kebab-case keys (as in a policy file); unknown keys are refused, naming them."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"{where}: unknown setting {key!r}; known: "
-                                  f"{sorted(k.replace('_', '-') for k in known)}")
-            kwargs[name] = _coerce(name, value, str(known[name].type), where)
-        return cls(**kwargs)
+        return from_kebab(cls, values, lambda name, value, f: _coerce(name, value, str(f.type),
+                                                                     where), f"{where}: ")
 
     @classmethod
     def load(cls, path: Path) -> SitePolicy:
