@@ -264,6 +264,7 @@ def _train(at: _Opened, msg: Message) -> RecordDict:
         protocol.SITE: at.site_record(),
     })
 
+
 def _personalize(at: _Opened) -> RecordDict:
     """Fine-tune this site's own head from the global one (DP, same budget); report both
     accuracies. The personal head stays here, with a Keras model of it."""
@@ -290,6 +291,7 @@ def _personalize(at: _Opened) -> RecordDict:
         figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
     return RecordDict({protocol.METRICS: MetricRecord(figures),
                        protocol.SITE: at.site_record()})
+
 
 def _evaluate(at: _Opened) -> RecordDict:
     accuracies, weight = released_accuracies(at.cfg, at.data, [_head(at)], at.account,
