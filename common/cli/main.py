@@ -256,7 +256,8 @@ def _print_summary(report: Report, out: str) -> None:
               f"{client_level['clip_norm']:.3g})")
     print(f"time: {report.timing.total_seconds:.1f} s in all, "
           f"{report.timing.feature_extraction_seconds:.1f} s extracting features")
-    print(f"written: {out}/report.json, {out}/model.keras, {out}/accuracy.png, {out}/epsilon.png")
+    print(f"written: {out}/report.json, {out}/model.keras, {out}/accuracy.png, {out}/epsilon.png, "
+          f"{out}/tensorboard/ (uv run --with tensorboard tensorboard --logdir {Path(out).parent})")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
