@@ -22,7 +22,7 @@ from common.config import (NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE, NODE_DATA, 
 from common.deploy.control import flower_bin, flower_env
 from common.deploy.credentials import key_fingerprint
 from common.data.images import list_dataset
-from common.errors import ConfigError
+from common.errors import REFUSED_BY_SERVER, ConfigError
 from common.privacy.ledger import PrivacyLedger, SiteBudget
 from common.privacy.policy import SitePolicy
 from common.storage import write_atomically
@@ -34,7 +34,7 @@ RUNTIME_SECRET = "runtime.secret"  # authenticates the site's worker to its Supe
 INSECURE_WARNING = ("fedtl client --insecure: NO TLS and NO SITE KEY; this site's updates "
                     "travel in clear text. Only for experiments on a trusted network.")
 
-REFUSED_EXIT = 3
+REFUSED_EXIT = REFUSED_BY_SERVER
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 
 from common import protocol
 from common.config import RunConfig
-from common.errors import FedtlError, UpdateRejectedError
+from common.errors import ConfigError, RunFailedError, UpdateRejectedError
 from common.features.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
 from common.privacy.release import as_played, releases
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
@@ -100,10 +100,10 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
     """
     prerun = prerun or PreRun(started=time.time())
     if not cfg.classes:
-        raise FedtlError("the run config names no classes; set 'classes' (comma-separated)")
+        raise ConfigError("the run config names no classes; set 'classes' (comma-separated)")
     out = Path(cfg.out)
     if (out / "report.json").exists():
-        raise FedtlError(f"{out} already holds a finished run; choose another output folder")
+        raise ConfigError(f"{out} already holds a finished run; choose another output folder")
     settings = cfg.to_flower()
     checkpoint = load_checkpoint(out)
     if checkpoint is not None:
@@ -171,7 +171,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                        timeout=cfg.round_timeout)
     if not any(r.sites_trained for r in book.history):
         refused = sum(len(r.refused) for r in book.history)
-        raise FedtlError("no site contributed an accepted update in any round; nothing to save"
+        raise RunFailedError("no site contributed an accepted update in any round; nothing to save"
                          + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
                          + " (see the warnings above for why sites declined, refused or were "
                          "rejected)")

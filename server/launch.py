@@ -13,7 +13,7 @@ import tomli_w
 
 from common.config import RunConfig
 from common.deploy.control import Control, ControlAddress
-from common.errors import ConfigError, FedtlError
+from common.errors import ConfigError, FedtlError, RunFailedError
 from common.report import Report
 
 
@@ -67,7 +67,7 @@ def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
                        stderr=subprocess.STDOUT)
         status, details = wait_finished(control, run_id)
         if not status.endswith(":completed"):
-            raise FedtlError(f"the run ended {status or 'without a status'} on the server at "
+            raise RunFailedError(f"the run ended {status or 'without a status'} on the server at "
                              f"{target.address}" + (f": {details}" if details else "")
                              + " (its log above says why)")
     report = Path(cfg.out) / "report.json"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from common.config import RunConfig
-from common.errors import ConfigError, FedtlError
+from common.errors import ConfigError, RunFailedError
 from common.features.extraction import LazyBase, site_features
 from common.features.model import predict_classes
 from common.report import Report
@@ -139,6 +139,6 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
         raise failures[0]
     report_path = out / "report.json"
     if not report_path.exists():
-        raise FedtlError("the simulation ended without a report; rerun with --verbose to see "
+        raise RunFailedError("the simulation ended without a report; rerun with --verbose to see "
                          "Flower's log")
     return Report.read(report_path)

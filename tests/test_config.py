@@ -130,3 +130,22 @@ def test_a_switch_help_does_not_show_a_default_that_reads_as_its_opposite() -> N
     assert "train without DP" in no_dp and "default" not in no_dp
     assert "(default: 3.0)" in text and text.count("(default: runs/<time>)") == 1
     assert "(default: None)" not in text
+
+
+def test_each_kind_of_error_exits_with_its_documented_code(capsys) -> None:
+    from common import errors
+    from common.cli import build_parser, main
+
+    kinds = {errors.ConfigError: 4, errors.WeightsError: 4, errors.DataError: 5,
+             errors.BudgetExhaustedError: 6, errors.PolicyRefusedError: 6,
+             errors.RunFailedError: 7, errors.FedtlError: 1}
+    for kind, code in kinds.items():
+        assert kind.exit_code == code and code in errors.EXIT_CODES
+    assert errors.REFUSED_BY_SERVER == 3
+    assert main(["simulate", "--rounds", "0"]) == 4  # RunConfig refuses it
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(["simulate", "--no-such-option"])
+    assert usage.value.code == 2
+    text = " ".join(build_parser().format_help().split())
+    assert all(f"{k} {v}" in text for k, v in errors.EXIT_CODES.items())
+    capsys.readouterr()

@@ -134,7 +134,7 @@ def report_of(world: World, out: str) -> dict:
 
 def test_the_daemon_refuses_to_start_without_certificates_unless_insecure(tmp_path) -> None:
     done = fedtl("server", "--state", str(tmp_path / "s"))
-    assert done.returncode == 2 and "--certs" in done.stderr and "--insecure" in done.stderr
+    assert done.returncode == 4 and "--certs" in done.stderr and "--insecure" in done.stderr
 
 
 def test_an_unregistered_site_is_refused_with_a_clear_message_on_both_sides(world) -> None:

@@ -116,7 +116,7 @@ def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
     out = tmp_path / "out"
     done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "1",
                  "--out", str(out), "--state", str(tmp_path / "cache"), timeout=300)
-    assert done.returncode == 2
+    assert done.returncode == 5  # a data error
     assert "0003.jpg" in done.stderr and "--skip-bad-images" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (out / "report.json").exists()
@@ -128,7 +128,7 @@ def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
                  "--clients", "2", "--rounds", "1",
                  "--target-epsilon", "1e-6", "--delta", "1e-12", "--out",
                  str(tmp_path / "out"), "--state", str(tmp_path / "cache"), timeout=300)
-    assert done.returncode == 2
+    assert done.returncode == 4  # an impossible setting
     assert "target epsilon" in done.stderr
     assert not (tmp_path / "out" / "report.json").exists()
 

@@ -52,8 +52,9 @@ def test_a_keras_zip_with_code_inside_is_refused_by_safe_mode(tmp_path: Path,
         evaluate_model(path, str(image_folder))
 
 
-def test_cli_reports_errors_in_one_line_and_exits_2(tmp_path: Path, capsys) -> None:
+def test_cli_reports_errors_in_one_line_and_exits_with_the_data_error_code(
+        tmp_path: Path, capsys) -> None:
     code = main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data", str(tmp_path)])
-    assert code == 2
+    assert code == 5
     err = capsys.readouterr().err
     assert err.startswith("fedtl: error: model file") and "Traceback" not in err

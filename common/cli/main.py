@@ -12,7 +12,7 @@ from typing import Any
 
 from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
-from common.errors import ConfigError, FedtlError
+from common.errors import ConfigError, FedtlError, exit_codes_help
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
 from common.privacy.release import COUNT_MODES, METRIC_MODES
@@ -421,13 +421,16 @@ COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run
 
 def build_parser() -> argparse.ArgumentParser:
     """The `fedtl` command line with all its subcommands."""
-    parser = argparse.ArgumentParser(prog="fedtl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fedtl", description=__doc__,
+                                     epilog=exit_codes_help())
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_simulate_parser, _compare_parser, _evaluate_parser, _audit_parser,
                 _server_parser, _client_parser,
                 _run_parser, _certs_parser, _keys_parser, _budget_parser, _approve_parser,
                 _demo_data_parser):
         add(sub)
+    for command in sub.choices.values():
+        command.epilog = exit_codes_help()
     return parser
 
 
@@ -445,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except FedtlError as exc:
         print(f"fedtl: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 

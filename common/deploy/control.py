@@ -125,5 +125,5 @@ class Control:
         as Flower's Control API states it (not read from its log text)."""
         runs = self._json("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
         if not runs:
-            raise FedtlError(f"the server at {self.target.address} knows no run {run_id}")
+            raise ConfigError(f"the server at {self.target.address} knows no run {run_id}")
         return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))

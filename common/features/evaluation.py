@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.data.images import check_same_classes, list_dataset, load_images
-from common.errors import DataError, FedtlError
+from common.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,18 @@ def load_model(model_path: Path) -> tf.keras.Model:
     """
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise FedtlError(f"model file {model_path} does not exist")
+        raise DataError(f"model file {model_path} does not exist")
     if not zipfile.is_zipfile(model_path):
-        raise FedtlError(f"{model_path} is not a Keras zip model file (.keras); fedtl loads "
+        raise DataError(f"{model_path} is not a Keras zip model file (.keras); fedtl loads "
                          "no other format (an HDF5 file could run code when loaded)")
     with zipfile.ZipFile(model_path) as archive:
         if "config.json" not in archive.namelist():
-            raise FedtlError(f"{model_path} is a zip file but not a Keras model (no "
+            raise DataError(f"{model_path} is a zip file but not a Keras model (no "
                              "config.json in it)")
     try:
         return tf.keras.models.load_model(model_path, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a file it cannot read
-        raise FedtlError(f"{model_path} is not a Keras model fedtl can load safely: "
+        raise DataError(f"{model_path} is not a Keras model fedtl can load safely: "
                          f"{exc}") from exc
 
 
