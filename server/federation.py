@@ -28,6 +28,7 @@ from server.client_dp import (ClientLevelState, client_level_epsilon, client_lev
                               with_client_dp)
 from server.replies import ReplyRules, check_personal_reply
 from server.run_registry import RunRegistry
+from common.model_card import write_model_card
 from common.report import RoundRecord
 from server.runbook import RunBook, site_summary
 from server.secure import run_secure
@@ -183,6 +184,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
                           personal, client_level)
     path = write_report(out, report)
+    write_model_card(out, report)
     tensorboard.close()
     if registry is not None:
         registry.finished(run_id)

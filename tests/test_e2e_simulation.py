@@ -93,6 +93,13 @@ def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
     result = json.loads(scored.stdout.strip().splitlines()[-1])
     assert result["n"] == 200
     assert result["accuracy"] > 0.6
+    # The model card beside the model is the run's: classes, base, each site's epsilon.
+    report = json.loads((out / "report.json").read_text())
+    card = result["model_card"]
+    assert card["classes"] == [str(d) for d in range(10)]
+    assert card["base"]["fingerprint"] == report["base"]["fingerprint"]
+    assert card["privacy"]["record_level"]["epsilon_per_site"] == report["final"]["epsilon"]
+    assert "Model card" in (out / "model_card.md").read_text()
 
 
 def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:

@@ -256,19 +256,25 @@ def _print_summary(report: Report, out: str) -> None:
               f"{client_level['clip_norm']:.3g})")
     print(f"time: {report.timing.total_seconds:.1f} s in all, "
           f"{report.timing.feature_extraction_seconds:.1f} s extracting features")
-    print(f"written: {out}/report.json, {out}/model.keras, {out}/accuracy.png, {out}/epsilon.png, "
+    print(f"written: {out}/report.json, {out}/model.keras with {out}/model_card.md, "
+          f"{out}/accuracy.png, {out}/epsilon.png, "
           f"{out}/tensorboard/ (uv run --with tensorboard tensorboard --logdir {Path(out).parent})")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from common.features.evaluation import evaluate_model
 
+    from common.model_card import card_markdown, read_model_card
+
     result = evaluate_model(args.model, args.data, skip_bad=args.skip_bad_images)
+    card = read_model_card(Path(args.model))
     if args.json:
-        print(json.dumps(asdict(result)))
-    else:
-        print(f"accuracy {result.accuracy:.4f} on {result.n} images "
-              f"({len(result.classes)} classes, {result.skipped} skipped)")
+        print(json.dumps({**asdict(result), "model_card": card}))
+        return 0
+    if card is not None:
+        print(card_markdown(card))
+    print(f"accuracy {result.accuracy:.4f} on {result.n} images "
+          f"({len(result.classes)} classes, {result.skipped} skipped)")
     return 0
 
 
