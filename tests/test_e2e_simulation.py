@@ -102,6 +102,42 @@ def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
     assert "Model card" in (out / "model_card.md").read_text()
 
 
+def test_exported_models_predict_what_the_keras_model_predicts(digits_run,
+                                                                tmp_path: Path) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from common.data.images import list_dataset, load_images
+    from common.features.evaluation import load_model
+
+    out, done = digits_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    for fmt in ("savedmodel", "tflite"):
+        exported = fedtl("export", "--model", str(out / "model.keras"), "--format", fmt,
+                         "--out", str(tmp_path / "export"))
+        assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "export" / "model_card.md").is_file()
+    refused = fedtl("export", "--model", str(out / "model.keras"), "--format", "onnx",
+                    "--out", str(tmp_path / "onnx"))
+    assert refused.returncode == 4 and "tf2onnx" in refused.stderr
+
+    images = load_images(list_dataset("digits", max_per_class=3), 32).pixels.astype(np.float32)
+    expected = load_model(out / "model.keras").predict(images, verbose=0)
+    serving = tf.saved_model.load(str(tmp_path / "export" / "savedmodel"))
+    served = next(iter(serving.signatures["serving_default"](image=tf.constant(images))
+                       .values())).numpy()
+    lite = tf.lite.Interpreter(model_path=str(tmp_path / "export" / "model.tflite"))
+    index = lite.get_input_details()[0]["index"]
+    lite.resize_tensor_input(index, images.shape)
+    lite.allocate_tensors()
+    lite.set_tensor(index, images)
+    lite.invoke()
+    on_device = lite.get_tensor(lite.get_output_details()[0]["index"])
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    np.testing.assert_allclose(on_device, expected, atol=1e-5)
+    assert (on_device.argmax(1) == expected.argmax(1)).all()
+
+
 def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:
     # What a second `fedtl simulate` of the same sites does before Flower starts, in this
     # process: every feature comes from the first run's cache.

@@ -169,6 +169,16 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's messages")
 
 
+def _export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="a saved model for TF Serving (savedmodel) or phones "
+                                      "and edge devices (tflite), with its model card")
+    p.add_argument("--model", required=True, help="a model.keras written by fedtl")
+    p.add_argument("--format", required=True, choices=("savedmodel", "tflite", "onnx"),
+                   help="onnx: not available (tf2onnx is not installed), says why")
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's messages")
+
+
 def _audit_parser(sub: Any) -> None:
     p = sub.add_parser("audit", help="membership-inference attacks on a saved model: can they "
                                      "tell its training images from others?")
@@ -275,6 +285,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(card_markdown(card))
     print(f"accuracy {result.accuracy:.4f} on {result.n} images "
           f"({len(result.classes)} classes, {result.skipped} skipped)")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from common.features.export import export_model
+
+    target = export_model(Path(args.model), args.format, Path(args.out))
+    print(f"written: {target} (input: float32 RGB images, pixels 0..255)")
     return 0
 
 
@@ -419,7 +437,8 @@ def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
 
-COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run_evaluate, "server": _run_server,
+COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run_evaluate,
+            "export": _run_export, "server": _run_server,
             "client": _run_client, "run": _run_run, "audit": _run_audit,
             "certs": _run_certs, "keys": _run_keys,
             "budget": _run_budget, "approve": _run_approve, "demo-data": _run_demo_data}
@@ -430,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtl", description=__doc__,
                                      epilog=exit_codes_help())
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_simulate_parser, _compare_parser, _evaluate_parser, _audit_parser,
+    for add in (_simulate_parser, _compare_parser, _evaluate_parser, _export_parser,
+                _audit_parser,
                 _server_parser, _client_parser,
                 _run_parser, _certs_parser, _keys_parser, _budget_parser, _approve_parser,
                 _demo_data_parser):
@@ -441,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that load TensorFlow in this process.
-USES_TENSORFLOW = frozenset({"simulate", "compare", "evaluate", "audit"})
+USES_TENSORFLOW = frozenset({"simulate", "compare", "evaluate", "export", "audit"})
 
 
 def main(argv: list[str] | None = None) -> int:
