@@ -34,12 +34,12 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
     cfg = cfg.replace(classes=scenario.classes)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     seconds = 0.0
-    for index, site in enumerate(scenario.sites):
+    for site in scenario.sites:
         seen = f" seen through {site.shift.kind} (severity {site.shift.severity})" \
             if site.shift else ""
         print(f"[prepare] {site.name}: {len(site.listing)} images{seen}, extracting "
               "features...", end="", file=sys.stderr, flush=True)
-        data = load_site(cfg, site.name, site.listing, base, cfg.site_cache_dir(f"site-{index}"),
+        data = load_site(cfg, site.name, site.listing, base, cfg.site_cache_dir(site.name),
                          holdout_seed=site.holdout_seed, progress=_progress, shift=site.shift)
         note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
