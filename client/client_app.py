@@ -71,8 +71,8 @@ def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
         check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
         return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=(cfg.seed,))
     virtual = _scenario(cfg, run_key).sites[site.partition]
-    # Cached under the scenario's name for the site: a site folder keeps its cache whichever
-    # index it has (a leave-one-domain-out run reuses the four-site run's features).
+    # Cached under its name in the scenario (a leave-one-domain-out run reuses the features
+    # the four-site run cached for the same folders).
     return load_site(cfg, virtual.name, virtual.listing, base, cfg.site_cache_dir(virtual.name),
                      holdout_seed=virtual.holdout_seed, shift=virtual.shift)
 

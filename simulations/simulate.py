@@ -139,6 +139,6 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
         raise failures[0]
     report_path = out / "report.json"
     if not report_path.exists():
-        raise RunFailedError("the simulation ended without a report; rerun with --verbose to see "
-                         "Flower's log")
+        raise RunFailedError("the simulation ended without a report; rerun with --verbose to "
+                             "see Flower's log")
     return Report.read(report_path)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from common.cli import build_parser
-from common.config import RunConfig, SiteConfig
+from common.config import RunConfig
 from simulations.simulate import backend_config
 
 
@@ -30,13 +30,13 @@ def _simulate_config(*argv: str) -> RunConfig:
 
 def test_state_flag_places_each_simulated_sites_cache_under_it(tmp_path: Path) -> None:
     cfg = _simulate_config("--state", str(tmp_path))
-    assert SiteConfig.simulated(cfg, 3).cache_dir == tmp_path / "site-3" / "features"
+    assert cfg.site_cache_dir("site-3") == tmp_path / "site-3" / "features"
     assert _simulate_config("--cache-dir", str(tmp_path)).state == str(tmp_path)  # old name
 
 
 def test_no_cache_leaves_simulated_sites_without_a_cache(tmp_path: Path) -> None:
     cfg = _simulate_config("--state", str(tmp_path), "--no-cache")
-    assert SiteConfig.simulated(cfg, 0).cache_dir is None
+    assert cfg.site_cache_dir("site-0") is None
 
 
 def test_default_state_is_a_per_user_folder() -> None:
