@@ -30,8 +30,9 @@ from common.personal import MODEL_FILE, load_head, personal_dir, save_head
 from common.privacy.policy import REFUSED, admit
 from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
+from common.privacy.oneshot import PublicBasis
 from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_site,
-                         released_accuracies, train_round)
+                         release_sums, released_accuracies, train_round)
 
 log = logging.getLogger("fedtl.site")
 DECLINED = "declined"  # the audit trail's word for a round the budget does not allow
@@ -240,6 +241,10 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def personalize_handler(msg: Message, context: Context) -> Message:
         return handle(msg, context, _personalize)
 
+    @app.train(protocol.CLASS_SUMS)
+    def class_sums_handler(msg: Message, context: Context) -> Message:
+        return handle(msg, context, lambda at: _class_sums(at, msg))
+
     @app.evaluate()
     def evaluate_handler(msg: Message, context: Context) -> Message:
         return handle(msg, context, _evaluate)
@@ -265,6 +270,34 @@ def _train(at: _Opened, msg: Message) -> RecordDict:
         protocol.METRICS: MetricRecord(update.figures),
         protocol.SITE: at.site_record(),
     })
+
+
+def _class_sums(at: _Opened, msg: Message) -> RecordDict:
+    """The one-shot release: noised per-class feature sums in the server's public basis
+    (checked first: any basis gives sensitivity 1, the bound is applied after projecting)."""
+    record = msg.content.array_records.get(protocol.PUBLIC)
+    recipe = msg.content.config_records[protocol.CONFIG].get(protocol.PUBLIC_RECIPE, "")
+    if record is None or not isinstance(recipe, str):
+        raise FedtlError("the server's class-sums request carries no public statistics")
+    try:
+        basis = PublicBasis.from_arrays(record.to_numpy_ndarrays(), at.data.test_x.shape[1],
+                                        recipe[:200])
+    except ValueError as exc:
+        raise FedtlError(f"site {at.site.name}: the server's public statistics are "
+                         f"refused: {exc}") from exc
+    key = resend.request_key(basis.arrays(), 0.0)
+    update = resend.recall(at.site.state, at.run_key, key)
+    if update is None:
+        result = release_sums(at.cfg, at.data, basis, at.account, _rng(at.cfg))
+        update = resend.KeptUpdate([result.sums], {
+            protocol.NUM_EXAMPLES: result.num_examples, protocol.EPSILON: result.epsilon,
+            protocol.SAMPLING_RATE: 1.0, protocol.NOISE_MULTIPLIER: result.noise_multiplier,
+            protocol.STEPS: 1})
+        resend.keep(at.site.state, at.run_key, key, update)
+    site = at.site_record()
+    site[protocol.PUBLIC_FINGERPRINT] = basis.fingerprint
+    return RecordDict({protocol.ARRAYS: ArrayRecord(update.weights),
+                       protocol.METRICS: MetricRecord(update.figures), protocol.SITE: site})
 
 
 def _personalize(at: _Opened) -> RecordDict:

@@ -20,6 +20,7 @@ from common.privacy.release import COUNT_MODES, METRIC_MODES
 # with --alpha) split one dataset; folders: the dataset folder holds one folder per site.
 PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
@@ -138,6 +139,24 @@ class RunConfig:
     learning_rate: float = setting(16.0, "the sites' SGD learning rate", valid=POSITIVE)
     momentum: float = setting(0.0, "the sites' SGD momentum",
         valid=Valid(lambda v: 0 <= v < 1, "in [0, 1)"))
+    head_method: str = setting(
+        "sgd", "how the sites train the head: sgd (DP-SGD every round), ridge (one noised "
+        "release of per-class feature sums, solved as ridge regression on the server with "
+        "public statistics: one round) or ridge+sgd (that head, then DP-SGD rounds from it)",
+        choices=HEAD_METHODS)
+    ridge_share: float = setting(
+        0.85, "with ridge+sgd: the share of --target-epsilon the one-shot release spends "
+        "alone (the DP-SGD rounds are planned around it; the run stays within the target)",
+        valid=OPEN_UNIT)
+    ridge_lambda: float = setting(
+        8.0, "ridge penalty, relative to the mean public variance of the kept components",
+        valid=POSITIVE)
+    public: str = setting(
+        "", "folder of public images (class subfolders, labels unused) whose feature mean and "
+        "principal components the one-shot head uses (default: crops of two public photos)")
+    public_components: int = setting(
+        128, "principal components of the public features the sums are released in (fewer: "
+        "less noise, less detail)", valid=between(1, 4096))
     dp: bool = setting(True, "train without DP", flag="--no-dp")
     target_epsilon: float = setting(3.0, "each site's record-level budget for this run",
         valid=POSITIVE)
@@ -249,6 +268,10 @@ class RunConfig:
             (not self.secure_aggregation or self.strategy in ("fedavg", "fedprox"),
              "secure aggregation runs FedAvg or FedProx (SecAgg+ yields only the weighted "
              "mean); use --strategy fedavg or fedprox"),
+            (self.head_method == "sgd" or self.head_width == 0,
+             "the one-shot head (--head-method ridge, ridge+sgd) is linear; use --head-width 0"),
+            (self.head_method != "ridge+sgd" or self.rounds >= 2,
+             "ridge+sgd spends round 1 on the one-shot release; give it --rounds 2 or more"),
             (len(set(self.classes)) == len(self.classes),
              f"classes must be distinct. Found {list(self.classes)[:20]}."),
             (len(self.classes) <= 10_000 and all(0 < len(c) <= 255 for c in self.classes),
@@ -259,6 +282,20 @@ class RunConfig:
     def label_alpha(self) -> float:
         """The Dirichlet label-skew alpha in force (0: labels spread evenly)."""
         return (self.alpha or 0.5) if self.partition == "dirichlet" else self.alpha
+
+    @property
+    def sgd_rounds(self) -> int:
+        """Rounds of DP-SGD in the run (ridge+sgd spends round 1 on the one-shot release)."""
+        return {"sgd": self.rounds, "ridge+sgd": self.rounds - 1, "ridge": 0}[self.head_method]
+
+    @property
+    def run_rounds(self) -> int:
+        """Rounds the server runs: a ridge head is one round, whatever --rounds says."""
+        return 1 if self.head_method == "ridge" else self.rounds
+
+    @property
+    def one_shot(self) -> bool:
+        return self.head_method != "sgd"
 
     @property
     def required_sites(self) -> int:

@@ -46,6 +46,12 @@ EXACT_TRAIN_FIGURES = (TRAIN_LOSS, EXTRACT_SECONDS, SKIPPED_IMAGES)
 
 # The message action (``train.personalize``) that asks a site to fine-tune its own head.
 PERSONALIZE = "personalize"
+# The message action (``train.class_sums``) that asks a site for its one-shot release, and
+# the array record that carries the run's public statistics (mean, components, variances).
+CLASS_SUMS = "class_sums"
+PUBLIC = "public"
+PUBLIC_RECIPE = "public-recipe"  # in the server's config: where the public images came from
+PUBLIC_FINGERPRINT = "public-fingerprint"  # in a sums reply: the statistics the site used
 
 # Error codes of replies in which a site declines or refuses a round.
 BUDGET_EXHAUSTED = 4001

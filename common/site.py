@@ -22,8 +22,10 @@ from common.privacy.policy import SitePolicy
 from common.privacy.sgd import SgdSettings
 from common.features.model import BaseSpec, compute_dtype, predict_classes
 from common.data.partition import holdout_split
-from common.privacy.release import (count_mechanism, figure_mode, held_out_weight, metric_mechanism,
-                            noisy_accuracy, public_count, releases)
+from common.privacy.oneshot import PublicBasis, class_sums, embed, noised
+from common.privacy.release import (count_mechanism, figure_mode, held_out_weight,
+                                    metric_mechanism, noisy_accuracy, public_count, releases,
+                                    sums_noise)
 
 log = logging.getLogger("fedtl.site")
 
@@ -83,7 +85,7 @@ def planned_steps(cfg: RunConfig, sampling_rate: float) -> int:
     """DP-SGD steps a site takes in the whole run: every round, then personalization."""
     per_epoch = math.ceil(1.0 / sampling_rate)
     personal = cfg.personal_epochs * per_epoch if cfg.personalize else 0
-    return cfg.local_epochs * per_epoch * cfg.rounds + personal
+    return cfg.local_epochs * per_epoch * cfg.sgd_rounds + personal
 
 
 def release_plan(cfg: RunConfig) -> list[Mechanism]:
@@ -162,16 +164,8 @@ def plan_noise(cfg: RunConfig, num_train: int, account: SiteAccount, prior: list
         raise BudgetExhaustedError(
             f"this site's budget of epsilon {budget.epsilon} (delta {budget.delta}) leaves "
             f"no room for this run: {exc}") from exc
-    floor = account.policy.min_noise_multiplier
-    sigma = max(settings.noise_multiplier, site_sigma)
-    if sigma < floor:
-        if account.policy.on_violation == "refuse":
-            raise PolicyRefusedError(
-                f"the run would train with noise multiplier {sigma:.3g}, below this site's "
-                f"minimum of {floor} (min-noise-multiplier)")
-        log.info("policy: noise multiplier raised from %.4g to the site's minimum %s", sigma,
-                 floor)
-        sigma = floor
+    sigma = _at_least_floor(max(settings.noise_multiplier, site_sigma), account.policy,
+                            "DP-SGD")
     return dataclasses.replace(settings, noise_multiplier=sigma)
 
 
@@ -243,6 +237,73 @@ def charge_releases(cfg: RunConfig, name: str, account: SiteAccount,
                     book.prior(account.run_key), account.budget,
                     "releasing its held-out accuracy")
         return book.append(account.run_key, [event])
+
+
+@dataclass(frozen=True)
+class SumsResult:
+    """A site's one-shot release: its noised class sums and the figures that go with them."""
+
+    sums: np.ndarray  # (components, classes), noised
+    num_examples: int  # the released count
+    epsilon: float
+    noise_multiplier: float
+
+
+def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: SiteAccount,
+                 rng: np.random.Generator) -> SumsResult:
+    """The site's per-class feature sums in the public basis, noised, charged to the ledger
+    *before* they are computed. A run releases them once: a second request is refused.
+
+    Each image's features are averaged over its augmented views first (free in privacy: it
+    is still one bounded row per image).
+    """
+    n = len(data.train_y)
+    with account.ledger.transaction() as book:
+        _keep_budget(book, account.budget)
+        if book.runs.get(account.run_key) is not None:
+            raise PolicyRefusedError(
+                f"site {data.name} has already released in this run; class sums are released "
+                "once per run (a second, differently noised copy would average the noise down)")
+        prior = book.prior(account.run_key)
+        count = public_count(n, mode=cfg.example_counts, noise=cfg.count_noise,
+                             rounding=cfg.count_rounding, rng=rng)
+        sgd_noise = 0.0
+        if cfg.dp and (cfg.sgd_rounds or cfg.personalize):  # fixed now for the later rounds
+            sgd_noise = plan_noise(cfg, count, account, prior).noise_multiplier
+        header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count, sgd_noise)
+        sigma = 0.0
+        new: list[LedgerEvent] = []
+        if cfg.dp:
+            sigma = _at_least_floor(sums_noise(cfg), account.policy, "class-sum release")
+            released = count_mechanism(cfg.example_counts, cfg.count_noise)
+            new = ([_event("count", released)] if released is not None else []) + [
+                _event("sums", Mechanism(1.0, sigma, 1))]
+            _check_fits(data.name, header, [e.mechanism for e in new], prior, account.budget,
+                        "releasing its class sums")
+        else:
+            new = [LedgerEvent("non-private", 1.0, 0.0, 1)]
+        entry = book.append(account.run_key, new, header)
+    x = data.train_x if data.train_views is None else np.mean(
+        [data.train_x, *data.train_views], axis=0)
+    sums = class_sums(embed(x, basis), data.train_y, len(cfg.classes))
+    if cfg.dp:
+        sums = noised(sums, sigma, rng)
+    return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
+                      entry.epsilon if cfg.dp else 0.0, sigma)
+
+
+def _at_least_floor(sigma: float, policy: SitePolicy, what: str) -> float:
+    """``sigma`` raised to the policy's minimum noise multiplier, or refused if it says so."""
+    floor = policy.min_noise_multiplier
+    if sigma >= floor:
+        return sigma
+    if policy.on_violation == "refuse":
+        raise PolicyRefusedError(
+            f"the run's {what} would use noise multiplier {sigma:.3g}, below this site's "
+            f"minimum of {floor} (min-noise-multiplier)")
+    log.info("policy: %s noise multiplier raised from %.4g to the site's minimum %s", what,
+             sigma, floor)
+    return floor
 
 
 def _keep_budget(book: LedgerBook, budget: SiteBudget) -> None:

@@ -20,12 +20,15 @@ from common.config import RunConfig
 from common.errors import ConfigError, RunFailedError, UpdateRejectedError
 from common.features.model import (PREPROCESSING, build_base, full_model, initial_head_weights,
                                    save_model)
+from common.features.extraction import LazyBase
+from common.features.public_basis import run_basis
 from common.model_card import write_model_card
 from common.privacy.release import as_played, releases
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
                            RoundRecord, Timing, versions, write_report)
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
+from server.oneshot import one_shot_round
 from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
                               with_client_dp)
 from server.replies import ReplyRules, check_personal_reply
@@ -124,6 +127,8 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
     out, settings = Path(cfg.out), cfg.to_flower()
     base = build_base(base_spec(cfg).for_saving, cfg.stats_cache)
+    if cfg.one_shot and checkpoint is None:
+        public_basis = run_basis(cfg, LazyBase.shared(base_spec(cfg), cfg.stats_cache))
     initial = checkpoint.arrays if checkpoint else initial_head_weights(
         base.spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
     book = RunBook(initial)
@@ -136,7 +141,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         book.restore(checkpoint.book, checkpoint.arrays)
         restore_optimizer_state(strategy, checkpoint.optimizer)
         elapsed_before = checkpoint.elapsed_seconds
-        print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.rounds} "
+        print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.run_rounds} "
               f"(checkpoint in {out})", flush=True)
     table = RoundTable()
     for record in book.history:
@@ -159,11 +164,14 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
             elapsed_seconds=elapsed_before + time.time() - prerun.started))
 
     book.on_round = after_round
-    remaining = cfg.rounds - (checkpoint.round if checkpoint else 0)
+    remaining = cfg.run_rounds - (checkpoint.round if checkpoint else 0)
     # The server is the authority on the class list; sites check theirs against it.
     federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
                                protocol.CLASSES: list(cfg.classes),
                                protocol.RUN_ID: run_id})
+    if cfg.one_shot and checkpoint is None:
+        one_shot_round(grid, cfg, federation, public_basis, strategy)
+        book.round_offset, remaining = 1, remaining - 1
     if remaining > 0 and cfg.secure_aggregation:
         run_secure(grid, book, cfg, book.head, dict(federation), remaining, strategy.rules)
     elif remaining > 0:

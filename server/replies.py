@@ -23,7 +23,8 @@ from common.errors import UpdateRejectedError
 
 MAX_NAME = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-SITE_KEYS = frozenset({protocol.SITE_NAME, protocol.FINGERPRINT, protocol.TIGHTENED})
+SITE_KEYS = frozenset({protocol.SITE_NAME, protocol.FINGERPRINT, protocol.TIGHTENED,
+                       protocol.PUBLIC_FINGERPRINT})
 REQUIRED_SITE_KEYS = frozenset({protocol.SITE_NAME, protocol.FINGERPRINT})
 EVALUATION_KEYS = frozenset({protocol.NUM_EXAMPLES, protocol.ACCURACY})
 PERSONAL_KEYS = frozenset({protocol.NUM_EXAMPLES, protocol.EPSILON, protocol.STEPS})
@@ -207,6 +208,52 @@ def check_train_reply(msg: Message, start: Sequence[np.ndarray],
                       arrays=check_arrays(arrays, start, rules, who), num_examples=n,
                       privacy=privacy, train_loss=loss, extract_seconds=seconds,
                       skipped_images=skipped, tightened=tightened)
+
+
+def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: str,
+                     rules: ReplyRules) -> SiteUpdate:
+    """A one-shot reply as values: one (components, classes) float32 array of finite sums,
+    no column longer than its count allows (rows have norm <= 1) plus the noise, computed in
+    the run's public basis, with figures of one Gaussian release within the target."""
+    who = _who(msg)
+    content = msg.content
+    check_structure(content, arrays=True, who=who)
+    record = content.config_records[protocol.SITE]
+    name, tightened = check_site_record(record, rules, who)
+    who = f"{who} ({name})"
+    if record.get(protocol.PUBLIC_FINGERPRINT) != public_fingerprint:
+        raise UpdateRejectedError(f"{who}: its sums are computed with other public statistics "
+                                  "than the run's")
+    metrics = content.metric_records[protocol.METRICS]
+    if set(metrics) != set(protocol.TRAIN_FIGURES):
+        raise UpdateRejectedError(f"{who}: figures {sorted(metrics)[:10]} are not "
+                                  f"{sorted(protocol.TRAIN_FIGURES)}")
+    n = _count(metrics, protocol.NUM_EXAMPLES, who)
+    privacy = SitePrivacy(epsilon=_number(metrics, protocol.EPSILON, who), sampling_rate=1.0,
+                          noise_multiplier=_number(metrics, protocol.NOISE_MULTIPLIER, who),
+                          steps=int(_number(metrics, protocol.STEPS, who)))
+    if metrics[protocol.SAMPLING_RATE] != 1.0 or privacy.steps != 1:
+        raise UpdateRejectedError(f"{who}: a one-shot release is one query of every image")
+    if rules.private and (privacy.noise_multiplier <= 0
+                          or privacy.epsilon > rules.target_epsilon * (1 + 1e-6)):
+        raise UpdateRejectedError(f"{who}: DP figures (epsilon {privacy.epsilon:.4g}, noise "
+                                  f"{privacy.noise_multiplier:.4g}) do not fit the run's target "
+                                  f"of {rules.target_epsilon}")
+    try:
+        arrays = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+    except Exception as exc:
+        raise UpdateRejectedError(f"{who}: its arrays cannot be read ({exc})") from exc
+    if len(arrays) != 1 or arrays[0].shape != shape or arrays[0].dtype != np.float32 \
+            or not np.all(np.isfinite(arrays[0])):
+        raise UpdateRejectedError(f"{who}: sums must be one finite float32 array of shape "
+                                  f"{shape}")
+    # Noise-free columns have norm <= their class's count; the noise adds ~sigma sqrt(K).
+    bound = n + 50 + 10 * privacy.noise_multiplier * np.sqrt(shape[0])
+    if float(np.linalg.norm(arrays[0], axis=0).max()) > bound:
+        raise UpdateRejectedError(f"{who}: a class sum is longer than its count allows")
+    return SiteUpdate(node_id=msg.metadata.src_node_id, name=name, arrays=arrays,
+                      num_examples=n, privacy=privacy, train_loss=None, extract_seconds=0.0,
+                      skipped_images=None, tightened=tightened)
 
 
 def _figures_reply(msg: Message, rules: ReplyRules) -> tuple[str, str, Mapping[str, Any]]:

@@ -18,6 +18,7 @@ from common.features.extraction import LazyBase, site_features
 from common.features.model import predict_classes
 from common.report import Report
 from common.data.scenario import Scenario, build_scenario, site_folders
+from common.privacy.release import sums_noise
 from common.site import base_spec, load_site, sgd_settings
 
 
@@ -49,12 +50,19 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
             print(f"[prepare] {site.name}: skipped {len(data.skipped)} unreadable images: "
                   + ", ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""),
                   file=sys.stderr, flush=True)
+        if not (cfg.sgd_rounds or cfg.personalize):
+            continue  # a ridge head alone: one release, no DP-SGD to plan
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
         if settings.private:
             # The site computes its own from the count it releases (noised by default).
             print(f"[prepare] {site.name}: sampling rate ~{settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
                   f"~{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
+    if cfg.one_shot and cfg.dp:
+        print(f"[prepare] one-shot class sums: noise multiplier {sums_noise(cfg):.3f} "
+              f"({'all' if cfg.head_method == 'ridge' else f'{cfg.ridge_share:.0%}'} of "
+              f"epsilon {cfg.target_epsilon}), {cfg.public_components} public components",
+              file=sys.stderr, flush=True)
     return cfg, seconds, scenario
 
 

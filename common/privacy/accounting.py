@@ -41,12 +41,11 @@ class Mechanism:
 def _event(*, sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
     import dp_accounting  # ~3 s to import: only where accounting is done
 
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(
-            sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
-        ),
-        steps,
-    )
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    # A release that reads every record (the one-shot sums, counts) is the Gaussian itself.
+    query = gaussian if sampling_rate == 1.0 else dp_accounting.PoissonSampledDpEvent(
+        sampling_rate, gaussian)
+    return dp_accounting.SelfComposedDpEvent(query, steps)
 
 
 def _composed(mechanisms: Sequence[Mechanism]) -> dp_accounting.DpEvent:
@@ -143,6 +142,7 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sampling_rate: floa
 
 
 _UPPER = 500.0
+_PLD_LOWER = 0.05
 
 
 # Sites of one run ask the same question (a simulated site's budget is the run's target, so
@@ -170,7 +170,9 @@ def _calibrated(target_epsilon: float, delta: float, sampling_rate: float, steps
             lambda: _accountant(accountant),
             lambda sigma: _composed([*prior, Mechanism(sampling_rate, sigma, steps)]),
             target_epsilon, delta,
-            bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, _UPPER), tol=1e-4))
+            # PLD discretises the loss of every probed sigma: a tiny one needs gigabytes.
+            bracket_interval=dp_accounting.ExplicitBracketInterval(_PLD_LOWER, _UPPER),
+            tol=1e-4))
     return _root_from_above(spent, target_epsilon)
 
 

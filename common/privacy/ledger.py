@@ -31,8 +31,9 @@ FORMAT = 2
 
 # What an event records. ``dp-sgd`` and ``personal``: Poisson-subsampled Gaussian steps;
 # ``count``: the noised example count; ``figures``: noised (correct, total) releases;
+# ``sums``: the one-shot per-class feature sums (one Gaussian query, sampling rate 1);
 # ``non-private``: training without noise, allowed by the site's policy (epsilon infinite).
-KINDS = ("dp-sgd", "personal", "count", "figures", "non-private")
+KINDS = ("dp-sgd", "personal", "count", "figures", "sums", "non-private")
 TRAINING = ("dp-sgd", "personal", "non-private")
 
 

@@ -80,7 +80,27 @@ def planned_figure_releases(cfg: RunConfig) -> int:
     and its own and the global head's accuracy after personalization."""
     if not cfg.dp or cfg.site_metrics != "noised":
         return 0
-    return cfg.rounds + (2 if cfg.personalize else 0)
+    return cfg.run_rounds + (2 if cfg.personalize else 0)
+
+
+def sums_noise(cfg: RunConfig) -> float:
+    """Noise multiplier of the one-shot class-sum release (one Gaussian query of L2
+    sensitivity 1): calibrated so that it spends its share of the target with the run's count
+    and figure releases composed in (ridge alone: the whole target; ridge+sgd: ``ridge_share``
+    of it, the DP-SGD rounds then planned around it)."""
+    from common.privacy.accounting import noise_for_budget  # dp-accounting: only when needed
+
+    share = 1.0 if cfg.head_method == "ridge" else cfg.ridge_share
+    prior = [m for m in (count_mechanism(cfg.example_counts, cfg.count_noise),
+                         metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)))
+             if m is not None]
+    return noise_for_budget(target_epsilon=share * cfg.target_epsilon, delta=cfg.delta,
+                            sampling_rate=1.0, steps=1, accountant=cfg.accountant, prior=prior)
+
+
+def sums_mechanism(cfg: RunConfig) -> Mechanism | None:
+    """The accounted one-shot release of a ridge head (None when the run has none)."""
+    return Mechanism(1.0, sums_noise(cfg), 1) if cfg.dp and cfg.one_shot else None
 
 
 @dataclass(frozen=True)
@@ -98,8 +118,10 @@ def releases(cfg: RunConfig) -> Releases:
     if not cfg.dp:  # nothing is under a guarantee; the report says the run is not private
         return Releases((), (), ())
     mechanisms = [count_mechanism(cfg.example_counts, cfg.count_noise),
-                  metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg))]
-    covered = ["head updates"]
+                  metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)),
+                  sums_mechanism(cfg)]
+    covered = ["noised per-class feature sums (one-shot head)"] if cfg.one_shot else []
+    covered += ["head updates"] if cfg.sgd_rounds or cfg.personalize else []
     outside: list[str] = []
     if cfg.example_counts == "noised":
         covered.append("noised example counts")

@@ -1,0 +1,31 @@
+"""The public statistics a run's one-shot head is solved with, from public images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+from common.data.images import list_dataset
+from common.errors import DataError
+from common.features.extraction import LazyBase, site_features
+from common.features.public_stats import RECIPE, public_crops
+from common.privacy.oneshot import PublicBasis, public_basis
+
+
+def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
+    """The basis of ``cfg``'s public images: the ``--public`` folder (features cached in the
+    state folder by content), else the crops of two public photos the base is standardised
+    with."""
+    if not cfg.public:
+        features = base.get().model.predict(public_crops(cfg.image_size).astype(np.float32),
+                                            batch_size=64, verbose=0)
+        return public_basis(features, cfg.public_components, RECIPE)
+    listing = list_dataset(cfg.public)
+    cache = Path(cfg.state).expanduser() / "public-features" if cfg.cache else None
+    feats = site_features(base, listing, cache, skip_bad=cfg.skip_bad_images)
+    if len(feats.labels) < 2:
+        raise DataError(f"public folder {cfg.public} has fewer than two readable images")
+    return public_basis(feats.features, cfg.public_components,
+                        f"folder:{Path(cfg.public).name}|images={len(feats.labels)}")

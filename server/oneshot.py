@@ -1,0 +1,60 @@
+"""Round 1 of a ridge run: every site's one-shot class sums, summed and solved on the server."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from common import protocol
+from common.config import RunConfig
+from common.errors import UpdateRejectedError
+from common.privacy.oneshot import PublicBasis, ridge_head
+from server.replies import capped_weights, check_sums_reply
+from server.strategy import Validated
+
+log = logging.getLogger("fedtl.server")
+
+
+def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: PublicBasis,
+                   strategy: Validated) -> None:
+    """Ask every site for its noised class sums in ``basis``, solve the ridge head from their
+    total, then have the sites score it: round 1 of the run, recorded like any other."""
+    book, rules = strategy.book, strategy.rules
+    book.begin_round(1, book.head)
+    _, nodes = sample_nodes(grid, cfg.required_sites, 0)  # waits for the sites to connect
+    content = RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
+                          protocol.CONFIG: ConfigRecord({**dict(federation),
+                                                         protocol.PUBLIC_RECIPE: basis.recipe})})
+    messages = [Message(content=content, dst_node_id=node,
+                        message_type=f"train.{protocol.CLASS_SUMS}") for node in nodes]
+    shape = (basis.components.shape[1], len(cfg.classes))
+    accepted = []
+    for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
+        if reply.has_error():
+            book.note_error(reply.metadata.src_node_id, reply.error.code, reply.error.reason)
+            continue
+        try:
+            update = check_sums_reply(reply, shape, basis.fingerprint, rules)
+        except UpdateRejectedError as exc:
+            book.reject(reply.metadata.src_node_id, str(exc))
+            continue
+        book.accept(update)
+        accepted.append(update)
+    if len(accepted) < (cfg.min_sites or 1):
+        log.warning("round 1: only %d site(s) released class sums; the head stays as it was",
+                    len(accepted))
+        book.close_training(None)
+    else:
+        # A site's count weighs at most max-weight-ratio times the others' median, as in
+        # every average, so one reply cannot shrink the solution by claiming a huge count.
+        counts = capped_weights([u.num_examples for u in accepted], cfg.max_weight_ratio)
+        total = np.sum([u.arrays[0].astype(np.float64) for u in accepted], axis=0)
+        book.close_training(ridge_head(total, float(sum(counts)), basis, cfg.ridge_lambda))
+    messages = strategy.configure_evaluate(1, ArrayRecord(book.head),
+                                           ConfigRecord(dict(federation)), grid)
+    strategy.aggregate_evaluate(1, grid.send_and_receive(list(messages),
+                                                         timeout=cfg.round_timeout))
