@@ -145,8 +145,9 @@ class RunConfig:
         "public statistics: one round) or ridge+sgd (that head, then DP-SGD rounds from it)",
         choices=HEAD_METHODS)
     ridge_share: float = setting(
-        0.85, "with ridge+sgd: the share of --target-epsilon the one-shot release spends "
-        "alone (the DP-SGD rounds are planned around it; the run stays within the target)",
+        0.85, "with ridge+sgd (or ridge with --personalize): the share of --target-epsilon "
+        "the one-shot release spends alone (DP-SGD is planned around it; the run stays "
+        "within the target)",
         valid=OPEN_UNIT)
     ridge_lambda: float = setting(
         8.0, "ridge penalty, relative to the mean public variance of the kept components",

@@ -85,17 +85,20 @@ def planned_figure_releases(cfg: RunConfig) -> int:
 
 def sums_noise(cfg: RunConfig) -> float:
     """Noise multiplier of the one-shot class-sum release (one Gaussian query of L2
-    sensitivity 1): calibrated so that it spends its share of the target with the run's count
-    and figure releases composed in (ridge alone: the whole target; ridge+sgd: ``ridge_share``
-    of it, the DP-SGD rounds then planned around it)."""
+    sensitivity 1). A ridge head alone spends what the count and figure releases leave of
+    the target; with DP-SGD after it (ridge+sgd, or personal fine-tuning) the release alone
+    spends ``ridge_share`` of the target and the DP-SGD noise is planned around it."""
     from common.privacy.accounting import noise_for_budget  # dp-accounting: only when needed
 
-    share = 1.0 if cfg.head_method == "ridge" else cfg.ridge_share
-    prior = [m for m in (count_mechanism(cfg.example_counts, cfg.count_noise),
-                         metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)))
-             if m is not None]
-    return noise_for_budget(target_epsilon=share * cfg.target_epsilon, delta=cfg.delta,
-                            sampling_rate=1.0, steps=1, accountant=cfg.accountant, prior=prior)
+    if cfg.sgd_rounds or cfg.personalize:
+        target, prior = cfg.ridge_share * cfg.target_epsilon, []
+    else:
+        target = cfg.target_epsilon
+        prior = [m for m in (count_mechanism(cfg.example_counts, cfg.count_noise),
+                             metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)))
+                 if m is not None]
+    return noise_for_budget(target_epsilon=target, delta=cfg.delta, sampling_rate=1.0,
+                            steps=1, accountant=cfg.accountant, prior=prior)
 
 
 def sums_mechanism(cfg: RunConfig) -> Mechanism | None:

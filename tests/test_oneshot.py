@@ -1,0 +1,175 @@
+"""The one-shot DP head: the ridge solve, the release's noise and accounting, the bound on
+features, the budget split, and the server's check of a sums reply."""
+
+import time
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, \
+    RecordDict
+
+from common import protocol
+from common.config import RunConfig
+from common.errors import PolicyRefusedError, UpdateRejectedError
+from common.privacy.accounting import Mechanism, composed_epsilon
+from common.privacy.ledger import PrivacyLedger, SiteBudget
+from common.privacy.oneshot import (LOGIT_SCALE, PublicBasis, bounded, class_sums, embed,
+                                    public_basis, ridge_head, ridge_solution)
+from common.privacy.release import sums_noise
+from common.site import SiteAccount, SiteData, charge, release_sums
+from server.replies import ReplyRules, check_sums_reply
+
+RNG = np.random.default_rng(7)
+D, K, CLASSES = 16, 6, 3
+CFG = RunConfig(classes=("a", "b", "c"), rounds=4, batch_size=40, head_method="ridge+sgd",
+                public_components=K)
+
+
+def features(n: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    centers = RNG.normal(size=(CLASSES, D))
+    y = RNG.integers(0, CLASSES, n)
+    return (scale * (centers[y] + RNG.normal(size=(n, D)))).astype(np.float32), y
+
+
+def basis() -> PublicBasis:
+    return public_basis(features(400)[0], K, "test")
+
+
+def site(n: int = 200) -> SiteData:
+    x, y = features(n)
+    return SiteData(name="site-a", train_x=x, train_y=y, test_x=x[:10], test_y=y[:10],
+                    skipped=(), extraction_seconds=0.0, cache_hit=True)
+
+
+def account(tmp_path: Path, cfg: RunConfig = CFG) -> SiteAccount:
+    return SiteAccount(PrivacyLedger(tmp_path), "run-1",
+                       SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant))
+
+
+def test_ridge_equals_numpys_closed_form_with_the_public_second_moment() -> None:
+    public, _ = features(500)
+    b = public_basis(public, K, "test")
+    # The public second moment, computed here independently, seen in the kept components.
+    centred = bounded(public - public.mean(axis=0))
+    moment = b.components.T.astype(np.float64) @ (centred.T @ centred / len(centred)) \
+        @ b.components
+    x, y = features(300)
+    z = embed(x, b)
+    sums = class_sums(z, y, CLASSES)
+    np.testing.assert_allclose(sums, z.T @ np.eye(CLASSES)[y])
+    lam = 8.0 * 300 * np.trace(moment) / K
+    expected = np.linalg.solve(300 * moment + lam * np.eye(K), z.T @ np.eye(CLASSES)[y])
+    np.testing.assert_allclose(ridge_solution(sums, 300, b.variances, 8.0), expected,
+                               rtol=1e-3, atol=1e-6)
+    kernel, bias = ridge_head(sums, 300, b, 8.0)
+    logits = x @ kernel + bias  # the head on raw features is the solution on centred ones
+    np.testing.assert_allclose(
+        logits, LOGIT_SCALE * (x - b.mean) @ b.components @ expected, rtol=1e-3, atol=1e-4)
+
+
+def test_features_are_norm_bounded_before_the_release_whatever_the_basis() -> None:
+    x, y = features(200, scale=100.0)
+    b = basis()
+    stretched = PublicBasis(b.mean, b.components * 50, b.variances, "hostile")
+    for used in (b, stretched):
+        z = embed(x, used)
+        assert np.linalg.norm(z, axis=1).max() <= 1 + 1e-9
+        # One image more or less moves the sums by at most 1 (L2): the sensitivity.
+        diff = class_sums(z, y, CLASSES) - class_sums(z[1:], y[1:], CLASSES)
+        assert np.linalg.norm(diff) <= 1 + 1e-9
+    with pytest.raises(ValueError, match="not orthonormal"):
+        PublicBasis.from_arrays(stretched.arrays(), D, "hostile")
+
+
+def test_released_sums_carry_noise_of_the_calibrated_std(tmp_path: Path) -> None:
+    cfg = CFG.replace(head_method="ridge", public_components=D)
+    data, b = site(), public_basis(features(400)[0], D, "test")
+    noise = []
+    for k in range(40):  # 40 releases x 48 coordinates, each its own run
+        acc = SiteAccount(PrivacyLedger(tmp_path), f"run-{k}",
+                          SiteBudget(1000.0, cfg.delta))
+        result = release_sums(cfg, data, b, acc, RNG)
+        noise.append(result.sums - class_sums(embed(data.train_x, b), data.train_y, CLASSES))
+    noise = np.concatenate([n.ravel() for n in noise])
+    sigma = sums_noise(cfg)
+    assert result.noise_multiplier == sigma
+    # 1,920 draws: the sample std is within ~1.6 % of sigma (1 s.e.); 5 s.e. allowed.
+    assert np.std(noise) == pytest.approx(sigma, rel=0.08)
+    assert abs(np.mean(noise)) < 5 * sigma / np.sqrt(noise.size)
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.5, 4.0])
+def test_the_one_shot_releases_epsilon_is_dp_accountings_gaussian_mechanism(
+        sigma: float) -> None:
+    rdp = dp_accounting.rdp.RdpAccountant()
+    rdp.compose(dp_accounting.GaussianDpEvent(sigma))
+    pld = dp_accounting.pld.PLDAccountant()
+    pld.compose(dp_accounting.GaussianDpEvent(sigma))
+    one_shot = [Mechanism(1.0, sigma, 1)]
+    assert composed_epsilon(one_shot, delta=1e-5) == pytest.approx(rdp.get_epsilon(1e-5),
+                                                                    rel=1e-9)
+    assert composed_epsilon(one_shot, delta=1e-5, accountant="pld") == pytest.approx(
+        pld.get_epsilon(1e-5), rel=1e-6)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(head_method="ridge"), dict(head_method="ridge", personalize=True),
+    dict(ridge_share=0.1), dict(ridge_share=0.5), dict(ridge_share=0.95),
+    dict(ridge_share=0.5, site_metrics="noised", personalize=True),
+    dict(ridge_share=0.7, target_epsilon=8.0)])
+def test_the_budget_split_never_exceeds_the_target(tmp_path: Path, changes: dict) -> None:
+    cfg = CFG.replace(**changes)
+    data, acc = site(), account(tmp_path, cfg)
+    release_sums(cfg, data, basis(), acc, RNG)
+    sums_alone = composed_epsilon([Mechanism(1.0, sums_noise(cfg), 1)], delta=cfg.delta,
+                                  accountant=cfg.accountant)
+    share = cfg.ridge_share if cfg.sgd_rounds or cfg.personalize else 1.0
+    assert sums_alone <= share * cfg.target_epsilon * (1 + 1e-6)
+    for _ in range(cfg.sgd_rounds):
+        charge(cfg, data.name, len(data.train_y), acc, RNG)
+    if cfg.personalize:
+        charge(cfg, data.name, len(data.train_y), acc, RNG, personal=True)
+    entry = acc.ledger.get("run-1")
+    assert [e.kind for e in entry.events][:2] == ["count", "sums"]
+    assert entry.epsilon <= cfg.target_epsilon * (1 + 1e-6)
+    if cfg.site_metrics == "exact":  # every planned release made: the target is spent
+        assert entry.epsilon == pytest.approx(cfg.target_epsilon, rel=0.02)
+
+
+def test_a_run_releases_its_class_sums_once(tmp_path: Path) -> None:
+    data, acc = site(), account(tmp_path)
+    release_sums(CFG, data, basis(), acc, RNG)
+    with pytest.raises(PolicyRefusedError, match="once per run"):
+        release_sums(CFG, data, basis(), acc, RNG)
+    assert [e.kind for e in acc.ledger.get("run-1").events] == ["count", "sums"]
+
+
+RULES = ReplyRules(fingerprint="f" * 64, max_update_norm=100.0, batch_size=40, private=True,
+                   target_epsilon=3.0)
+
+
+def sums_reply(sums: np.ndarray, public: str = "p", n: int = 100) -> Message:
+    content = RecordDict({
+        protocol.ARRAYS: ArrayRecord([sums]),
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n, protocol.EPSILON: 3.0,
+                                        protocol.SAMPLING_RATE: 1.0,
+                                        protocol.NOISE_MULTIPLIER: 1.5, protocol.STEPS: 1}),
+        protocol.SITE: ConfigRecord({protocol.SITE_NAME: "s", protocol.FINGERPRINT: "f" * 64,
+                                     protocol.PUBLIC_FINGERPRINT: public})})
+    return Message(content=content, metadata=Metadata(
+        run_id=1, message_id="", src_node_id=3, dst_node_id=0, reply_to_message_id="",
+        group_id="1", created_at=time.time(), ttl=60, message_type=MessageType.TRAIN))
+
+
+def test_the_server_checks_a_sums_reply_alone() -> None:
+    good = np.full((K, CLASSES), 5.0, np.float32)
+    update = check_sums_reply(sums_reply(good), (K, CLASSES), "p", RULES)
+    assert update.num_examples == 100 and update.privacy.noise_multiplier == 1.5
+    for bad, match in [(sums_reply(good, public="other"), "other public statistics"),
+                       (sums_reply(good[:, :2]), "shape"),
+                       (sums_reply(np.full((K, CLASSES), 1e6, np.float32)), "longer than"),
+                       (sums_reply(good * np.nan), "finite")]:
+        with pytest.raises(UpdateRejectedError, match=match):
+            check_sums_reply(bad, (K, CLASSES), "p", RULES)
