@@ -14,38 +14,60 @@ from typing import Any
 
 import numpy as np
 
-from common.config import STRATEGIES, RunConfig
+from common.config import HEAD_METHODS, STRATEGIES, RunConfig
 from common.errors import ConfigError
 from common.report import Report, plot_series, plot_site_bars
 from common.storage import write_json_atomically
+from simulations.pooled import pooled_reference
 from simulations.simulate import simulate
 
 PERSONALIZE_SUFFIX = "+personalize"
+NON_PRIVATE = "nodp"  # as a variant's head: the same federation trained without DP
+POOLED = "pooled"  # the non-private model of all sites' training images in one place
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of a comparison: a server strategy, with or without personal heads."""
+    """One arm of a comparison: a server strategy and head method (the run's own when
+    empty), with or without personal heads; or the pooled non-private reference."""
 
     strategy: str
     personalize: bool = False
+    head: str = ""  # a head method, NON_PRIVATE, or "" for the run's --head-method
 
     @property
     def name(self) -> str:
-        return self.strategy + (PERSONALIZE_SUFFIX if self.personalize else "")
+        if self.strategy == POOLED:
+            return POOLED
+        return (self.strategy + (f":{self.head}" if self.head else "")
+                + (PERSONALIZE_SUFFIX if self.personalize else ""))
+
+    def settings(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` as this variant runs it."""
+        changes: dict[str, Any] = dict(strategy=self.strategy, personalize=self.personalize)
+        if self.head == NON_PRIVATE:
+            changes["dp"] = False
+        elif self.head:
+            changes["head_method"] = self.head
+        return cfg.replace(**changes)
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """``"fedavg,fedprox,fedavg+personalize"`` -> variants, checked."""
+    """``"fedavg,fedavg:ridge,fedavg:nodp,pooled,fedavg+personalize"`` -> variants, checked."""
     variants = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
-        strategy = item.removesuffix(PERSONALIZE_SUFFIX)
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown variant {item!r}: use one of {STRATEGIES}, each "
-                              f"optionally with {PERSONALIZE_SUFFIX!r}")
-        variants.append(Variant(strategy, item.endswith(PERSONALIZE_SUFFIX)))
+        if item == POOLED:
+            variants.append(Variant(POOLED))
+            continue
+        strategy, _, head = item.removesuffix(PERSONALIZE_SUFFIX).partition(":")
+        if strategy not in STRATEGIES or head not in ("", NON_PRIVATE, *HEAD_METHODS):
+            raise ConfigError(
+                f"unknown variant {item!r}: use a strategy {STRATEGIES}, optionally with "
+                f"':<head>' ({', '.join((*HEAD_METHODS, NON_PRIVATE))}) and "
+                f"{PERSONALIZE_SUFFIX!r}, or {POOLED!r}")
+        variants.append(Variant(strategy, item.endswith(PERSONALIZE_SUFFIX), head))
     if not variants or len({v.name for v in variants}) != len(variants):
         raise ConfigError(f"--variants needs one or more distinct variants. Found {text!r}.")
     return variants
@@ -112,14 +134,21 @@ def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
     scenario: dict[str, Any] = {}
     for variant in variants:
         runs = []
+        if variant.strategy == POOLED:
+            continue  # fitted after the runs (below)
         for k in range(repeats):
             folder = out / variant.name / (f"run-{k + 1}" if repeats > 1 else "")
-            report = _run_or_read(cfg.replace(out=str(folder), strategy=variant.strategy,
-                                              personalize=variant.personalize),
+            report = _run_or_read(variant.settings(cfg).replace(out=str(folder)),
                                   f"{variant.name} ({k + 1}/{repeats})", verbose)
             runs.append(summarize(report))
             scenario = report.sites
         results[variant.name] = combine(runs)
+    if any(v.strategy == POOLED for v in variants):
+        # Last: after scikit-learn's fit, LAPACK calls in a later simulation's server thread
+        # were seen to hang (OpenBLAS), so no run follows it.
+        print(f"[compare] {POOLED}: fitting the non-private pooled reference", flush=True)
+        results[POOLED] = combine([pooled_reference(cfg)])  # deterministic: one fit
+        results = {v.name: results[v.name] for v in variants}
     comparison = {"settings": {k: v for k, v in cfg.to_flower().items()
                                if k not in ("strategy", "personalize", "out")},
                   "repeats": repeats, "scenario": scenario, "variants": results,
@@ -176,15 +205,21 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def _plots(out: Path, comparison: dict[str, Any], cfg: RunConfig) -> None:
     results = comparison["variants"]
-    first = next(iter(results.values()))
-    rounds = [r["round"] for r in first["rounds"]]
+    length = max(len(r["rounds"]) for r in results.values())
+    rounds = list(range(1, length + 1))
+
+    def padded(r: dict[str, Any], key: str) -> list[float | None]:
+        # A ridge head is one round; it ends there, the others go on.
+        values = [x[key] for x in r["rounds"]]
+        return values + [None] * (length - len(values))
+
     series: dict[str, list[float | None]] = {}
     dashed = []
     for name, r in results.items():
-        if name.endswith(PERSONALIZE_SUFFIX):
-            continue  # its rounds train the same global head as its strategy's
-        series[f"{name}: mean site"] = [x["accuracy"] for x in r["rounds"]]
-        series[f"{name}: worst site"] = [x["worst_site_accuracy"] for x in r["rounds"]]
+        if name.endswith(PERSONALIZE_SUFFIX) or not r["rounds"]:
+            continue  # the same global head as its strategy's; the pooled model has no rounds
+        series[f"{name}: mean site"] = padded(r, "accuracy")
+        series[f"{name}: worst site"] = padded(r, "worst_site_accuracy")
         dashed.append(f"{name}: worst site")
     plot_series(out / "accuracy.png", rounds, series, "accuracy",
                 "Global head: mean over sites (solid), worst site (dashed)",
@@ -193,6 +228,6 @@ def _plots(out: Path, comparison: dict[str, Any], cfg: RunConfig) -> None:
                                        for name, r in results.items()},
                    "Final accuracy per site, of the model each site uses")
     plot_series(out / "epsilon.png", rounds,
-                {name: [x["epsilon_max"] for x in r["rounds"]] for name, r in results.items()},
+                {name: padded(r, "epsilon_max") for name, r in results.items() if r["rounds"]},
                 "epsilon", f"Max epsilon over sites per round (delta={cfg.delta})",
                 hline=cfg.target_epsilon if cfg.dp else None)

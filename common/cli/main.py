@@ -31,7 +31,10 @@ def _compare_parser(sub: Any) -> None:
                        "write one comparison report with plots",
                        formatter_class=HelpFormatter)
     p.add_argument("--variants", default="fedavg,fedprox,fedadam,fedavg+personalize",
-                   help="comma-separated strategies; '+personalize' adds personal heads")
+                   help="comma-separated variants: a strategy, optionally ':<head>' (sgd, "
+                   "ridge, ridge+sgd, or nodp: the same federation without DP) and "
+                   "'+personalize'; or 'pooled' (all sites' training images in one place, "
+                   "a non-private logistic-regression head: the reference)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs per variant (fresh DP noise each); figures are their mean ± sd")
     _simulation_options(p)

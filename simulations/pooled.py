@@ -1,0 +1,59 @@
+"""The non-private pooled reference of a comparison: every site's training images in one
+place, one head fitted without DP, scored on each site's own held-out split."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from common.config import RunConfig
+from common.features.extraction import LazyBase
+from common.features.model import predict_classes
+from common.site import base_spec, load_site
+from server.runbook import site_summary
+from simulations.simulate import prepare_sites, unseen_evaluator
+
+# scikit-learn's default L2 penalty, untuned: the reference is not fitted to the held-out
+# splits it is scored on.
+PENALTY_C = 1.0
+
+
+def pooled_head(features: np.ndarray, labels: np.ndarray,
+                num_classes: int) -> list[np.ndarray]:
+    """A linear head (kernel, bias) of multinomial logistic regression fitted to convergence
+    (L-BFGS); a class with no training image gets a bias that never wins."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=PENALTY_C, max_iter=5000).fit(features, labels)
+    kernel = np.zeros((features.shape[1], num_classes), np.float32)
+    bias = np.full(num_classes, -1e9, np.float32)
+    coef = model.coef_ if len(model.classes_) > 2 else np.vstack([-model.coef_, model.coef_])
+    intercept = model.intercept_ if len(model.classes_) > 2 else np.concatenate(
+        [-model.intercept_, model.intercept_])
+    kernel[:, model.classes_] = coef.T
+    bias[model.classes_] = intercept
+    return [kernel, bias]
+
+
+def pooled_reference(cfg: RunConfig) -> dict[str, Any]:
+    """The pooled model's figures, in the form `simulations.compare.summarize` gives a run's."""
+    started = time.time()
+    cfg, _, scenario = prepare_sites(cfg)
+    base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
+    sites = [load_site(cfg, s.name, s.listing, base, cfg.site_cache_dir(s.name),
+                       holdout_seed=s.holdout_seed, shift=s.shift) for s in scenario.sites]
+    head = pooled_head(np.concatenate([s.train_x for s in sites]),
+                       np.concatenate([s.train_y for s in sites]), len(cfg.classes))
+    per_site = {s.name: float(np.mean(predict_classes(
+        s.test_x, head, num_classes=len(cfg.classes), head_width=0) == s.test_y))
+        for s in sites}
+    held_out = {s.name: len(s.test_y) for s in sites}
+    unseen = unseen_evaluator(cfg, scenario)
+    return {**site_summary(per_site),
+            "weighted_accuracy": sum(per_site[n] * held_out[n] for n in per_site)
+            / sum(held_out.values()),
+            "unseen_domain_accuracy": unseen(head) if unseen is not None else None,
+            "per_site_accuracy": per_site, "per_site_global_accuracy": per_site,
+            "max_epsilon": None, "rounds": [], "total_seconds": time.time() - started}
