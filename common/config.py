@@ -156,7 +156,7 @@ class RunConfig:
         "", "folder of public images (class subfolders, labels unused) whose feature mean and "
         "principal components the one-shot head uses (default: crops of two public photos)")
     public_components: int = setting(
-        128, "principal components of the public features the sums are released in (fewer: "
+        256, "principal components of the public features the sums are released in (fewer: "
         "less noise, less detail)", valid=between(1, 4096))
     dp: bool = setting(True, "train without DP", flag="--no-dp")
     target_epsilon: float = setting(3.0, "each site's record-level budget for this run",
