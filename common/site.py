@@ -243,7 +243,7 @@ def charge_releases(cfg: RunConfig, name: str, account: SiteAccount,
 class SumsResult:
     """A site's one-shot release: its noised class sums and the figures that go with them."""
 
-    sums: np.ndarray  # (components, classes), noised
+    sums: np.ndarray  # (components + 1, classes): sums, then counts, noised
     num_examples: int  # the released count
     epsilon: float
     noise_multiplier: float
@@ -251,7 +251,8 @@ class SumsResult:
 
 def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: SiteAccount,
                  rng: np.random.Generator) -> SumsResult:
-    """The site's per-class feature sums in the public basis, noised, charged to the ledger
+    """The site's per-class feature sums in the public basis and its per-class counts,
+    noised (`common.privacy.oneshot`), charged to the ledger
     *before* they are computed. A run releases them once: a second request is refused.
 
     Each image's features are averaged over its augmented views first (free in privacy: it

@@ -31,7 +31,7 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
                                                          protocol.PUBLIC_RECIPE: basis.recipe})})
     messages = [Message(content=content, dst_node_id=node,
                         message_type=f"train.{protocol.CLASS_SUMS}") for node in nodes]
-    shape = (basis.components.shape[1], len(cfg.classes))
+    shape = (basis.components.shape[1] + 1, len(cfg.classes))  # sums, then counts
     accepted = []
     for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
         if reply.has_error():

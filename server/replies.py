@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from common import protocol
 from common.errors import UpdateRejectedError
+from common.privacy.oneshot import COUNT_RATIO, sensitivity
 
 MAX_NAME = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -212,9 +213,10 @@ def check_train_reply(msg: Message, start: Sequence[np.ndarray],
 
 def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: str,
                      rules: ReplyRules) -> SiteUpdate:
-    """A one-shot reply as values: one (components, classes) float32 array of finite sums,
-    no column longer than its count allows (rows have norm <= 1) plus the noise, computed in
-    the run's public basis, with figures of one Gaussian release within the target."""
+    """A one-shot reply as values: one (components + 1, classes) float32 array of finite sums
+    and counts, none larger than the site's count allows (rows have norm <= 1) plus the noise,
+    computed in the run's public basis, with figures of one Gaussian release within the
+    target."""
     who = _who(msg)
     content = msg.content
     check_structure(content, arrays=True, who=who)
@@ -247,10 +249,14 @@ def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: s
             or not np.all(np.isfinite(arrays[0])):
         raise UpdateRejectedError(f"{who}: sums must be one finite float32 array of shape "
                                   f"{shape}")
-    # Noise-free columns have norm <= their class's count; the noise adds ~sigma sqrt(K).
-    bound = n + 50 + 10 * privacy.noise_multiplier * np.sqrt(shape[0])
-    if float(np.linalg.norm(arrays[0], axis=0).max()) > bound:
+    # Noise-free sum columns have norm <= their class's count, counts are <= the site's;
+    # the noise adds ~std sqrt(K) to a column, COUNT_RATIO std to a count.
+    std = privacy.noise_multiplier * sensitivity()
+    sums, counts = arrays[0][:-1], arrays[0][-1]
+    if float(np.linalg.norm(sums, axis=0).max()) > n + 50 + 10 * std * np.sqrt(shape[0]):
         raise UpdateRejectedError(f"{who}: a class sum is longer than its count allows")
+    if float(np.abs(counts).max()) > n + 50 + 10 * COUNT_RATIO * std:
+        raise UpdateRejectedError(f"{who}: a class count exceeds its example count")
     return SiteUpdate(node_id=msg.metadata.src_node_id, name=name, arrays=arrays,
                       num_examples=n, privacy=privacy, train_loss=None, extract_seconds=0.0,
                       skipped_images=None, tightened=tightened)

@@ -15,8 +15,9 @@ from common.config import RunConfig
 from common.errors import PolicyRefusedError, UpdateRejectedError
 from common.privacy.accounting import Mechanism, composed_epsilon
 from common.privacy.ledger import PrivacyLedger, SiteBudget
-from common.privacy.oneshot import (LOGIT_SCALE, PublicBasis, bounded, class_sums, embed,
-                                    public_basis, ridge_head, ridge_solution)
+from common.privacy.oneshot import (COUNT_RATIO, LOGIT_SCALE, PublicBasis, bounded,
+                                    class_sums, embed, public_basis, ridge_head,
+                                    ridge_solution, sensitivity)
 from common.privacy.release import sums_noise
 from common.site import SiteAccount, SiteData, charge, release_sums
 from server.replies import ReplyRules, check_sums_reply
@@ -57,16 +58,26 @@ def test_ridge_equals_numpys_closed_form_with_the_public_second_moment() -> None
         @ b.components
     x, y = features(300)
     z = embed(x, b)
-    sums = class_sums(z, y, CLASSES)
-    np.testing.assert_allclose(sums, z.T @ np.eye(CLASSES)[y])
-    lam = 8.0 * 300 * np.trace(moment) / K
-    expected = np.linalg.solve(300 * moment + lam * np.eye(K), z.T @ np.eye(CLASSES)[y])
-    np.testing.assert_allclose(ridge_solution(sums, 300, b.variances, 8.0), expected,
-                               rtol=1e-3, atol=1e-6)
-    kernel, bias = ridge_head(sums, 300, b, 8.0)
+    release = class_sums(z, y, CLASSES)
+    onehot = np.eye(CLASSES)[y]
+    np.testing.assert_allclose(release, np.vstack([z.T @ onehot, onehot.sum(axis=0)]))
+    # Least squares with an unpenalised intercept, the private Z^T Z replaced by n times the
+    # public moment about the sites' own mean: numpy's solve of the normal equations.
+    n, m = 300, z.mean(axis=0)
+    lam = 8.0 * n * np.trace(moment) / K
+    gram = np.block([[n * (moment + np.outer(m, m)), n * m[:, None]],
+                     [n * m[None], np.array([[n]])]])
+    reg = lam * np.eye(K + 1)
+    reg[K, K] = 0
+    expected = np.linalg.solve(gram + reg, np.vstack([z.T @ onehot, onehot.sum(axis=0)]))
+    weights, intercept = ridge_solution(release, n, b.variances, 8.0)
+    np.testing.assert_allclose(weights, expected[:K], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(intercept, expected[K], rtol=1e-3, atol=1e-6)
+    kernel, bias = ridge_head(release, n, b, 8.0)
     logits = x @ kernel + bias  # the head on raw features is the solution on centred ones
     np.testing.assert_allclose(
-        logits, LOGIT_SCALE * (x - b.mean) @ b.components @ expected, rtol=1e-3, atol=1e-4)
+        logits, LOGIT_SCALE * ((x - b.mean) @ b.components @ expected[:K] + expected[K]),
+        rtol=1e-3, atol=1e-3)
 
 
 def test_features_are_norm_bounded_before_the_release_whatever_the_basis() -> None:
@@ -76,9 +87,12 @@ def test_features_are_norm_bounded_before_the_release_whatever_the_basis() -> No
     for used in (b, stretched):
         z = embed(x, used)
         assert np.linalg.norm(z, axis=1).max() <= 1 + 1e-9
-        # One image more or less moves the sums by at most 1 (L2): the sensitivity.
+        # One image more or less moves the sums by at most 1 and the counts by 1 (L2): with
+        # the counts scaled down by COUNT_RATIO, the sensitivity the noise is calibrated to.
         diff = class_sums(z, y, CLASSES) - class_sums(z[1:], y[1:], CLASSES)
-        assert np.linalg.norm(diff) <= 1 + 1e-9
+        assert np.linalg.norm(diff[:-1]) <= 1 + 1e-9 and np.abs(diff[-1]).sum() == 1
+        scaled = np.vstack([diff[:-1], diff[-1] / COUNT_RATIO])
+        assert np.linalg.norm(scaled) <= sensitivity() + 1e-9
     with pytest.raises(ValueError, match="not orthonormal"):
         PublicBasis.from_arrays(stretched.arrays(), D, "hostile")
 
@@ -87,17 +101,21 @@ def test_released_sums_carry_noise_of_the_calibrated_std(tmp_path: Path) -> None
     cfg = CFG.replace(head_method="ridge", public_components=D)
     data, b = site(), public_basis(features(400)[0], D, "test")
     noise = []
-    for k in range(40):  # 40 releases x 48 coordinates, each its own run
+    for k in range(40):  # 40 releases x (48 sums + 3 counts), each its own run
         acc = SiteAccount(PrivacyLedger(tmp_path), f"run-{k}",
                           SiteBudget(1000.0, cfg.delta))
         result = release_sums(cfg, data, b, acc, RNG)
         noise.append(result.sums - class_sums(embed(data.train_x, b), data.train_y, CLASSES))
-    noise = np.concatenate([n.ravel() for n in noise])
     sigma = sums_noise(cfg)
     assert result.noise_multiplier == sigma
-    # 1,920 draws: the sample std is within ~1.6 % of sigma (1 s.e.); 5 s.e. allowed.
-    assert np.std(noise) == pytest.approx(sigma, rel=0.08)
-    assert abs(np.mean(noise)) < 5 * sigma / np.sqrt(noise.size)
+    std = sigma * sensitivity()  # the noise multiplier is std over sensitivity
+    on_sums = np.concatenate([n[:-1].ravel() for n in noise])
+    on_counts = np.concatenate([n[-1] for n in noise])
+    # 1,920 draws on the sums: the sample std is within ~1.6 % (1 s.e.); 5 s.e. allowed.
+    assert np.std(on_sums) == pytest.approx(std, rel=0.08)
+    assert abs(np.mean(on_sums)) < 5 * std / np.sqrt(on_sums.size)
+    # 120 draws on the counts: ~6.5 % (1 s.e.); 5 s.e. allowed.
+    assert np.std(on_counts) == pytest.approx(COUNT_RATIO * std, rel=0.33)
 
 
 @pytest.mark.parametrize("sigma", [0.8, 1.5, 4.0])
@@ -164,12 +182,17 @@ def sums_reply(sums: np.ndarray, public: str = "p", n: int = 100) -> Message:
 
 
 def test_the_server_checks_a_sums_reply_alone() -> None:
-    good = np.full((K, CLASSES), 5.0, np.float32)
-    update = check_sums_reply(sums_reply(good), (K, CLASSES), "p", RULES)
+    shape = (K + 1, CLASSES)
+    good = np.full(shape, 5.0, np.float32)
+    update = check_sums_reply(sums_reply(good), shape, "p", RULES)
     assert update.num_examples == 100 and update.privacy.noise_multiplier == 1.5
+    huge_sums, huge_counts = good.copy(), good.copy()
+    huge_sums[0] = 1e6
+    huge_counts[-1] = 1e6
     for bad, match in [(sums_reply(good, public="other"), "other public statistics"),
                        (sums_reply(good[:, :2]), "shape"),
-                       (sums_reply(np.full((K, CLASSES), 1e6, np.float32)), "longer than"),
+                       (sums_reply(huge_sums), "longer than"),
+                       (sums_reply(huge_counts), "exceeds its example count"),
                        (sums_reply(good * np.nan), "finite")]:
         with pytest.raises(UpdateRejectedError, match=match):
-            check_sums_reply(bad, (K, CLASSES), "p", RULES)
+            check_sums_reply(bad, shape, "p", RULES)

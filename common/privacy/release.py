@@ -84,8 +84,8 @@ def planned_figure_releases(cfg: RunConfig) -> int:
 
 
 def sums_noise(cfg: RunConfig) -> float:
-    """Noise multiplier of the one-shot class-sum release (one Gaussian query of L2
-    sensitivity 1). A ridge head alone spends what the count and figure releases leave of
+    """Noise multiplier (std over L2 sensitivity) of the one-shot release of class sums and
+    counts (one Gaussian query, `common.privacy.oneshot`). A ridge head alone spends what the count and figure releases leave of
     the target; with DP-SGD after it (ridge+sgd, or personal fine-tuning) the release alone
     spends ``ridge_share`` of the target and the DP-SGD noise is planned around it."""
     from common.privacy.accounting import noise_for_budget  # dp-accounting: only when needed
@@ -123,7 +123,8 @@ def releases(cfg: RunConfig) -> Releases:
     mechanisms = [count_mechanism(cfg.example_counts, cfg.count_noise),
                   metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)),
                   sums_mechanism(cfg)]
-    covered = ["noised per-class feature sums (one-shot head)"] if cfg.one_shot else []
+    covered = (["noised per-class feature sums and counts (one-shot head)"] if cfg.one_shot
+               else [])
     covered += ["head updates"] if cfg.sgd_rounds or cfg.personalize else []
     outside: list[str] = []
     if cfg.example_counts == "noised":
