@@ -176,24 +176,38 @@ def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "report.json").exists()
 
 
-def test_private_federation_on_a_cifar10_folder_beats_chance_skipping_a_broken_image(
+def test_a_one_shot_head_then_dp_sgd_on_a_cifar10_folder_beats_chance_skipping_a_broken_image(
         cifar_dir: Path, tmp_path: Path) -> None:
     # 150 per class: with 60 the held-out accuracy after DP noise spread over 0.23-0.37.
-    data = tmp_path / "cifar-150"
+    data, public = tmp_path / "cifar-150", tmp_path / "public"
     for class_dir in sorted(p for p in cifar_dir.iterdir() if p.is_dir()):
         (data / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:150]:
+        (public / class_dir.name).mkdir(parents=True)
+        images = sorted(class_dir.iterdir())
+        for image in images[:150]:
             (data / class_dir.name / image.name).symlink_to(image)
+        for image in images[150:200]:  # public statistics from images no site holds
+            (public / class_dir.name / image.name).symlink_to(image)
     (data / "airplane" / "zz-broken.jpg").write_bytes(b"\xff\xd8 broken")
     out = tmp_path / "cifar"
-    done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "5",
+    done = fedtl("simulate", "--dataset", str(data), "--clients", "2", "--rounds", "4",
                  "--image-size", "32", "--target-epsilon", "3", "--skip-bad-images",
-                 "--out", str(out), "--state", str(tmp_path / "cache"))
+                 "--head-method", "ridge+sgd", "--public", str(public),
+                 "--public-components", "64", "--out", str(out),
+                 "--state", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["classes"].split(",")[:2] == ["airplane", "automobile"]
+    # Round 1 is the one-shot head alone; DP-SGD rounds go on from it.
+    assert report["rounds"][0]["train_loss"] is None and report["rounds"][0]["accuracy"] > 0.25
     assert report["final"]["accuracy"] > 0.25  # ten classes: chance is 0.1
     assert all(eps <= 3.0 + 1e-6 for eps in report["final"]["epsilon"].values())
+    assert "noised per-class feature sums and counts (one-shot head)" in \
+        report["guarantees"]["record_level"]["covers"]
+    for site in ("site-0", "site-1"):  # charged before anything left: the sums, then rounds
+        ledger = json.loads((out / "sites" / site / "privacy-ledger.json").read_text())
+        (entry,) = ledger["runs"].values()
+        assert [e["kind"] for e in entry["events"]] == ["count", "sums"] + ["dp-sgd"] * 3
     assert report["timing"]["feature_extraction_seconds"] > 0
     # The unreadable image was left out and counted (by the site that held it).
     assert report["data"]["skipped_images"] == 1
