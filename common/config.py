@@ -271,6 +271,10 @@ class RunConfig:
              "mean); use --strategy fedavg or fedprox"),
             (self.head_method == "sgd" or self.head_width == 0,
              "the one-shot head (--head-method ridge, ridge+sgd) is linear; use --head-width 0"),
+            (self.head_method == "sgd" or self.client_dp == "off",
+             "client-level DP clips and noises each round's averaged update; the one-shot "
+             "release is not such an update, so its guarantee would not cover it: use "
+             "--head-method sgd with --client-dp"),
             (self.head_method != "ridge+sgd" or self.rounds >= 2,
              "ridge+sgd spends round 1 on the one-shot release; give it --rounds 2 or more"),
             (len(set(self.classes)) == len(self.classes),

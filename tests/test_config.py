@@ -45,6 +45,24 @@ def test_bad_settings_are_refused_naming_the_setting(key: str, value: object,
         RunConfig.from_flower({key: value})
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"head-method": "ridge", "head-width": 64}, "one-shot head .* is linear"),
+    ({"head-method": "ridge+sgd", "rounds": 1}, "give it --rounds 2 or more"),
+    ({"head-method": "ridge", "client-dp": "fixed"}, "use --head-method sgd with --client-dp"),
+    ({"head-method": "lasso"}, "head-method must be one of"),
+    ({"public-components": 0}, "public-components must be in"),
+])
+def test_a_one_shot_head_refuses_what_it_cannot_honour(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_flower(settings)
+
+
+def test_rounds_of_a_one_shot_run() -> None:
+    for method, sgd, run in [("sgd", 10, 10), ("ridge+sgd", 9, 10), ("ridge", 0, 1)]:
+        cfg = RunConfig(head_method=method, rounds=10)
+        assert (cfg.sgd_rounds, cfg.run_rounds) == (sgd, run)
+
+
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         RunConfig().rounds = 3  # type: ignore[misc]
