@@ -89,7 +89,8 @@ def planned_steps(cfg: RunConfig, sampling_rate: float) -> int:
 
 
 def release_plan(cfg: RunConfig) -> list[Mechanism]:
-    """What the run releases under DP besides the head: the count and the planned figures.
+    """What the run releases under DP besides the DP-SGD head updates: the count, the
+    planned figures and a one-shot head's class sums.
 
     The training noise is calibrated with these composed in, so the whole run spends the
     target, not the target plus the releases.
