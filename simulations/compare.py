@@ -22,38 +22,41 @@ from simulations.pooled import pooled_reference
 from simulations.simulate import simulate
 
 PERSONALIZE_SUFFIX = "+personalize"
-NON_PRIVATE = "nodp"  # as a variant's head: the same federation trained without DP
+NON_PRIVATE = "nodp"  # a variant's tag: the same federation trained without DP
 POOLED = "pooled"  # the non-private model of all sites' training images in one place
 
 
 @dataclass(frozen=True)
 class Variant:
     """One arm of a comparison: a server strategy and head method (the run's own when
-    empty), with or without personal heads; or the pooled non-private reference."""
+    empty), private or not, with or without personal heads; or the pooled reference."""
 
     strategy: str
     personalize: bool = False
-    head: str = ""  # a head method, NON_PRIVATE, or "" for the run's --head-method
+    head: str = ""  # a head method, or "" for the run's --head-method
+    private: bool = True
 
     @property
     def name(self) -> str:
         if self.strategy == POOLED:
             return POOLED
         return (self.strategy + (f":{self.head}" if self.head else "")
+                + ("" if self.private else f":{NON_PRIVATE}")
                 + (PERSONALIZE_SUFFIX if self.personalize else ""))
 
     def settings(self, cfg: RunConfig) -> RunConfig:
         """``cfg`` as this variant runs it."""
         changes: dict[str, Any] = dict(strategy=self.strategy, personalize=self.personalize)
-        if self.head == NON_PRIVATE:
+        if not self.private:
             changes["dp"] = False
-        elif self.head:
+        if self.head:
             changes["head_method"] = self.head
         return cfg.replace(**changes)
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """``"fedavg,fedavg:ridge,fedavg:nodp,pooled,fedavg+personalize"`` -> variants, checked."""
+    """``"fedavg,fedavg:ridge,fedavg:ridge:nodp,pooled,fedavg+personalize"`` -> variants,
+    checked."""
     variants = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
@@ -61,13 +64,16 @@ def parse_variants(text: str) -> list[Variant]:
         if item == POOLED:
             variants.append(Variant(POOLED))
             continue
-        strategy, _, head = item.removesuffix(PERSONALIZE_SUFFIX).partition(":")
-        if strategy not in STRATEGIES or head not in ("", NON_PRIVATE, *HEAD_METHODS):
+        strategy, *tags = item.removesuffix(PERSONALIZE_SUFFIX).split(":")
+        heads = [t for t in tags if t in HEAD_METHODS]
+        if strategy not in STRATEGIES or len(heads) > 1 \
+                or len(tags) - len(heads) > tags.count(NON_PRIVATE) or tags.count(NON_PRIVATE) > 1:
             raise ConfigError(
                 f"unknown variant {item!r}: use a strategy {STRATEGIES}, optionally with "
-                f"':<head>' ({', '.join((*HEAD_METHODS, NON_PRIVATE))}) and "
+                f"':<head>' ({', '.join(HEAD_METHODS)}), ':{NON_PRIVATE}' (without DP) and "
                 f"{PERSONALIZE_SUFFIX!r}, or {POOLED!r}")
-        variants.append(Variant(strategy, item.endswith(PERSONALIZE_SUFFIX), head))
+        variants.append(Variant(strategy, item.endswith(PERSONALIZE_SUFFIX),
+                                heads[0] if heads else "", NON_PRIVATE not in tags))
     if not variants or len({v.name for v in variants}) != len(variants):
         raise ConfigError(f"--variants needs one or more distinct variants. Found {text!r}.")
     return variants

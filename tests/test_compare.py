@@ -1,9 +1,12 @@
 """The comparison runner's bookkeeping: variants, repeats combined, the table."""
 
+import numpy as np
 import pytest
 
 from common.errors import ConfigError
+from common.config import RunConfig
 from simulations.compare import Variant, combine, parse_variants, table
+from simulations.pooled import pooled_head
 
 
 def run(worst: float, mean: float, unseen: float | None = 0.4) -> dict:
@@ -24,6 +27,34 @@ def test_variants_parse_with_personalization_and_bad_ones_are_named() -> None:
         parse_variants("fedavg,fedsgd")
     with pytest.raises(ConfigError, match="distinct"):
         parse_variants("fedavg,fedavg")
+
+
+def test_variants_name_a_head_method_privacy_and_the_pooled_reference() -> None:
+    variants = parse_variants("pooled,fedavg:ridge,fedavg:ridge+sgd+personalize,"
+                              "fedprox:nodp,fedavg:ridge:nodp")
+    assert variants == [Variant("pooled"), Variant("fedavg", head="ridge"),
+                        Variant("fedavg", True, "ridge+sgd"),
+                        Variant("fedprox", private=False),
+                        Variant("fedavg", head="ridge", private=False)]
+    assert [v.name for v in variants] == ["pooled", "fedavg:ridge",
+                                          "fedavg:ridge+sgd+personalize", "fedprox:nodp",
+                                          "fedavg:ridge:nodp"]
+    cfg = variants[2].settings(RunConfig(rounds=3))
+    assert (cfg.strategy, cfg.head_method, cfg.personalize, cfg.dp) == (
+        "fedavg", "ridge+sgd", True, True)
+    assert variants[4].settings(RunConfig()).dp is False
+    for bad in ("fedavg:lasso", "fedavg:ridge:sgd", "fedavg:nodp:nodp"):
+        with pytest.raises(ConfigError, match="unknown variant"):
+            parse_variants(bad)
+
+
+def test_pooled_head_is_logistic_regression_padded_for_absent_classes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)) + np.repeat(np.eye(4)[:3] * 4, 40, axis=0)
+    y = np.repeat([0, 1, 3], 40)  # class 2 has no training image
+    kernel, bias = pooled_head(x, y, 4)
+    assert kernel.shape == (4, 4) and bias[2] < -1e8
+    assert np.mean(np.argmax(x @ kernel + bias, axis=1) == y) > 0.95
 
 
 def test_repeats_combine_into_means_and_their_spread() -> None:

@@ -32,9 +32,10 @@ def _compare_parser(sub: Any) -> None:
                        formatter_class=HelpFormatter)
     p.add_argument("--variants", default="fedavg,fedprox,fedadam,fedavg+personalize",
                    help="comma-separated variants: a strategy, optionally ':<head>' (sgd, "
-                   "ridge, ridge+sgd, or nodp: the same federation without DP) and "
-                   "'+personalize'; or 'pooled' (all sites' training images in one place, "
-                   "a non-private logistic-regression head: the reference)")
+                   "ridge, ridge+sgd), ':nodp' (the same federation without DP) and "
+                   "'+personalize', e.g. fedavg:ridge:nodp; or 'pooled' (all sites' training "
+                   "images in one place, a non-private logistic-regression head: the "
+                   "reference)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs per variant (fresh DP noise each); figures are their mean ± sd")
     _simulation_options(p)
