@@ -140,10 +140,10 @@ class RunConfig:
     momentum: float = setting(0.0, "the sites' SGD momentum",
         valid=Valid(lambda v: 0 <= v < 1, "in [0, 1)"))
     head_method: str = setting(
-        "sgd", "how the sites train the head: sgd (DP-SGD every round), ridge (one noised "
-        "release of per-class feature sums, solved as ridge regression on the server with "
-        "public statistics: one round) or ridge+sgd (that head, then DP-SGD rounds from it)",
-        choices=HEAD_METHODS)
+        "ridge+sgd", "how the sites train the head: ridge+sgd (round 1: one noised release "
+        "of per-class feature sums and counts, solved as ridge regression on the server with "
+        "public statistics; then DP-SGD rounds from that head), sgd (DP-SGD every round) or "
+        "ridge (the release alone: one round)", choices=HEAD_METHODS)
     ridge_share: float = setting(
         0.85, "with ridge+sgd (or ridge with --personalize): the share of --target-epsilon "
         "the one-shot release spends alone (DP-SGD is planned around it; the run stays "
@@ -270,13 +270,12 @@ class RunConfig:
              "secure aggregation runs FedAvg or FedProx (SecAgg+ yields only the weighted "
              "mean); use --strategy fedavg or fedprox"),
             (self.head_method == "sgd" or self.head_width == 0,
-             "the one-shot head (--head-method ridge, ridge+sgd) is linear; use --head-width 0"),
+             "the one-shot head of --head-method ridge and ridge+sgd (the default) is linear: "
+             "use --head-width 0, or --head-method sgd for a hidden layer"),
             (self.head_method == "sgd" or self.client_dp == "off",
              "client-level DP clips and noises each round's averaged update; the one-shot "
              "release is not such an update, so its guarantee would not cover it: use "
              "--head-method sgd with --client-dp"),
-            (self.head_method != "ridge+sgd" or self.rounds >= 2,
-             "ridge+sgd spends round 1 on the one-shot release; give it --rounds 2 or more"),
             (len(set(self.classes)) == len(self.classes),
              f"classes must be distinct. Found {list(self.classes)[:20]}."),
             (len(self.classes) <= 10_000 and all(0 < len(c) <= 255 for c in self.classes),
@@ -290,7 +289,8 @@ class RunConfig:
 
     @property
     def sgd_rounds(self) -> int:
-        """Rounds of DP-SGD in the run (ridge+sgd spends round 1 on the one-shot release)."""
+        """Rounds of DP-SGD in the run (ridge+sgd spends round 1 on the one-shot release, so
+        with one round it is the release alone)."""
         return {"sgd": self.rounds, "ridge+sgd": self.rounds - 1, "ridge": 0}[self.head_method]
 
     @property

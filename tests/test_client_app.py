@@ -23,7 +23,7 @@ DIGITS = tuple(str(d) for d in range(10))
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory) -> RunConfig:
     root = tmp_path_factory.mktemp("client")
-    return RunConfig(dataset="digits", max_per_class=10, clients=2, rounds=2,
+    return RunConfig(dataset="digits", max_per_class=10, clients=2, rounds=2, head_method="sgd",
                      out=str(root / "out"), state=str(root / "sites"))
 
 

@@ -19,7 +19,7 @@ def wrapped(kind: str, noise: float = 1.0, clip: float = 1.0,
             state: ClientLevelState | None = None, start: list[np.ndarray] = GLOBAL):
     """fedtl's checks in front of Flower's client-level DP wrapper around FedAvg."""
     cfg = RunConfig(clients=SITES, client_dp=kind, client_noise=noise, client_clip=clip,
-                    client_quantile=0.5)
+                    client_quantile=0.5, head_method="sgd")
     dp = with_client_dp(FedAvg(**KEYS), cfg, state or ClientLevelState())
     outer = strategy(inner=dp, uniform_weights=True)
     outer.book.begin_round(1, [a.copy() for a in start])
@@ -95,7 +95,7 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_updates(start: float,
     state = ClientLevelState()
     outer, dp = wrapped("adaptive", noise=0.5, clip=start, state=state)
     cfg = RunConfig(clients=SITES, client_dp="adaptive", client_noise=0.5, client_clip=start,
-                    client_quantile=0.5)
+                    client_quantile=0.5, head_method="sgd")
     assert isinstance(dp, AccountedAdaptiveClipping)
     for round_ in range(1, 6):
         outer.book.begin_round(round_, [a.copy() for a in GLOBAL])

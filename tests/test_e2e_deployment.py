@@ -97,9 +97,12 @@ class World:
 
     def run(self, out: str, *extra: str, detach: bool = False,
             timeout: float = 1200) -> subprocess.CompletedProcess:
+        # These runs pin DP-SGD's per-round mechanics (a charge per round, resumed rounds,
+        # SecAgg+ rounds); the one-shot round runs the same apps end to end in simulation.
+        head = [] if "--head-method" in extra else ["--head-method", "sgd"]
         args = ["run", "--server", self.control, "--ca", str(self.root / "certs" / "ca.crt"),
                 "--classes-from", str(self.root / "data" / "site-1"),
-                "--out", str(self.root / out), *extra]
+                "--out", str(self.root / out), *head, *extra]
         return fedtl(*args, *(["--detach"] if detach else []), timeout=timeout)
 
     def stop_all(self) -> None:

@@ -58,9 +58,13 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
             k for k, v in privacy.items() if v is entry)])
         assert entry["delta"] == 1e-5 and entry["accountant"] == "rdp"
         assert entry["noise_multiplier"] > 0 and 0 < entry["sampling_rate"] <= 1
-        assert entry["steps"] >= 4  # one or more per round
+        assert entry["steps"] >= 3  # one or more per DP-SGD round (round 1: the release)
     record_level = report["guarantees"]["record_level"]
     assert "noised example counts" in record_level["covers"]
+    # The default head: round 1 the one-shot release, then DP-SGD rounds from its head.
+    assert report["settings"]["head-method"] == "ridge+sgd"
+    assert "noised per-class feature sums and counts (one-shot head)" in record_level["covers"]
+    assert report["rounds"][0]["train_loss"] is None and report["rounds"][1]["train_loss"]
     assert "held-out accuracy" in record_level["released_outside_guarantee"]
     assert report["guarantees"]["client_level"] == {"private": False}
     assert "outside that guarantee" in done.stdout
@@ -240,7 +244,7 @@ def test_a_client_level_dp_run_on_an_existing_ray_cluster_reports_both_guarantee
         # that protects.
         out = tmp_path / "client-dp"
         done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "3",
-                     "--client-dp", "adaptive", "--client-noise", "0.02",
+                     "--client-dp", "adaptive", "--client-noise", "0.02", "--head-method", "sgd",
                      "--out", str(out), "--state", str(tmp_path / "state"),
                      "--ray-address", f"127.0.0.1:{port}")
         assert done.returncode == 0, done.stderr[-3000:]

@@ -56,7 +56,7 @@ def test_a_policy_that_refuses_looser_runs_says_why_only_to_the_site() -> None:
 def test_resource_bounds_refuse_the_run_naming_the_setting(setting: str, value: int,
                                                            bound: str) -> None:
     policy = SitePolicy(**{bound: value - 1})
-    decision = decide(RunConfig(**{setting: value}), policy)
+    decision = decide(RunConfig(head_method="sgd", **{setting: value}), policy)
     assert decision.decision == REFUSED
     assert setting.replace("_", "-") in decision.reason and str(value - 1) in decision.reason
 

@@ -26,6 +26,7 @@ def site(n: int = 200) -> SiteData:
 
 
 CFG = RunConfig(classes=("a", "b", "c"), rounds=3, batch_size=50, target_epsilon=2.0,
+                head_method="sgd",
                 learning_rate=1.0)
 
 
