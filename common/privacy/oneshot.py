@@ -77,6 +77,15 @@ class PublicBasis:
         return cls(mean, components, variances, recipe)
 
 
+def _single_threaded_blas():  # noqa: ANN202 (a context manager)
+    # In a simulation the server runs in a thread beside TensorFlow's and Ray's; there
+    # OpenBLAS' thread pool was seen to spin for 25 minutes in a 512 x 512 eigh (twice in ~40
+    # runs). One BLAS thread takes ~0.1 s for these sizes and cannot deadlock.
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def bounded(features: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
     """Rows scaled down to L2 norm at most ``max_norm`` (rows already within are unchanged)."""
     x = np.asarray(features, dtype=np.float64)
@@ -89,7 +98,8 @@ def public_basis(features: np.ndarray, components: int, recipe: str) -> PublicBa
     mean = features.mean(axis=0)
     centred = bounded(features - mean)
     moment = centred.T @ centred / len(centred)
-    values, vectors = np.linalg.eigh(moment)
+    with _single_threaded_blas():
+        values, vectors = np.linalg.eigh(moment)
     order = np.argsort(values)[::-1][:min(components, features.shape[1])]
     return PublicBasis(mean.astype(np.float32), vectors[:, order].astype(np.float32),
                        np.maximum(values[order], 1e-8).astype(np.float32),
@@ -139,7 +149,8 @@ def ridge_solution(release: np.ndarray, count: float, variances: np.ndarray,
     gram[k, k] = count
     penalty_matrix = penalty * count * float(np.mean(variances)) * np.eye(k + 1)
     penalty_matrix[k, k] = 0.0
-    solution = np.linalg.solve(gram + penalty_matrix, np.vstack([sums, counts]))
+    with _single_threaded_blas():
+        solution = np.linalg.solve(gram + penalty_matrix, np.vstack([sums, counts]))
     return solution[:k], solution[k]
 
 
