@@ -339,8 +339,10 @@ def test_a_coordinator_cannot_switch_dp_off_at_the_sites(world) -> None:
 
 def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says(
         world) -> None:
+    # The default head: round 1 is the one-shot release, planned under each site's
+    # tightened target like the DP-SGD round after it.
     done = world.run("run-e", "--rounds", "2", "--min-sites", "2", "--round-timeout", "300",
-                     "--target-epsilon", "8")
+                     "--target-epsilon", "8", "--head-method", "ridge+sgd")
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     report = report_of(world, "run-e")
     for r in report["rounds"]:
@@ -351,8 +353,11 @@ def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says
     assert all("target-epsilon 8.0 -> 3.0" in changes for changes in tightened.values())
     assert all(eps <= 3.0 + 1e-6 for eps in report["final"]["epsilon"].values())
     assert "refused (policy)" in done.stdout
+    assert report["rounds"][0]["train_loss"] is None  # the release: no training loss
     for site in ("site-1", "site-2"):
         assert ledger_runs(world, site)[report["run_id"]]["target_epsilon"] == 3.0
+        events = PrivacyLedger(world.root / "state" / site).runs()[report["run_id"]].events
+        assert [e.kind for e in events] == ["count", "sums", "dp-sgd"]
         assert audit_trail(world, site)[-1]["decision"] == "tightened"
     refused = [d for d in audit_trail(world, "site-3") if d["run_id"] == report["run_id"]]
     assert refused and refused[-1]["decision"] == "refused"
