@@ -31,8 +31,8 @@ from common.privacy.policy import REFUSED, admit
 from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
 from common.privacy.oneshot import PublicBasis
-from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_site,
-                         release_sums, released_accuracies, train_round)
+from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_simulated_site,
+                         load_site, release_sums, released_accuracies, train_round)
 
 log = logging.getLogger("fedtl.site")
 DECLINED = "declined"  # the audit trail's word for a round the budget does not allow
@@ -71,11 +71,7 @@ def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
         listing = list_dataset(site.data)
         check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
         return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=(cfg.seed,))
-    virtual = _scenario(cfg, run_key).sites[site.partition]
-    # Cached under its name in the scenario (a leave-one-domain-out run reuses the features
-    # the four-site run cached for the same folders).
-    return load_site(cfg, virtual.name, virtual.listing, base, cfg.site_cache_dir(virtual.name),
-                     holdout_seed=virtual.holdout_seed, shift=virtual.shift)
+    return load_simulated_site(cfg, _scenario(cfg, run_key).sites[site.partition], base)
 
 
 @functools.lru_cache(maxsize=2)

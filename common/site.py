@@ -13,6 +13,7 @@ import numpy as np
 from common.privacy.accounting import Mechanism, composed_epsilon, noise_for_budget
 from common.config import RunConfig
 from common.data.images import Listing
+from common.data.scenario import SimulatedSite
 from common.data.shift import Shift
 from common.errors import BudgetExhaustedError, ConfigError, PolicyRefusedError
 from common.features.extraction import LazyBase, Progress, site_features
@@ -79,6 +80,15 @@ def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
         extraction_seconds=feats.seconds, cache_hit=feats.cache_hit,
         train_views=feats.views[:, train] if cfg.augment_views else None,
     )
+
+
+def load_simulated_site(cfg: RunConfig, site: SimulatedSite, base: LazyBase,
+                        progress: Progress | None = None) -> SiteData:
+    """`load_site` for a simulated site, cached under its name in the scenario (a site folder
+    keeps its cache whatever its index: a leave-one-domain-out run reuses the features the
+    four-site run cached for the same folders)."""
+    return load_site(cfg, site.name, site.listing, base, cfg.site_cache_dir(site.name),
+                     holdout_seed=site.holdout_seed, progress=progress, shift=site.shift)
 
 
 def planned_steps(cfg: RunConfig, sampling_rate: float) -> int:

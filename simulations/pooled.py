@@ -11,7 +11,7 @@ import numpy as np
 from common.config import RunConfig
 from common.features.extraction import LazyBase
 from common.features.model import predict_classes
-from common.site import base_spec, load_site
+from common.site import base_spec, load_simulated_site
 from server.runbook import site_summary
 from simulations.simulate import prepare_sites, unseen_evaluator
 
@@ -42,8 +42,7 @@ def pooled_reference(cfg: RunConfig) -> dict[str, Any]:
     started = time.time()
     cfg, _, scenario = prepare_sites(cfg)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
-    sites = [load_site(cfg, s.name, s.listing, base, cfg.site_cache_dir(s.name),
-                       holdout_seed=s.holdout_seed, shift=s.shift) for s in scenario.sites]
+    sites = [load_simulated_site(cfg, s, base) for s in scenario.sites]
     head = pooled_head(np.concatenate([s.train_x for s in sites]),
                        np.concatenate([s.train_y for s in sites]), len(cfg.classes))
     per_site = {s.name: float(np.mean(predict_classes(

@@ -19,7 +19,7 @@ from common.features.model import predict_classes
 from common.report import Report
 from common.data.scenario import Scenario, build_scenario, site_folders
 from common.privacy.release import sums_noise
-from common.site import base_spec, load_site, sgd_settings
+from common.site import base_spec, load_simulated_site, sgd_settings
 
 
 def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
@@ -40,8 +40,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
             if site.shift else ""
         print(f"[prepare] {site.name}: {len(site.listing)} images{seen}, extracting "
               "features...", end="", file=sys.stderr, flush=True)
-        data = load_site(cfg, site.name, site.listing, base, cfg.site_cache_dir(site.name),
-                         holdout_seed=site.holdout_seed, progress=_progress, shift=site.shift)
+        data = load_simulated_site(cfg, site, base, progress=_progress)
         note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
         print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
               file=sys.stderr, flush=True)
