@@ -204,14 +204,10 @@ def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
         prior = book.prior(account.run_key)
         new: list[LedgerEvent] = []
         if entry is None:
-            count = public_count(num_train, mode=cfg.example_counts, noise=cfg.count_noise,
-                                 rounding=cfg.count_rounding, rng=rng)
+            count, new = _released_count(cfg, num_train, rng)
             settings = plan_noise(cfg, count, account, prior, personal=personal)
             header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count,
                                settings.noise_multiplier)
-            released = count_mechanism(cfg.example_counts, cfg.count_noise)
-            if released is not None:
-                new.append(_event("count", released))
         else:
             header = entry.header
             count = header.public_count or num_train  # ledgers before counts were released
@@ -277,19 +273,15 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
                 f"site {data.name} has already released in this run; class sums are released "
                 "once per run (a second, differently noised copy would average the noise down)")
         prior = book.prior(account.run_key)
-        count = public_count(n, mode=cfg.example_counts, noise=cfg.count_noise,
-                             rounding=cfg.count_rounding, rng=rng)
+        count, new = _released_count(cfg, n, rng)
         sgd_noise = 0.0
         if cfg.dp and (cfg.sgd_rounds or cfg.personalize):  # fixed now for the later rounds
             sgd_noise = plan_noise(cfg, count, account, prior).noise_multiplier
         header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count, sgd_noise)
         sigma = 0.0
-        new: list[LedgerEvent] = []
         if cfg.dp:
             sigma = _at_least_floor(sums_noise(cfg), account.policy, "class-sum release")
-            released = count_mechanism(cfg.example_counts, cfg.count_noise)
-            new = ([_event("count", released)] if released is not None else []) + [
-                _event("sums", Mechanism(1.0, sigma, 1))]
+            new.append(_event("sums", Mechanism(1.0, sigma, 1)))
             _check_fits(data.name, header, [e.mechanism for e in new], prior, account.budget,
                         "releasing its class sums")
         else:
@@ -302,6 +294,15 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         sums = noised(sums, sigma, rng)
     return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
                       entry.epsilon if cfg.dp else 0.0, sigma)
+
+
+def _released_count(cfg: RunConfig, n: int, rng: np.random.Generator
+                    ) -> tuple[int, list[LedgerEvent]]:
+    """The count a site releases when it first joins a run, and its ledger event if noised."""
+    count = public_count(n, mode=cfg.example_counts, noise=cfg.count_noise,
+                         rounding=cfg.count_rounding, rng=rng)
+    released = count_mechanism(cfg.example_counts, cfg.count_noise)
+    return count, ([_event("count", released)] if released is not None else [])
 
 
 def _at_least_floor(sigma: float, policy: SitePolicy, what: str) -> float:

@@ -191,6 +191,13 @@ def check_arrays(arrays: Sequence[np.ndarray], start: Sequence[np.ndarray],
     return list(arrays)
 
 
+def _arrays(content: RecordDict, who: str) -> list[np.ndarray]:
+    try:
+        return content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+    except Exception as exc:  # an array that does not deserialise is a bad reply, not a crash
+        raise UpdateRejectedError(f"{who}: its arrays cannot be read ({exc})") from exc
+
+
 def check_train_reply(msg: Message, start: Sequence[np.ndarray],
                       rules: ReplyRules) -> SiteUpdate:
     """A train reply as values, or `UpdateRejectedError` saying what is wrong with it."""
@@ -201,10 +208,7 @@ def check_train_reply(msg: Message, start: Sequence[np.ndarray],
     who = f"{who} ({name})"
     n, privacy, loss, seconds, skipped = check_train_figures(
         content.metric_records[protocol.METRICS], rules, who)
-    try:
-        arrays = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-    except Exception as exc:  # an array that does not deserialise is a bad reply, not a crash
-        raise UpdateRejectedError(f"{who}: its arrays cannot be read ({exc})") from exc
+    arrays = _arrays(content, who)
     return SiteUpdate(node_id=msg.metadata.src_node_id, name=name,
                       arrays=check_arrays(arrays, start, rules, who), num_examples=n,
                       privacy=privacy, train_loss=loss, extract_seconds=seconds,
@@ -241,10 +245,7 @@ def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: s
         raise UpdateRejectedError(f"{who}: DP figures (epsilon {privacy.epsilon:.4g}, noise "
                                   f"{privacy.noise_multiplier:.4g}) do not fit the run's target "
                                   f"of {rules.target_epsilon}")
-    try:
-        arrays = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-    except Exception as exc:
-        raise UpdateRejectedError(f"{who}: its arrays cannot be read ({exc})") from exc
+    arrays = _arrays(content, who)
     if len(arrays) != 1 or arrays[0].shape != shape or arrays[0].dtype != np.float32 \
             or not np.all(np.isfinite(arrays[0])):
         raise UpdateRejectedError(f"{who}: sums must be one finite float32 array of shape "

@@ -66,8 +66,8 @@ def parse_variants(text: str) -> list[Variant]:
             continue
         strategy, *tags = item.removesuffix(PERSONALIZE_SUFFIX).split(":")
         heads = [t for t in tags if t in HEAD_METHODS]
-        if strategy not in STRATEGIES or len(heads) > 1 \
-                or len(tags) - len(heads) > tags.count(NON_PRIVATE) or tags.count(NON_PRIVATE) > 1:
+        others = [t for t in tags if t not in HEAD_METHODS]
+        if strategy not in STRATEGIES or len(heads) > 1 or others not in ([], [NON_PRIVATE]):
             raise ConfigError(
                 f"unknown variant {item!r}: use a strategy {STRATEGIES}, optionally with "
                 f"':<head>' ({', '.join(HEAD_METHODS)}), ':{NON_PRIVATE}' (without DP) and "
@@ -141,7 +141,9 @@ def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
     for variant in variants:
         runs = []
         if variant.strategy == POOLED:
-            continue  # fitted after the runs (below)
+            print(f"[compare] {POOLED}: fitting the non-private pooled reference", flush=True)
+            results[POOLED] = combine([pooled_reference(cfg)])  # deterministic: one fit
+            continue
         for k in range(repeats):
             folder = out / variant.name / (f"run-{k + 1}" if repeats > 1 else "")
             report = _run_or_read(variant.settings(cfg).replace(out=str(folder)),
@@ -149,12 +151,6 @@ def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
             runs.append(summarize(report))
             scenario = report.sites
         results[variant.name] = combine(runs)
-    if any(v.strategy == POOLED for v in variants):
-        # Last: after scikit-learn's fit, LAPACK calls in a later simulation's server thread
-        # were seen to hang (OpenBLAS), so no run follows it.
-        print(f"[compare] {POOLED}: fitting the non-private pooled reference", flush=True)
-        results[POOLED] = combine([pooled_reference(cfg)])  # deterministic: one fit
-        results = {v.name: results[v.name] for v in variants}
     comparison = {"settings": {k: v for k, v in cfg.to_flower().items()
                                if k not in ("strategy", "personalize", "out")},
                   "repeats": repeats, "scenario": scenario, "variants": results,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.privacy.accounting import Mechanism
+from common.privacy.accounting import Mechanism, noise_for_budget
 
 if TYPE_CHECKING:
     from common.config import RunConfig
@@ -85,11 +85,10 @@ def planned_figure_releases(cfg: RunConfig) -> int:
 
 def sums_noise(cfg: RunConfig) -> float:
     """Noise multiplier (std over L2 sensitivity) of the one-shot release of class sums and
-    counts (one Gaussian query, `common.privacy.oneshot`). A ridge head alone spends what the count and figure releases leave of
-    the target; with DP-SGD after it (ridge+sgd, or personal fine-tuning) the release alone
-    spends ``ridge_share`` of the target and the DP-SGD noise is planned around it."""
-    from common.privacy.accounting import noise_for_budget  # dp-accounting: only when needed
-
+    counts (one Gaussian query, `common.privacy.oneshot`). A ridge head alone spends what the
+    count and figure releases leave of the target; with DP-SGD after it (ridge+sgd, or
+    personal fine-tuning) the release alone spends ``ridge_share`` of the target and the
+    DP-SGD noise is planned around it."""
     if cfg.sgd_rounds or cfg.personalize:
         target, prior = cfg.ridge_share * cfg.target_epsilon, []
     else:
