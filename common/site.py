@@ -72,7 +72,8 @@ def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
     ``shift`` is a simulated site's acquisition change (both parts are seen through it).
     """
     feats = site_features(base, listing, cache_dir, skip_bad=cfg.skip_bad_images,
-                          augment_views=cfg.augment_views, shift=shift, progress=progress)
+                          augment_views=cfg.augment_views, shift=shift, progress=progress,
+                          dicom_window=cfg.window)
     train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
     return SiteData(
         name=name, train_x=feats.features[train], train_y=feats.labels[train],

@@ -9,12 +9,12 @@ messages an operator can act on.
 from __future__ import annotations
 
 import ast
+import logging
 import re
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from common.config import RunConfig
 from common.deploy.control import Control, ControlAddress, flower_bin, flower_env
@@ -23,6 +23,8 @@ from common.errors import ConfigError, FedtlError
 from server.launch import project_dir, write_run_config
 from common.deploy.supervision import Supervised, stop_on_signals
 from server.run_registry import RUNNING, SERVER_STATE_ENV, RunRegistry
+from server.site_registry import (DaemonAddress, RegisteredSite, SiteRegistry, now,
+                                  write_daemon_address)
 
 INSECURE_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -35,6 +37,10 @@ _UNREGISTERED = re.compile(r"public key: (b'-----BEGIN PUBLIC KEY-----.*?')")
 # Flower's SuperLink names a refused key only in its log; its words in 1.39 (a test fails if
 # Flower's source stops using them).
 UNREGISTERED_WORDS = "No SuperNode found with the given public key"
+# The SuperLink's INFO lines when a site connects or leaves (its words in 1.39, checked by a
+# test like the one above).
+_CONNECTED = re.compile(r"\[Fleet\.(Activate|Deactivate)Node\] (?:Activated|Deactivated) "
+                        r"node_id=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,15 @@ def superlink_command(opts: ServerOptions) -> list[str]:
             "--ssl-keyfile", str(certs.key), "--enable-supernode-auth"]
 
 
-def explain_line(line: str) -> str | None:
-    """fedtl's own message for a SuperLink log line that matters to an operator, if any."""
+def explain_line(line: str, name_of: Callable[[int], str | None] = lambda node: None
+                 ) -> str | None:
+    """fedtl's own message for a SuperLink log line that matters to an operator, if any
+    (``name_of`` names a registered site by its node id)."""
+    connected = _CONNECTED.search(line)
+    if connected:
+        node = int(connected.group(2))
+        who = f"site {name_of(node) or '(not registered by name)'} (node {node})"
+        return f"fedtl server: {who} {'connected' if connected.group(1) == 'Activate' else 'left'}"
     if UNREGISTERED_WORDS in line:
         match = _UNREGISTERED.search(line)
         who = "a site"
@@ -97,54 +110,69 @@ def explain_line(line: str) -> str | None:
             except (ValueError, SyntaxError, FedtlError):
                 pass
         return (f"fedtl server: REFUSED {who}: its public key is not registered. If it "
-                "should join, put its .pub file in the --sites folder and restart the server.")
+                "should join, add it with `fedtl sites add --state DIR --key FILE.pub` (no "
+                "restart needed).")
     return None
 
 
-def register_sites(control: Control, sites: Path, out: TextIO) -> dict[str, int]:
+def register_site(control: Control, key: Path, name: str, registry: SiteRegistry
+                  ) -> RegisteredSite | None:
+    """Register one site's public key under ``name``; None if the SuperLink knew it before
+    (its earlier record stands)."""
+    fingerprint = key_fingerprint(Path(key).read_bytes())
+    try:
+        node_id = control.register(Path(key), name)
+    except FedtlError as exc:
+        if "already in use" not in str(exc):
+            raise
+        return None
+    site = RegisteredSite(name=name, node_id=node_id, fingerprint=fingerprint, added=now())
+    registry.record(site)
+    return site
+
+
+def register_sites(control: Control, sites: Path, registry: SiteRegistry,
+                   log: logging.Logger) -> dict[str, int]:
     """Register every ``*.pub`` in ``sites`` (already registered keys are kept)."""
     registered: dict[str, int] = {}
     keys = sorted(Path(sites).glob("*.pub"))
     if not keys:
-        print(f"fedtl server: warning: {sites} holds no <site>.pub; no site can join yet",
-              file=out, flush=True)
+        log.warning(f"fedtl server: warning: {sites} holds no <site>.pub; no site can join "
+                    "yet (add sites with `fedtl sites add`)")
     for key in keys:
-        fingerprint = key_fingerprint(key.read_bytes())
-        try:
-            registered[key.stem] = control.register(key, key.stem)
-            print(f"fedtl server: registered site {key.stem} ({fingerprint})", file=out,
-                  flush=True)
-        except FedtlError as exc:
-            if "already in use" not in str(exc):
-                raise
-            print(f"fedtl server: site {key.stem} ({fingerprint}) was registered before",
-                  file=out, flush=True)
+        site = register_site(control, key, key.stem, registry)
+        if site is not None:
+            registered[key.stem] = site.node_id
+            log.info(f"fedtl server: registered site {key.stem} ({site.fingerprint})")
+        else:
+            log.info(f"fedtl server: site {key.stem} ({key_fingerprint(key.read_bytes())}) "
+                     "was registered before")
     return registered
 
 
-def relaunch_unfinished(control: Control, registry: RunRegistry, out: TextIO) -> None:
+def relaunch_unfinished(control: Control, registry: RunRegistry, log: logging.Logger) -> None:
     """Launch again every run a killed daemon left unfinished; each resumes from its checkpoint."""
     runs, damaged = registry.scan()
     for problem in damaged:
-        print(f"fedtl server: warning: a run record is damaged and was skipped ({problem}); "
-              "move it away once you have looked at it", file=out, flush=True)
+        log.warning(f"fedtl server: warning: a run record is damaged and was skipped "
+                    f"({problem}); move it away once you have looked at it")
     for run in (r for r in runs if r.status == RUNNING):
         try:
             cfg = RunConfig.from_flower(run.settings)
         except FedtlError as exc:
-            print(f"fedtl server: could not relaunch run {run.run_id}: its settings are "
-                  f"invalid ({exc})", file=out, flush=True)
+            log.error(f"fedtl server: could not relaunch run {run.run_id}: its settings are "
+                      f"invalid ({exc})")
             registry.failed(run.run_id, str(exc))
             continue
         config_file = write_run_config(cfg, Path(registry.folder) / f"{run.run_id}.toml")
         try:
             flower_run = control.start(project_dir(), config_file)
-            print(f"fedtl server: relaunched unfinished run {run.run_id} (output {run.out}, "
-                  f"Flower run {flower_run}); it resumes after its last checkpointed round",
-                  file=out, flush=True)
+            log.info(f"fedtl server: relaunched unfinished run {run.run_id} (output "
+                     f"{run.out}, Flower run {flower_run}); it resumes after its last "
+                     "checkpointed round")
         except FedtlError as exc:
-            print(f"fedtl server: could not relaunch unfinished run {run.run_id} (output "
-                  f"{run.out}): {exc}", file=out, flush=True)
+            log.error(f"fedtl server: could not relaunch unfinished run {run.run_id} "
+                      f"(output {run.out}): {exc}")
 
 
 def _wait_for_control(control: Control, superlink: Supervised, timeout: float) -> None:
@@ -161,25 +189,32 @@ def _wait_for_control(control: Control, superlink: Supervised, timeout: float) -
             time.sleep(1.0)
 
 
-def serve(opts: ServerOptions, out: TextIO = sys.stdout) -> int:
+def serve(opts: ServerOptions, log: logging.Logger) -> int:
     """Run the daemon until SIGINT/SIGTERM; returns the SuperLink's exit code."""
     state = Path(opts.state).expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     if opts.insecure:
-        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+        log.warning(INSECURE_WARNING)
+    sites = SiteRegistry(state)
     env = flower_env(state / "flwr", **{SERVER_STATE_ENV: str(state)})
-    superlink = Supervised("the SuperLink", superlink_command(opts), out, env=env,
-                           explain=explain_line).start()
+    superlink = Supervised("the SuperLink", superlink_command(opts), log, env=env,
+                           explain=lambda line: explain_line(line, sites.name_of)).start()
     stop_on_signals(superlink)
     try:
         with Control(opts.control) as control:
             _wait_for_control(control, superlink, timeout=120)
             if opts.sites is not None:
-                register_sites(control, Path(opts.sites), out)
-            relaunch_unfinished(control, RunRegistry(state), out)
-            print(f"fedtl server: ready; sites connect to {opts.fleet_address}, runs are "
-                  f"launched at {opts.control.address} (`fedtl run --server "
-                  f"{opts.control.address} ...`)", file=out, flush=True)
+                register_sites(control, Path(opts.sites), sites, log)
+            relaunch_unfinished(control, RunRegistry(state), log)
+            control_at = opts.control
+            write_daemon_address(state, DaemonAddress(
+                control=control_at.address, insecure=control_at.insecure,
+                ca=None if control_at.ca is None else str(Path(control_at.ca).resolve()),
+                sites=None if opts.sites is None else str(Path(opts.sites).resolve())))
+            log.info(f"fedtl server: ready; sites connect to {opts.fleet_address}, runs are "
+                     f"launched at {opts.control.address} (`fedtl run --server "
+                     f"{opts.control.address} ...`), sites are added and removed with "
+                     f"`fedtl sites add|remove|list --state {state}`")
     except BaseException:
         superlink.stop()
         raise

@@ -55,7 +55,87 @@ def test_a_refused_key_in_the_superlink_log_is_named_by_its_fingerprint(creds: P
             "public key.")
     said = server_says(line)
     assert said is not None and key_fingerprint(keys_pub) in said and "REFUSED" in said
-    assert server_says("INFO : [Fleet.ActivateNode] Activated node_id=1") is None
+    assert server_says("INFO : [Fleet.PullMessages] node_id=1") is None
+
+
+def test_the_server_log_names_the_sites_that_connect_and_leave() -> None:
+    names = {7: "clinic-a"}.get
+    said = server_says("\x1b[92mINFO \x1b[0m: [Fleet.ActivateNode] Activated node_id=7", names)
+    assert said == "fedtl server: site clinic-a (node 7) connected"
+    said = server_says("INFO : [Fleet.DeactivateNode] Deactivated node_id=7", names)
+    assert said == "fedtl server: site clinic-a (node 7) left"
+    unnamed = server_says("INFO : [Fleet.ActivateNode] Activated node_id=9", names)
+    assert unnamed is not None and "(not registered by name) (node 9) connected" in unnamed
+
+
+def test_json_daemon_logs_are_one_object_per_line_with_flowers_level_and_no_colours() -> None:
+    import io
+    import json
+
+    from common.deploy.daemon_log import daemon_logger, relayed
+
+    stream = io.StringIO()
+    log = daemon_logger("fedtl.server", "json", stream)
+    log.info("fedtl server: ready")
+    log.info("\x1b[93mWARNING \x1b[0m:   EXPERIMENTAL: x", **relayed("the SuperLink"))
+    first, second = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert first["message"] == "fedtl server: ready" and first["source"] == "fedtl"
+    assert first["level"] == "info" and first["logger"] == "fedtl.server"
+    assert first["time"].endswith("+00:00")
+    assert second == {**second, "level": "warning", "source": "the SuperLink",
+                      "message": "EXPERIMENTAL: x"}
+    plain = io.StringIO()
+    daemon_logger("fedtl.server", "plain", plain).info("\x1b[92mINFO\x1b[0m : kept as is")
+    assert plain.getvalue() == "\x1b[92mINFO\x1b[0m : kept as is\n"
+    with pytest.raises(ValueError, match="xml"):
+        daemon_logger("x", "xml")
+
+
+def test_the_site_registry_records_names_and_refuses_unknown_or_damaged_entries(
+        tmp_path: Path) -> None:
+    from server.site_registry import RegisteredSite, SiteRegistry
+
+    registry = SiteRegistry(tmp_path)
+    assert registry.sites() == {} and registry.name_of(5) is None
+    registry.record(RegisteredSite("clinic-a", 5, "SHA256:x", "2026-01-01T00:00:00+00:00"))
+    registry.record(RegisteredSite("clinic-b", 6, "SHA256:y", "2026-01-01T00:00:00+00:00"))
+    assert SiteRegistry(tmp_path).name_of(6) == "clinic-b"
+    assert registry.forget("clinic-a").node_id == 5
+    assert set(registry.sites()) == {"clinic-b"}
+    with pytest.raises(ConfigError, match="registered: clinic-b"):
+        registry.forget("clinic-a")
+    registry.path.write_text("{not json")
+    with pytest.raises(ConfigError, match="sites.json"):
+        registry.sites()
+    assert registry.name_of(6) is None  # a log line never fails over it
+
+
+def test_adding_a_site_checks_the_daemon_the_key_and_the_name_before_asking_the_server(
+        creds: Path) -> None:
+    from server.site_admin import add_site, remove_site
+    from server.site_registry import (DaemonAddress, RegisteredSite, SiteRegistry,
+                                      write_daemon_address)
+
+    state = creds / "server-state"
+    with pytest.raises(ConfigError, match="no `fedtl server` has started"):
+        add_site(state, creds / "keys" / "clinic.pub")
+    write_daemon_address(state, DaemonAddress("127.0.0.1:1", None, True, None))
+    with pytest.raises(ConfigError, match="--insecure"):
+        add_site(state, creds / "keys" / "clinic.pub")
+    with pytest.raises(ConfigError, match="--insecure"):
+        remove_site(state, "clinic")
+    write_daemon_address(state, DaemonAddress("127.0.0.1:1", str(creds / "certs" / "ca.crt"),
+                                              False, str(creds / "sites")))
+    with pytest.raises(ConfigError, match="does not exist"):
+        add_site(state, creds / "keys" / "nobody.pub")
+    with pytest.raises(ConfigError, match="not a public key"):
+        add_site(state, creds / "certs" / "ca.crt")
+    with pytest.raises(ConfigError, match="plain file name"):
+        add_site(state, creds / "keys" / "clinic.pub", name="../x")
+    SiteRegistry(state).record(RegisteredSite("clinic", 1, "SHA256:x", "t"))
+    with pytest.raises(ConfigError, match="registered already"):
+        add_site(state, creds / "keys" / "clinic.pub")
+    assert list((creds / "sites").iterdir()) == []  # nothing written on refusal
 
 
 def site(creds: Path, **changes) -> ClientOptions:
@@ -143,7 +223,9 @@ def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tm
 
     out = io.StringIO()
     control = FakeControl()
-    relaunch_unfinished(control, registry, out)  # type: ignore[arg-type]
+    from common.deploy.daemon_log import daemon_logger
+
+    relaunch_unfinished(control, registry, daemon_logger("t", stream=out))  # type: ignore[arg-type]
     said = out.getvalue()
     assert [p.name for p in control.started] == ["r1.toml"]
     assert "relaunched unfinished run r1" in said and "Flower run 42" in said
@@ -163,3 +245,5 @@ def test_the_flower_log_words_the_daemons_look_for_are_still_flowers_words() -> 
     assert REFUSED_WORDS[0] in source
     assert UNREGISTERED_WORDS in source
     assert "Attempted to register SuperNode with public key: " in source  # _UNREGISTERED
+    assert "[Fleet.ActivateNode] Activated node_id=" in source  # _CONNECTED
+    assert "[Fleet.DeactivateNode] Deactivated node_id=" in source

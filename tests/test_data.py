@@ -96,15 +96,16 @@ def test_a_decompression_bomb_is_refused_naming_it_or_skipped(tmp_path: Path) ->
     assert len(images.pixels) == 4 and images.skipped == [str(bomb)]
 
 
-def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path, suffix: str) -> None:
     from PIL import Image
 
     root = write_image_folder(tmp_path / "data", {"a": 1, "b": 1})
     ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
-    Image.fromarray(ramp).save(root / "a" / "scan.png")  # a 16-bit grey PNG
-    assert Image.open(root / "a" / "scan.png").mode.startswith("I")
+    Image.fromarray(ramp).save(root / "a" / f"scan{suffix}")  # a 16-bit grey PNG or TIFF
+    assert Image.open(root / "a" / f"scan{suffix}").mode.startswith("I")
     listing = list_dataset(str(root))
-    pixels = load_images(listing, 64).pixels[listing.items.index("a/scan.png")]
+    pixels = load_images(listing, 64).pixels[listing.items.index(f"a/scan{suffix}")]
     grey = pixels[..., 0].astype(float)
     expected = ramp.astype(float) / 257.0
     assert np.abs(grey - expected).max() <= 1.0  # the whole range kept, not saturated

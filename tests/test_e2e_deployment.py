@@ -153,6 +153,36 @@ def test_an_unregistered_site_is_refused_with_a_clear_message_on_both_sides(worl
     assert f"REFUSED a site with key {key_fingerprint(intruder_pub)}" in said
 
 
+def test_a_site_added_to_the_running_daemon_trains_in_the_next_run_and_removal_ends_it(
+        world) -> None:
+    # The intruder above was refused; the coordinator now admits its key, without a restart.
+    state = str(world.root / "server-state")
+    added = fedtl("sites", "add", "--state", state, "--key",
+                  str(world.root / "keys" / "intruder.pub"))
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert (world.root / "sites" / "intruder.pub").exists()  # a restart registers it again
+    newcomer = world.start_site("intruder", "data/site-1")
+    wait_online(world, newcomer)
+    world.procs["server"].wait_for(r"site intruder \(node \d+\) connected", timeout=60)
+    listed = {r["name"]: r for r in json.loads(fedtl("sites", "list", "--state", state,
+                                                     "--json").stdout)}
+    assert {*GOOD, "intruder"} <= set(listed)
+    assert listed["intruder"]["status"] == "online"
+    done = world.run("run-s", "--rounds", "1", "--min-sites", "4", "--round-timeout", "300",
+                     "--target-epsilon", "1")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    assert sorted(report_of(world, "run-s")["rounds"][0]["sites_trained"]) == sorted(
+        [*GOOD, "intruder"])
+    removed = fedtl("sites", "remove", "--state", state, "intruder")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert newcomer.popen.wait(timeout=120) == 3  # told, not left retrying
+    assert "ended this site's connection" in newcomer.text()
+    listed = json.loads(fedtl("sites", "list", "--state", state, "--json").stdout)
+    assert "intruder" not in {r["name"] for r in listed}
+    assert not (world.root / "sites" / "intruder.pub").exists()
+    assert list((world.root / "server-state" / "removed-sites").glob("intruder-*.pub"))
+
+
 POISON = textwrap.dedent('''\
     import os, sys, threading
     from pathlib import Path
@@ -293,13 +323,13 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
         personal = world.root / "state" / site / "personal" / report["run_id"]
         assert (personal / "model.keras").stat().st_size > 0
     # Each site's ledger: the run is recorded under the server's run id, within budget
-    # (beside the secure-aggregation run before it, composed with it).
+    # (beside the site-admin and secure-aggregation runs before it, composed with them).
     ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
                               "--json").stdout)
     assert ledger["runs"][report["run_id"]]["epsilon"] == pytest.approx(3.0, abs=1e-3)
-    assert len(ledger["runs"]) == 2 and ledger["budget"] == SITE_BUDGET
+    assert len(ledger["runs"]) == 3 and ledger["budget"] == SITE_BUDGET
     assert report["guarantees"]["record_level"]["tightened_by_sites"] == {}
-    assert 3.0 < ledger["spent"] < 6.0  # two runs of 3 compose to less than their sum
+    assert 3.0 < ledger["spent"] < 7.0  # runs of 1, 3 and 3 compose to less than their sum
     assert ledger["remaining"] == pytest.approx(SITE_BUDGET - ledger["spent"], abs=1e-6)
     spent_ledger = asdict(PrivacyLedger(world.root / "state" / "spent").summary())
     assert set(spent_ledger["runs"]) == {"an-earlier-run"}  # declining charged nothing

@@ -149,3 +149,22 @@ def test_bfloat16_features_are_cached_apart_from_float32_ones(tmp_path: Path) ->
     again = site_features(LazyBase.for_spec(fast), listing, tmp_path / "cache")
     assert again.extracted == 4  # not the float32 rows
     assert site_features(LazyBase.for_spec(fast), listing, tmp_path / "cache").extracted == 0
+
+
+def test_dicom_files_are_cached_by_content_and_a_new_window_extracts_them_again(
+        base, tmp_path: Path) -> None:
+    pydicom_data = pytest.importorskip("pydicom.data")
+    import shutil
+
+    data = tmp_path / "d"
+    for cls, name in (("ct", "CT_small.dcm"), ("mr", "MR_small.dcm")):
+        (data / cls).mkdir(parents=True)
+        shutil.copy(pydicom_data.get_testdata_file(name), data / cls / name)
+    first = site_features(base, list_dataset(str(data)), tmp_path / "cache")
+    (data / "ct" / "CT_small.dcm").rename(data / "ct" / "renamed.dcm")
+    again = site_features(base, list_dataset(str(data)), tmp_path / "cache")
+    assert first.extracted == 2 and again.cache_hit
+    np.testing.assert_array_equal(first.features, again.features)
+    windowed = site_features(base, list_dataset(str(data)), tmp_path / "cache",
+                             dicom_window=(40.0, 400.0))
+    assert windowed.extracted == 2 and not np.allclose(windowed.features, first.features)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, fields
@@ -62,6 +63,35 @@ def _server_parser(sub: Any) -> None:
     p.add_argument("--control-host", default="127.0.0.1",
                    help="interface for launching runs (`fedtl run`); 0.0.0.0 to allow remote")
     p.add_argument("--control-port", type=int, default=9093)
+    _log_format_option(p)
+
+
+def _log_format_option(p: argparse.ArgumentParser) -> None:
+    from common.deploy.daemon_log import LOG_FORMATS
+
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="plain",
+                   help="plain lines, or one JSON object per line (time, level, source, "
+                        "message) for log collectors; Flower's lines are relayed either way")
+
+
+def _sites_parser(sub: Any) -> None:
+    p = sub.add_parser("sites", help="add, remove or list the sites of a running `fedtl "
+                       "server` (no restart)", formatter_class=HelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="register a site's public key; it may connect at "
+                             "once and trains in the next run", formatter_class=HelpFormatter)
+    add.add_argument("--key", required=True, help="the site's public key (<site>.pub)")
+    add.add_argument("--name", default=None, help="its name (default: the key file's name)")
+    remove = actions.add_parser("remove", help="unregister a site; its key is moved aside",
+                                formatter_class=HelpFormatter)
+    remove.add_argument("name", help="the site's name (see `fedtl sites list`)")
+    show = actions.add_parser("list", help="registered sites and whether they are connected",
+                              formatter_class=HelpFormatter)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    for action in (add, remove, show):
+        action.add_argument("--state", required=True,
+                            help="the server's state folder (`fedtl server --state`)")
+        action.epilog = exit_codes_help()
 
 
 def _client_parser(sub: Any) -> None:
@@ -110,6 +140,7 @@ def _client_parser(sub: Any) -> None:
                    help="show TensorFlow's start-up messages from the site's worker")
     p.add_argument("--max-wait", type=float, default=None,
                    help="give up after this many seconds without the server (default: never)")
+    _log_format_option(p)
 
 
 def _run_parser(sub: Any) -> None:
@@ -169,6 +200,9 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--model", required=True, help="a model.keras written by fedtl")
     p.add_argument("--data", required=True, help="folder with one subfolder per class")
     p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--dicom-window", default="",
+                   help="center,width for DICOM images (default: as in training, from the "
+                        "report beside the model; else each file's own window)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's messages")
 
@@ -280,7 +314,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from common.model_card import card_markdown, read_model_card
 
-    result = evaluate_model(args.model, args.data, skip_bad=args.skip_bad_images)
+    result = evaluate_model(args.model, args.data, skip_bad=args.skip_bad_images,
+                            dicom_window=args.dicom_window)
     card = read_model_card(Path(args.model))
     if args.json:
         print(json.dumps({**asdict(result), "model_card": card}))
@@ -306,7 +341,35 @@ def _run_server(args: argparse.Namespace) -> int:
     opts = ServerOptions(state=Path(args.state), certs=_path(args.certs), sites=_path(args.sites),
                          insecure=args.insecure, fleet_address=args.address,
                          control_host=args.control_host, control_port=args.control_port)
-    return serve(opts)
+    return serve(opts, _daemon_log("fedtl.server", args))
+
+
+def _daemon_log(name: str, args: argparse.Namespace) -> logging.Logger:
+    from common.deploy.daemon_log import daemon_logger
+
+    return daemon_logger(name, args.log_format)
+
+
+def _run_sites(args: argparse.Namespace) -> int:
+    from server.site_admin import add_site, list_sites, remove_site
+
+    if args.action == "add":
+        site = add_site(Path(args.state), Path(args.key), args.name)
+        print(f"site {site.name} registered (node {site.node_id}, key {site.fingerprint}); "
+              "it may connect now and takes part in the next run")
+    elif args.action == "remove":
+        site = remove_site(Path(args.state), args.name)
+        print(f"site {site.name} (node {site.node_id}) removed: its key no longer lets it "
+              f"connect; the key file is kept in {Path(args.state) / 'removed-sites'}")
+    else:
+        rows = list_sites(Path(args.state))
+        if args.json:
+            print(json.dumps([asdict(r) for r in rows]))
+            return 0
+        print(f"{'site':<20} {'node':>20}  {'status':<10}  since")
+        for r in rows:
+            print(f"{r.name or '(unnamed)':<20} {r.node_id:>20}  {r.status:<10}  {r.since}")
+    return 0
 
 
 def _site_policy(args: argparse.Namespace) -> SitePolicy:
@@ -329,7 +392,7 @@ def _run_client(args: argparse.Namespace) -> int:
                          ca=_path(args.ca), insecure=args.insecure, cache=args.cache,
                          max_wait=args.max_wait, policy=_site_policy(args),
                          base_dtype=args.base_dtype)
-    return run_site(opts, verbose=args.verbose)
+    return run_site(opts, _daemon_log("fedtl.client", args), verbose=args.verbose)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -445,7 +508,8 @@ COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run
             "export": _run_export, "server": _run_server,
             "client": _run_client, "run": _run_run, "audit": _run_audit,
             "certs": _run_certs, "keys": _run_keys,
-            "budget": _run_budget, "approve": _run_approve, "demo-data": _run_demo_data}
+            "budget": _run_budget, "approve": _run_approve, "demo-data": _run_demo_data,
+            "sites": _run_sites}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_simulate_parser, _compare_parser, _evaluate_parser, _export_parser,
                 _audit_parser,
-                _server_parser, _client_parser,
+                _server_parser, _sites_parser, _client_parser,
                 _run_parser, _certs_parser, _keys_parser, _budget_parser, _approve_parser,
                 _demo_data_parser):
         add(sub)

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from common.data.dicom import DicomWindow, read_dicom
 from common.errors import DataError
 
 DIGITS = "digits"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                            ".dcm"})
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,12 @@ def list_dataset(source: str, max_per_class: int = 0) -> Listing:
 
 
 def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False,
-                allow_empty: bool = False) -> Images:
+                allow_empty: bool = False, dicom_window: DicomWindow | None = None) -> Images:
     """Decode ``listing``'s images as RGB at ``image_size`` x ``image_size``.
 
     A file that cannot be decoded raises `DataError` naming it, unless ``skip_bad``, in
-    which case it is left out and named in ``Images.skipped``.
+    which case it is left out and named in ``Images.skipped``. ``dicom_window`` (center,
+    width) overrides DICOM files' own windows.
     """
     if listing.source == DIGITS:
         return _load_digits(listing, image_size)
@@ -86,13 +89,12 @@ def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False,
     for i, item in enumerate(listing.items):
         path = listing.root / item
         try:
-            with Image.open(path) as img:
-                rgb = to_rgb8(img)
-                if rgb.size != (image_size, image_size):
-                    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                pixels[len(kept)] = np.asarray(rgb, dtype=np.uint8)
+            rgb = decode_rgb8(path, dicom_window)
+            if rgb.size != (image_size, image_size):
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            pixels[len(kept)] = np.asarray(rgb, dtype=np.uint8)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError,
-                ValueError) as exc:
+                ValueError, DataError) as exc:
             if not skip_bad:
                 raise DataError(
                     f"cannot read image {path}: {exc}. Remove or replace it, or pass "
@@ -106,6 +108,14 @@ def load_images(listing: Listing, image_size: int, *, skip_bad: bool = False,
         raise DataError(f"no readable image in {listing.root}")
     return Images(pixels=pixels[: len(kept)], labels=listing.labels[kept_arr],
                   kept=kept_arr, skipped=skipped)
+
+
+def decode_rgb8(path: Path, dicom_window: DicomWindow | None = None) -> Image.Image:
+    """One file as 8-bit RGB: DICOM through pydicom, everything else through Pillow."""
+    if path.suffix.lower() == ".dcm":
+        return read_dicom(path, dicom_window)
+    with Image.open(path) as img:
+        return to_rgb8(img)
 
 
 # Pillow's modes for one channel of more than 8 bits; their full range maps onto 0..255.

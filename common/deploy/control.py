@@ -110,6 +110,11 @@ class Control:
                             "--name", name)
         return int(result["node-id"])
 
+    def unregister(self, node_id: int) -> None:
+        """Remove a site: its key no longer lets it connect (Flower keeps the node's record,
+        marked unregistered)."""
+        self._json("supernode", "unregister", str(node_id), CONNECTION)
+
     def start(self, app: Path, run_config: Path) -> int:
         """Submit a run of ``app``; returns Flower's run id."""
         result = self._json("run", str(app), CONNECTION, "--run-config", str(run_config),

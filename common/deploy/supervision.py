@@ -7,13 +7,15 @@ this is the one place that starts, relays, watches and stops them.
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+
+from common.deploy.daemon_log import relayed
 
 LineHandler = Callable[[str], str | None]  # a line in, fedtl's own message about it (or None)
 
@@ -40,7 +42,7 @@ class Supervised:
         How fedtl's messages call it ("the site's worker").
     command : Sequence[str]
         What to run.
-    out : TextIO
+    log : logging.Logger
         Where its lines (and fedtl's messages about them) go.
     env : dict or None
         Its environment.
@@ -52,10 +54,10 @@ class Supervised:
         Relay TensorFlow's native start-up chatter too.
     """
 
-    def __init__(self, name: str, command: Sequence[str], out: TextIO, *,
+    def __init__(self, name: str, command: Sequence[str], log: logging.Logger, *,
                  env: dict[str, str] | None = None, explain: LineHandler | None = None,
                  keep_alive: bool = False, verbose: bool = False) -> None:
-        self.name, self.command, self.out, self.env = name, list(command), out, env
+        self.name, self.command, self.log, self.env = name, list(command), log, env
         self.explain, self.keep_alive, self.verbose = explain, keep_alive, verbose
         self.starts = 0
         self.process: subprocess.Popen[str] | None = None
@@ -94,15 +96,13 @@ class Supervised:
         for line in process.stdout:
             if not self.verbose and is_native_noise(line):
                 continue
-            self.out.write(line)
+            self.log.info(line.rstrip("\n"), **relayed(self.name))
             message = self.explain(line) if self.explain else None
             if message:
-                self.out.write(message + "\n")
-            self.out.flush()
+                self.log.info(message)
 
     def _say(self, message: str) -> None:
-        self.out.write(f"fedtl: {message}\n")
-        self.out.flush()
+        self.log.warning(f"fedtl: {message}")
 
     def wait(self) -> int:
         """Until it exits for good; its last exit code."""
@@ -119,6 +119,10 @@ class Supervised:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+    @property
+    def asked_to_stop(self) -> bool:
+        return self._stopping.is_set()
 
     @property
     def alive(self) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from common.data.dicom import parse_window
 from common.data.images import check_same_classes, list_dataset, load_images
 from common.errors import DataError
 
@@ -23,14 +24,17 @@ class Evaluation:
     per_class_accuracy: dict[str, float]
 
 
-def evaluate_model(model_path: Path, data: str, *, skip_bad: bool = False) -> Evaluation:
+def evaluate_model(model_path: Path, data: str, *, skip_bad: bool = False,
+                   dicom_window: str = "") -> Evaluation:
     """Load ``model_path`` with plain Keras and score it on the class folders of ``data``.
 
     Output index i is the i-th class folder in sorted order, as in training; if the run's
-    report.json is beside the model, the folder's class names must match its classes.
+    report.json is beside the model, the folder's class names must match its classes and
+    DICOM files are windowed as in training (unless ``dicom_window`` says otherwise).
     """
     model = load_model(model_path)
-    scored = predict_folder(model, model_path, data, skip_bad=skip_bad)
+    scored = predict_folder(model, model_path, data, skip_bad=skip_bad,
+                            dicom_window=dicom_window)
     correct = np.argmax(scored.probabilities, axis=1) == scored.labels
     per_class = {c: float(np.mean(correct[scored.labels == i]))
                  for i, c in enumerate(scored.classes) if np.any(scored.labels == i)}
@@ -74,19 +78,22 @@ def load_model(model_path: Path) -> tf.keras.Model:
 
 
 def predict_folder(model: tf.keras.Model, model_path: Path, data: str, *,
-                   skip_bad: bool = False) -> Scored:
+                   skip_bad: bool = False, dicom_window: str = "") -> Scored:
     """``model``'s probabilities on the class folders of ``data`` (classes checked against
     the model's outputs and, if beside it, its run's report)."""
     listing = list_dataset(data)
     report = Path(model_path).parent / "report.json"
     if report.exists():
-        trained = json.loads(report.read_text())["settings"].get("classes", "")
+        settings = json.loads(report.read_text())["settings"]
+        trained = settings.get("classes", "")
         check_same_classes(tuple(trained.split(",")), listing.classes, f"folder {data}")
+        dicom_window = dicom_window or settings.get("dicom-window", "")
     outputs = int(model.output_shape[-1])
     if outputs != len(listing.classes):
         raise DataError(f"{data} has {len(listing.classes)} classes, the model predicts {outputs}")
     size = int(model.get_layer("resize").get_config()["height"])
-    images = load_images(listing, size, skip_bad=skip_bad)
+    images = load_images(listing, size, skip_bad=skip_bad,
+                         dicom_window=parse_window(dicom_window))
     probabilities = model.predict(images.pixels.astype(np.float32), batch_size=64, verbose=0)
     return Scored(probabilities=np.asarray(probabilities, dtype=np.float64),
                   labels=np.asarray(images.labels), skipped=len(images.skipped),

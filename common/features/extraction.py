@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.features.augment import augmented, view_name
+from common.data.dicom import DicomWindow
 from common.data.images import Listing, content_digests, load_images
 from common.errors import DataError, WeightsError
 from common.features.cache import DigestMemo, FeatureCache, namespace, private_dir
@@ -97,13 +98,15 @@ def extract(base: FrozenBase, pixels: np.ndarray) -> np.ndarray:
 
 def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
                   skip_bad: bool = False, augment_views: int = 0, shift: Shift | None = None,
-                  progress: Progress | None = None) -> SiteFeatures:
+                  progress: Progress | None = None,
+                  dicom_window: DicomWindow | None = None) -> SiteFeatures:
     """Features of ``listing``: cached rows where ``cache_dir`` has them, the rest extracted.
 
     ``cache_dir`` None turns the cache off (everything is extracted, nothing is written).
     The VGG16 base is only built when some image is missing from the cache. An image known
     to be unreadable raises `DataError` naming it unless ``skip_bad``. ``shift`` (a simulated
     site's acquisition change) is applied to the decoded images before augmentation.
+    ``dicom_window`` overrides DICOM files' own windows (and keys their features apart).
     """
     if cache_dir is not None:
         private_dir(cache_dir)
@@ -113,6 +116,8 @@ def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
     seen_as = f"{shift.name}|" if shift is not None else ""
     if base.spec.compute_dtype != "float32":  # bfloat16 features are close, not the same
         seen_as += f"{base.spec.compute_dtype}|"
+    if dicom_window is not None and any(i.lower().endswith(".dcm") for i in listing.items):
+        seen_as += f"window{dicom_window[0]:g},{dicom_window[1]:g}|"
     caches = [FeatureCache(cache_dir / namespace(base.fingerprint, seen_as + view_name(v))
                            if cache_dir is not None else None)
               for v in range(augment_views + 1)]
@@ -127,7 +132,7 @@ def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
     for done in range(0, len(missing), CHUNK):
         chunk = np.asarray(missing[done: done + CHUNK], dtype=np.int64)
         images = load_images(listing.subset(chunk), base.spec.image_size, skip_bad=skip_bad,
-                             allow_empty=True)
+                             allow_empty=True, dicom_window=dicom_window)
         kept = [digests[i] for i in chunk[images.kept]]
         pixels = shift.apply(images.pixels, kept) if shift is not None else images.pixels
         bad = sorted({digests[i] for i in chunk} - set(kept))

@@ -24,7 +24,8 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
         return public_basis(features, cfg.public_components, RECIPE)
     listing = list_dataset(cfg.public)
     cache = Path(cfg.state).expanduser() / "public-features" if cfg.cache else None
-    feats = site_features(base, listing, cache, skip_bad=cfg.skip_bad_images)
+    feats = site_features(base, listing, cache, skip_bad=cfg.skip_bad_images,
+                          dicom_window=cfg.window)
     if len(feats.labels) < 2:
         raise DataError(f"public folder {cfg.public} has fewer than two readable images")
     return public_basis(feats.features, cfg.public_components,
