@@ -219,6 +219,11 @@ class RunConfig:
     round_timeout: float = setting(3600.0, "seconds a round waits for sites that do not answer",
         valid=POSITIVE)
     seed: int = setting(0, "seed of partitions, shifts and initial head (never of DP noise)")
+    mlflow: str = setting(
+        "", "also log the run to MLflow at this tracking URI (e.g. sqlite:///mlflow.db, "
+        "http://host:5000; on the server's host for `fedtl run`): settings, per-round "
+        "figures, report, model and plots; needs the `mlflow` extra")
+    mlflow_experiment: str = setting("fedtl", "the MLflow experiment runs are logged under")
     # --- where things go, and the simulation engine (simulate, compare) --------------------
     out: str = setting("runs/latest", "output folder", scope=INTERNAL)
     state: str = setting(

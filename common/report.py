@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,27 @@ class RoundRecord:
     client_epsilon: float | None = None  # client-level DP's epsilon after this round
     seconds: float | None = None  # wall time from sending train messages to evaluating
     failure: str | None = None  # why the round's aggregation failed (the head stayed)
+
+
+def round_metrics(record: RoundRecord, epsilon_by_site: Mapping[str, float]
+                  ) -> dict[str, float]:
+    """A round's figures as the curves trackers draw (TensorBoard, MLflow), unknown ones
+    left out: accuracy (mean, worst, unseen, spread, per site), epsilon (max over sites, per
+    site, client-level), train loss, sites trained, seconds."""
+    scalars: dict[str, float | None] = {
+        "accuracy/mean_site": record.accuracy,
+        "accuracy/worst_site": record.worst_site_accuracy,
+        "accuracy/unseen_site": record.unseen_accuracy,
+        "accuracy/site_spread": record.site_accuracy_std,
+        "epsilon/max_site": record.epsilon_max,
+        "epsilon/client_level": record.client_epsilon,
+        "train/loss": record.train_loss,
+        "train/sites_trained": float(len(record.sites_trained)),
+        "train/round_seconds": record.seconds,
+    }
+    scalars.update({f"site_accuracy/{k}": v for k, v in record.site_accuracy.items()})
+    scalars.update({f"site_epsilon/{k}": v for k, v in epsilon_by_site.items()})
+    return {tag: float(v) for tag, v in scalars.items() if v is not None}
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from server.runbook import RunBook, site_summary
 from server.secure import run_secure
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
                              validated)
+from server.mlflow_tracking import MlflowLog
 from server.tensorboard import TensorBoardLog
 
 log = logging.getLogger("fedtl.server")
@@ -147,56 +148,67 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     for record in book.history:
         table(record)
     tensorboard = TensorBoardLog(out, settings)  # rounds before a restart are there already
+    mlflow = (MlflowLog(cfg.mlflow, cfg.mlflow_experiment, out, run_id, settings,
+                        resume=checkpoint is not None) if cfg.mlflow else None)
+    try:
+        def after_round(record: RoundRecord) -> None:
+            if prerun.unseen_accuracy is not None:
+                record.unseen_accuracy = prerun.unseen_accuracy(book.head)
+            if cfg.client_dp != "off":
+                record.client_epsilon = client_level_epsilon(
+                    client_level.noise_multipliers, delta=cfg.client_delta,
+                    accountant=cfg.accountant)
+            table(record)
+            tensorboard.round(record, book.epsilon_by_site)
+            if mlflow is not None:
+                mlflow.round(record, book.epsilon_by_site)
+            state, head = book.snapshot()
+            save_checkpoint(out, Checkpoint(
+                run_id=run_id, settings=settings, round=record.round, arrays=head, book=state,
+                optimizer=optimizer_state(strategy), client_dp=asdict(client_level),
+                elapsed_seconds=elapsed_before + time.time() - prerun.started))
 
-    def after_round(record: RoundRecord) -> None:
-        if prerun.unseen_accuracy is not None:
-            record.unseen_accuracy = prerun.unseen_accuracy(book.head)
-        if cfg.client_dp != "off":
-            record.client_epsilon = client_level_epsilon(
-                client_level.noise_multipliers, delta=cfg.client_delta,
-                accountant=cfg.accountant)
-        table(record)
-        tensorboard.round(record, book.epsilon_by_site)
-        state, head = book.snapshot()
-        save_checkpoint(out, Checkpoint(
-            run_id=run_id, settings=settings, round=record.round, arrays=head, book=state,
-            optimizer=optimizer_state(strategy), client_dp=asdict(client_level),
-            elapsed_seconds=elapsed_before + time.time() - prerun.started))
-
-    book.on_round = after_round
-    remaining = cfg.run_rounds - (checkpoint.round if checkpoint else 0)
-    # The server is the authority on the class list; sites check theirs against it.
-    federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
-                               protocol.CLASSES: list(cfg.classes),
-                               protocol.RUN_ID: run_id})
-    if cfg.one_shot and checkpoint is None:
-        one_shot_round(grid, cfg, federation, public_basis, strategy)
-        book.round_offset, remaining = 1, remaining - 1
-    if remaining > 0 and cfg.secure_aggregation:
-        run_secure(grid, book, cfg, book.head, dict(federation), remaining, strategy.rules)
-    elif remaining > 0:
-        strategy.start(grid, ArrayRecord(book.head), num_rounds=remaining,
-                       train_config=federation, evaluate_config=ConfigRecord(dict(federation)),
-                       timeout=cfg.round_timeout)
-    if not any(r.sites_trained for r in book.history):
-        refused = sum(len(r.refused) for r in book.history)
-        raise RunFailedError(
-            "no site contributed an accepted update in any round; nothing to save"
-            + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
-            + " (see the warnings above for why sites declined, refused or were rejected)")
-    personal = (personalize(grid, book.head, federation, cfg.round_timeout, book,
-                            strategy.rules) if cfg.personalize else None)
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(full_model(base, book.head, len(cfg.classes), cfg.head_width),
-               out / "model.keras")
-    report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
-                          personal, client_level)
-    write_model_card(out, report)  # before the report, which is written last
-    path = write_report(out, report)
-    tensorboard.close()
-    if registry is not None:
-        registry.finished(run_id)
-    return path
+        book.on_round = after_round
+        remaining = cfg.run_rounds - (checkpoint.round if checkpoint else 0)
+        # The server is the authority on the class list; sites check theirs against it.
+        federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
+                                   protocol.CLASSES: list(cfg.classes),
+                                   protocol.RUN_ID: run_id})
+        if cfg.one_shot and checkpoint is None:
+            one_shot_round(grid, cfg, federation, public_basis, strategy)
+            book.round_offset, remaining = 1, remaining - 1
+        if remaining > 0 and cfg.secure_aggregation:
+            run_secure(grid, book, cfg, book.head, dict(federation), remaining, strategy.rules)
+        elif remaining > 0:
+            strategy.start(grid, ArrayRecord(book.head), num_rounds=remaining,
+                           train_config=federation,
+                           evaluate_config=ConfigRecord(dict(federation)),
+                           timeout=cfg.round_timeout)
+        if not any(r.sites_trained for r in book.history):
+            refused = sum(len(r.refused) for r in book.history)
+            raise RunFailedError(
+                "no site contributed an accepted update in any round; nothing to save"
+                + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
+                + " (see the warnings above for why sites declined, refused or were rejected)")
+        personal = (personalize(grid, book.head, federation, cfg.round_timeout, book,
+                                strategy.rules) if cfg.personalize else None)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(full_model(base, book.head, len(cfg.classes), cfg.head_width),
+                   out / "model.keras")
+        report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
+                              personal, client_level)
+        write_model_card(out, report)  # before the report, which is written last
+        path = write_report(out, report)
+        tensorboard.close()
+        if mlflow is not None:
+            mlflow.finish()
+        if registry is not None:
+            registry.finished(run_id)
+        return path
+    except BaseException:
+        if mlflow is not None:
+            mlflow.failed()
+        raise
 
 
 def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.report import RoundRecord
+from common.report import RoundRecord, round_metrics
 
 FOLDER = "tensorboard"
 
@@ -39,24 +39,10 @@ class TensorBoardLog:
 
     def round(self, record: RoundRecord, epsilon_by_site: Mapping[str, float]) -> None:
         """The figures of ``record`` at step ``record.round``."""
-        scalars: dict[str, float | None] = {
-            "accuracy/mean_site": record.accuracy,
-            "accuracy/worst_site": record.worst_site_accuracy,
-            "accuracy/unseen_site": record.unseen_accuracy,
-            "accuracy/site_spread": record.site_accuracy_std,
-            "epsilon/max_site": record.epsilon_max,
-            "epsilon/client_level": record.client_epsilon,
-            "train/loss": record.train_loss,
-            "train/sites_trained": float(len(record.sites_trained)),
-            "train/round_seconds": record.seconds,
-        }
-        scalars.update({f"site_accuracy/{k}": v for k, v in record.site_accuracy.items()})
-        scalars.update({f"site_epsilon/{k}": v for k, v in epsilon_by_site.items()})
         with self._writer.as_default():
-            for tag, value in scalars.items():
-                if value is not None:
-                    self._tf.summary.write(tag, self._tf.constant(float(value), self._tf.float32),
-                                           step=record.round, metadata=self._scalar)
+            for tag, value in round_metrics(record, epsilon_by_site).items():
+                self._tf.summary.write(tag, self._tf.constant(value, self._tf.float32),
+                                       step=record.round, metadata=self._scalar)
         self._writer.flush()
 
     def close(self) -> None:

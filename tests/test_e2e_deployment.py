@@ -168,10 +168,10 @@ def test_a_site_added_to_the_running_daemon_trains_in_the_next_run_and_removal_e
                                                      "--json").stdout)}
     assert {*GOOD, "intruder"} <= set(listed)
     assert listed["intruder"]["status"] == "online"
-    done = world.run("run-s", "--rounds", "1", "--min-sites", "4", "--round-timeout", "300",
+    done = world.run("run-admin", "--rounds", "1", "--min-sites", "4", "--round-timeout", "300",
                      "--target-epsilon", "1")
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-    assert sorted(report_of(world, "run-s")["rounds"][0]["sites_trained"]) == sorted(
+    assert sorted(report_of(world, "run-admin")["rounds"][0]["sites_trained"]) == sorted(
         [*GOOD, "intruder"])
     removed = fedtl("sites", "remove", "--state", state, "intruder")
     assert removed.returncode == 0, removed.stdout + removed.stderr

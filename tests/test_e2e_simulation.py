@@ -20,12 +20,17 @@ def fedtl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def mlflow_store(out: Path) -> str:
+    return f"sqlite:///{out.parent / 'mlflow' / 'mlflow.db'}"
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "digits"
     cache = tmp_path_factory.mktemp("cache")
     done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "4",
-                 "--target-epsilon", "3", "--out", str(out), "--state", str(cache))
+                 "--target-epsilon", "3", "--out", str(out), "--state", str(cache),
+                 "--mlflow", mlflow_store(out))
     return out, done
 
 
@@ -77,6 +82,18 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
     assert curves["accuracy/mean_site"] == {
         r["round"]: pytest.approx(r["accuracy"]) for r in report["rounds"]}
     assert set(curves["site_epsilon/site-0"]) == {1, 2, 3, 4}
+    # The same run in MLflow: its settings, its curves, its files.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store(out))
+    (run,) = client.search_runs([client.get_experiment_by_name("fedtl").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["fedtl.run_id"] == report["run_id"]
+    assert run.data.params["target-epsilon"] == "3.0" and run.data.params["clients"] == "3"
+    history = client.get_metric_history(run.info.run_id, "accuracy/mean_site")
+    assert {m.step: m.value for m in history} == {
+        r["round"]: pytest.approx(r["accuracy"]) for r in report["rounds"]}
+    assert {"report.json", "model.keras", "model_card.md", "accuracy.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
