@@ -37,6 +37,7 @@ from server.runbook import RunBook, site_summary
 from server.secure import run_secure
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
                              validated)
+from common.progress import LiveProgress
 from server.mlflow_tracking import MlflowLog
 from server.tensorboard import TensorBoardLog
 
@@ -66,15 +67,20 @@ class PersonalResult:
 
 
 class RoundTable:
-    """Prints one table row per round as the run goes."""
+    """Prints one table row per round as the run goes; on a terminal, a live line below the
+    rows shows the rounds done with the last accuracy and epsilon."""
 
     HEADER = (f"{'round':>5} | {'train loss':>10} | {'accuracy':>8} | {'worst':>6} | "
               f"{'unseen':>6} | {'max eps':>8} | sites")
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, rounds: int, stream: TextIO = sys.stdout,
+                 live: bool | None = None) -> None:
         self.stream = stream
         print(self.HEADER, file=stream)
         print("-" * len(self.HEADER), file=stream, flush=True)
+        live = stream.isatty() if live is None else live
+        self._line = LiveProgress("training", rounds, "rounds", stream=stream, live=True) \
+            if live else None
 
     def __call__(self, r: RoundRecord) -> None:
         def fmt(value: float | None, spec: str) -> str:
@@ -89,9 +95,19 @@ class RoundTable:
             note += f", {len(r.rejected)} rejected"
         if r.failure:
             note += "; aggregation failed, head kept"
-        print(f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | {fmt(r.accuracy, '8.4f')} | "
-              f"{fmt(r.worst_site_accuracy, '6.3f')} | {fmt(r.unseen_accuracy, '6.3f')} | "
-              f"{fmt(r.epsilon_max, '8.3f')} | {note}", file=self.stream, flush=True)
+        row = (f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | {fmt(r.accuracy, '8.4f')} | "
+               f"{fmt(r.worst_site_accuracy, '6.3f')} | {fmt(r.unseen_accuracy, '6.3f')} | "
+               f"{fmt(r.epsilon_max, '8.3f')} | {note}")
+        if self._line is None:
+            print(row, file=self.stream, flush=True)
+            return
+        self._line.say(row)
+        self._line.update(r.round, f"last accuracy {fmt(r.accuracy, '.3f')}, max epsilon "
+                                   f"{fmt(r.epsilon_max, '.2f')}")
+
+    def close(self) -> None:
+        if self._line is not None:
+            self._line.close()
 
 
 def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
@@ -144,7 +160,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         elapsed_before = checkpoint.elapsed_seconds
         print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.run_rounds} "
               f"(checkpoint in {out})", flush=True)
-    table = RoundTable()
+    table = RoundTable(cfg.run_rounds)
     for record in book.history:
         table(record)
     tensorboard = TensorBoardLog(out, settings)  # rounds before a restart are there already
@@ -199,6 +215,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                               personal, client_level)
         write_model_card(out, report)  # before the report, which is written last
         path = write_report(out, report)
+        table.close()
         tensorboard.close()
         if mlflow is not None:
             mlflow.finish()
@@ -206,6 +223,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
             registry.finished(run_id)
         return path
     except BaseException:
+        table.close()
         if mlflow is not None:
             mlflow.failed()
         raise

@@ -19,6 +19,7 @@ from common.features.model import predict_classes
 from common.report import Report
 from common.data.scenario import Scenario, build_scenario, site_folders
 from common.privacy.release import sums_noise
+from common.progress import ProgressCallback
 from common.site import base_spec, load_simulated_site, sgd_settings
 
 
@@ -38,11 +39,15 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
     for site in scenario.sites:
         seen = f" seen through {site.shift.kind} (severity {site.shift.severity})" \
             if site.shift else ""
-        print(f"[prepare] {site.name}: {len(site.listing)} images{seen}, extracting "
-              "features...", end="", file=sys.stderr, flush=True)
-        data = load_simulated_site(cfg, site, base, progress=_progress)
-        note = "cached" if data.cache_hit else f"{data.extraction_seconds:.1f} s"
-        print(f" {note}; {len(data.train_y)} train / {len(data.test_y)} held out",
+        progress = ProgressCallback(f"[prepare] {site.name}: extracting features",
+                                    "images" if not cfg.augment_views else "views")
+        try:
+            data = load_simulated_site(cfg, site, base, progress=progress)
+        finally:
+            progress.close()
+        note = "features cached" if data.cache_hit else "features extracted"
+        print(f"[prepare] {site.name}: {len(site.listing)} images{seen}, {note}; "
+              f"{len(data.train_y)} train / {len(data.test_y)} held out",
               file=sys.stderr, flush=True)
         seconds += data.extraction_seconds
         if data.skipped:
@@ -75,13 +80,17 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
     if unseen is None:
         return None
     seen = f" seen through {unseen.shift.kind}" if unseen.shift else ""
+    progress = ProgressCallback(f"[prepare] {unseen.name}: extracting features")
+    try:
+        feats = site_features(LazyBase.shared(base_spec(cfg), cfg.stats_cache), unseen.listing,
+                              cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
+                              shift=unseen.shift, progress=progress,
+                              dicom_window=cfg.window)
+    finally:
+        progress.close()
     print(f"[prepare] {unseen.name}: {len(unseen.listing)} images{seen}, evaluation only "
-          "(unseen site)...", end="", file=sys.stderr, flush=True)
-    feats = site_features(LazyBase.shared(base_spec(cfg), cfg.stats_cache), unseen.listing,
-                          cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
-                          shift=unseen.shift)
-    print(" cached" if feats.cache_hit else f" {feats.seconds:.1f} s", file=sys.stderr,
-          flush=True)
+          f"(unseen site), features {'cached' if feats.cache_hit else 'extracted'}",
+          file=sys.stderr, flush=True)
 
     def accuracy(weights: list[np.ndarray]) -> float:
         predicted = predict_classes(feats.features, weights, num_classes=len(cfg.classes),
@@ -104,11 +113,6 @@ def backend_config(cfg: RunConfig, verbose: bool) -> dict[str, Any]:
         init_args.update(address="local", num_cpus=os.cpu_count() or 1)
     return {"client_resources": {"num_cpus": 1, "num_gpus": cfg.gpus_per_site},
             "init_args": init_args}
-
-
-def _progress(done: int, total: int) -> None:
-    if total > 1024:
-        print(f" {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:

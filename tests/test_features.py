@@ -30,8 +30,13 @@ def _files(root: Path) -> list[Path]:
 
 def test_second_read_comes_from_the_cache_with_identical_features(base, tmp_path: Path) -> None:
     listing = list_dataset(str(write_image_folder(tmp_path / "d", {"a": 3, "b": 3})))
-    first = site_features(base, listing, tmp_path / "cache")
-    second = site_features(base, listing, tmp_path / "cache")
+    heard: list[tuple[int, int]] = []
+    first = site_features(base, listing, tmp_path / "cache",
+                          progress=lambda done, total: heard.append((done, total)))
+    second = site_features(base, listing, tmp_path / "cache",
+                           progress=lambda done, total: heard.append((done, total)))
+    assert heard[0] == (0, 6) and heard[-1] == (6, 6)  # the second read had nothing to do
+    assert [d for d, _ in heard] == sorted(d for d, _ in heard)
     assert (first.extracted, second.extracted) == (6, 0) and second.cache_hit
     np.testing.assert_array_equal(first.features, second.features)
     np.testing.assert_array_equal(first.labels, second.labels)
@@ -89,11 +94,11 @@ def test_an_interrupted_extraction_keeps_its_finished_chunks(base, tmp_path: Pat
     monkeypatch.setattr(common.features.extraction, "CHUNK", 2)
     real, calls = common.features.extraction.extract, []
 
-    def dies_on_the_third_chunk(b, pixels):
+    def dies_on_the_third_chunk(b, pixels, on_rows=None):
         calls.append(len(pixels))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(b, pixels)
+        return real(b, pixels, on_rows)
 
     monkeypatch.setattr(common.features.extraction, "extract", dies_on_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):

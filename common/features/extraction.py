@@ -20,6 +20,7 @@ from common.data.shift import Shift
 
 EXTRACT_BATCH = 64
 CHUNK = 1024  # images per shard: an interrupted extraction loses at most this many
+PROGRESS_ROWS = 256  # images per predict call: the progress line moves every few seconds
 
 Progress = Callable[[int, int], None]
 
@@ -90,10 +91,21 @@ def _fingerprint(spec: BaseSpec) -> str:
     return base_fingerprint(spec)
 
 
-def extract(base: FrozenBase, pixels: np.ndarray) -> np.ndarray:
-    """Run the frozen base over uint8 images in batches; float32 features."""
-    return base.model.predict(pixels.astype(np.float32), batch_size=EXTRACT_BATCH,
-                              verbose=0).astype(np.float32)
+def extract(base: FrozenBase, pixels: np.ndarray,
+            on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+    """Run the frozen base over uint8 images in batches; float32 features.
+
+    ``on_rows(n)`` hears of every ``PROGRESS_ROWS`` images done (for a live progress line).
+    """
+    parts = []
+    for start in range(0, len(pixels), PROGRESS_ROWS):
+        part = pixels[start:start + PROGRESS_ROWS].astype(np.float32)
+        parts.append(base.model.predict(part, batch_size=EXTRACT_BATCH, verbose=0))
+        if on_rows is not None:
+            on_rows(len(part))
+    if not parts:
+        return np.zeros((0, base.spec.feature_dim), np.float32)
+    return np.concatenate(parts).astype(np.float32)
 
 
 def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
@@ -129,6 +141,16 @@ def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
         raise DataError(f"cannot read image {bad_paths[0]} (found unreadable before). Remove or "
                         "replace it, or pass --skip-bad-images to leave unreadable images out.")
     start = time.perf_counter()
+    total, finished = len(missing) * len(caches), 0
+
+    def tick(rows: int) -> None:
+        nonlocal finished
+        finished += rows
+        if progress is not None:
+            progress(min(finished, total), total)
+
+    if missing:
+        tick(0)  # the clock starts before the base is built: its time is extraction's too
     for done in range(0, len(missing), CHUNK):
         chunk = np.asarray(missing[done: done + CHUNK], dtype=np.int64)
         images = load_images(listing.subset(chunk), base.spec.image_size, skip_bad=skip_bad,
@@ -137,12 +159,11 @@ def site_features(base: LazyBase, listing: Listing, cache_dir: Path | None, *,
         pixels = shift.apply(images.pixels, kept) if shift is not None else images.pixels
         bad = sorted({digests[i] for i in chunk} - set(kept))
         for view, cache in enumerate(caches):
-            rows = (extract(base.get(), augmented(pixels, kept, view)) if kept
+            rows = (extract(base.get(), augmented(pixels, kept, view), tick) if kept
                     else np.zeros((0, base.spec.feature_dim), np.float32))
             cache.add(kept, rows, bad if view == 0 else ())
         bad_paths += images.skipped
-        if progress is not None:
-            progress(min(done + CHUNK, len(missing)), len(missing))
+        tick((done + len(chunk)) * len(caches) - finished)  # unreadable images count as done
     readable = [i for i, d in enumerate(digests) if d not in caches[0].bad]
     if not readable:
         raise DataError(f"no readable image in {listing.root or listing.source}")
