@@ -71,7 +71,9 @@ class MlflowLog:
 
     def _start(self, experiment_id: str, run_id: str, settings: Mapping[str, Any],
                param: Any, tag: Any) -> str:
-        run = self._client.create_run(experiment_id, run_name=self._out.name,
+        # The last two folders name it: `runs/<time>`, or a comparison's `<variant>/run-2`.
+        name = "/".join(self._out.resolve().parts[-2:])
+        run = self._client.create_run(experiment_id, run_name=name,
                                       tags={"fedtl.run_id": run_id,
                                             "fedtl.out": str(self._out.resolve())})
         params = [param(k, str(v)[:_PARAM_CHARS]) for k, v in sorted(settings.items())]

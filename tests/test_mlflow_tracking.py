@@ -38,7 +38,7 @@ def test_settings_rounds_and_files_land_in_one_mlflow_run_beside_the_store(
         (out / name).write_bytes(b"x")
     log.finish()
     client, run = read_back(store(tmp_path), log.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "r1"
+    assert run.info.status == "FINISHED" and run.info.run_name == "runs/r1"
     assert run.data.params == {"target-epsilon": "3.0", "classes": "a,b", "strategy": "fedavg"}
     assert run.data.tags["fedtl.run_id"] == "run-abc"
     history = client.get_metric_history(log.run_id, "accuracy/mean_site")
