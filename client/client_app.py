@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import legacy_messages_mod, secure_aggregation_mod
 from common import protocol, resend
+from common.progress import ProgressCallback
 from common.privacy.audit_trail import AuditTrail, Decision
 from common.config import NODE_NAME, RunConfig, SiteConfig, valid_run_id
 from common.data.images import check_same_classes, list_dataset
@@ -70,7 +71,13 @@ def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
     if site.partition is None:
         listing = list_dataset(site.data)
         check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
-        return load_site(cfg, site.name, listing, base, site.cache_dir, holdout_seed=(cfg.seed,))
+        # A deployed site's first run extracts all its images: its operator sees how far.
+        progress = ProgressCallback(f"fedtl site {site.name}: extracting features")
+        try:
+            return load_site(cfg, site.name, listing, base, site.cache_dir,
+                             holdout_seed=(cfg.seed,), progress=progress)
+        finally:
+            progress.close()
     return load_simulated_site(cfg, _scenario(cfg, run_key).sites[site.partition], base)
 
 

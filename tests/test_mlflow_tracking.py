@@ -25,11 +25,16 @@ def read_back(uri: str, run_id: str):
     return client, client.get_run(run_id)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "folder"])
 def test_settings_rounds_and_files_land_in_one_mlflow_run_beside_the_store(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, monkeypatch, kind: str) -> None:
     monkeypatch.chdir(tmp_path)  # artifacts must not follow the working folder
+    uri = store(tmp_path)
+    if kind == "folder":  # MLflow's plain-folder store, behind MLflow's own opt-in switch
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (tmp_path / "store" / "mlruns").as_uri()
     out = tmp_path / "runs" / "r1"
-    log = MlflowLog(store(tmp_path), "fedtl-test", out, "run-abc",
+    log = MlflowLog(uri, "fedtl-test", out, "run-abc",
                     {"target-epsilon": 3.0, "classes": "a,b", "strategy": "fedavg"})
     log.round(RoundRecord(round=1, accuracy=0.5, epsilon_max=1.0,
                           site_accuracy={"clinic (A)": 0.4}), {"clinic (A)": 1.0})
@@ -37,7 +42,7 @@ def test_settings_rounds_and_files_land_in_one_mlflow_run_beside_the_store(
     for name in ("report.json", "model.keras", "accuracy.png", "checkpoint.npz"):
         (out / name).write_bytes(b"x")
     log.finish()
-    client, run = read_back(store(tmp_path), log.run_id)
+    client, run = read_back(uri, log.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "runs/r1"
     assert run.data.params == {"target-epsilon": "3.0", "classes": "a,b", "strategy": "fedavg"}
     assert run.data.tags["fedtl.run_id"] == "run-abc"
