@@ -99,7 +99,9 @@ def explain_line(line: str, name_of: Callable[[int], str | None] = lambda node: 
     connected = _CONNECTED.search(line)
     if connected:
         node = int(connected.group(2))
-        who = f"site {name_of(node) or '(not registered by name)'} (node {node})"
+        name = name_of(node)
+        who = (f"site {name} (node {node})" if name
+               else f"a site with no registered name (node {node})")
         return f"fedtl server: {who} {'connected' if connected.group(1) == 'Activate' else 'left'}"
     if UNREGISTERED_WORDS in line:
         match = _UNREGISTERED.search(line)

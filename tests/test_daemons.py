@@ -65,7 +65,7 @@ def test_the_server_log_names_the_sites_that_connect_and_leave() -> None:
     said = server_says("INFO : [Fleet.DeactivateNode] Deactivated node_id=7", names)
     assert said == "fedtl server: site clinic-a (node 7) left"
     unnamed = server_says("INFO : [Fleet.ActivateNode] Activated node_id=9", names)
-    assert unnamed is not None and "(not registered by name) (node 9) connected" in unnamed
+    assert unnamed == "fedtl server: a site with no registered name (node 9) connected"
 
 
 def test_json_daemon_logs_are_one_object_per_line_with_flowers_level_and_no_colours() -> None:
