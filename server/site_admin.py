@@ -8,14 +8,16 @@ so a restarted daemon registers the same sites; a removed site's key is moved as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.deploy.control import Control, ControlAddress
 from common.deploy.credentials import key_fingerprint
-from common.errors import ConfigError
+from common.errors import ConfigError, FedtlError
 from server.daemon import register_site
 from server.site_registry import (REMOVED_KEYS, DaemonAddress, RegisteredSite, SiteRegistry,
                                   read_daemon_address)
@@ -35,6 +37,19 @@ class SiteStatus:
 def _control(daemon: DaemonAddress) -> ControlAddress:
     return ControlAddress(daemon.control, ca=None if daemon.ca is None else Path(daemon.ca),
                           insecure=daemon.insecure)
+
+
+@contextlib.contextmanager
+def _reaching(daemon: DaemonAddress, state: Path) -> Iterator[Control]:
+    """The daemon's Control API; a failure says which daemon and what to check first."""
+    try:
+        with Control(_control(daemon)) as control:
+            yield control
+    except FedtlError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise FedtlError(f"the fedtl server with state {state} did not answer at "
+                         f"{daemon.control} (is it running?): {exc}") from exc
 
 
 def _sites_folder(daemon: DaemonAddress, state: Path) -> Path:
@@ -69,7 +84,7 @@ def add_site(state: Path, key: Path, name: str | None = None) -> RegisteredSite:
     kept = folder / f"{name}.pub"
     if kept.exists() and key_fingerprint(kept.read_bytes()) != fingerprint:
         raise ConfigError(f"{kept} holds another key for {name!r}; move it away first")
-    with Control(_control(daemon)) as control:
+    with _reaching(daemon, state) as control:
         site = register_site(control, key, name, registry)
     if site is None:
         raise ConfigError(f"the server knows the key {fingerprint} already (under another "
@@ -87,7 +102,7 @@ def remove_site(state: Path, name: str) -> RegisteredSite:
     folder = _sites_folder(daemon, state)
     registry = SiteRegistry(state)
     site = registry.get(name)
-    with Control(_control(daemon)) as control:
+    with _reaching(daemon, state) as control:
         control.unregister(site.node_id)
     registry.forget(name)
     kept = folder / f"{name}.pub"
@@ -104,7 +119,7 @@ def list_sites(state: Path) -> list[SiteStatus]:
     the SuperLink knows but fedtl never named (an --insecure daemon's) are listed unnamed."""
     state = Path(state).expanduser()
     daemon = read_daemon_address(state)
-    with Control(_control(daemon)) as control:
+    with _reaching(daemon, state) as control:
         nodes = {int(n["node-id"]): n for n in control.nodes()}
     named = SiteRegistry(state).sites()
     rows = []
