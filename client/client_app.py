@@ -8,6 +8,7 @@ site's audit trail; a refusal tells the server only that, the reasons stay in th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -238,6 +239,15 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     @app.train()
     def train_handler(msg: Message, context: Context) -> Message:
+        if _config(msg).get(protocol.SECURE_SUMS) is True:  # the release, inside SecAgg+
+            # Its parameters are the public statistics, not a head.
+            sums = Message(RecordDict({
+                protocol.PUBLIC: msg.content.array_records[protocol.ARRAYS],
+                protocol.CONFIG: msg.content.config_records[protocol.CONFIG]}),
+                metadata=msg.metadata)
+            reply = handle(sums, context, lambda at: _class_sums(at, sums, secure=True))
+            return Message(reply.content, reply_to=msg) if not reply.has_error() \
+                else Message(reply.error, reply_to=msg)
         return handle(msg, context, lambda at: _train(at, msg))
 
     @app.train(protocol.PERSONALIZE)
@@ -275,11 +285,23 @@ def _train(at: _Opened, msg: Message) -> RecordDict:
     })
 
 
-def _class_sums(at: _Opened, msg: Message) -> RecordDict:
+def _config(msg: Message) -> ConfigRecord:
+    if not msg.has_content() or protocol.CONFIG not in msg.content.config_records:
+        return ConfigRecord()
+    return msg.content.config_records[protocol.CONFIG]
+
+
+def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
     """The one-shot release: noised per-class feature sums in the server's public basis
-    (checked first: any basis gives sensitivity 1, the bound is applied after projecting)."""
+    (checked first: any basis gives sensitivity 1, the bound is applied after projecting).
+
+    ``secure``: the request came inside a SecAgg+ round; the reply is then the sums over
+    the released count, weighted by that count in SecAgg+'s weighted mean, so that the
+    server learns only their total.
+    """
+    config = _config(msg)
     record = msg.content.array_records.get(protocol.PUBLIC)
-    recipe = msg.content.config_records[protocol.CONFIG].get(protocol.PUBLIC_RECIPE, "")
+    recipe = config.get(protocol.PUBLIC_RECIPE, "")
     if record is None or not isinstance(recipe, str):
         raise FedtlError("the server's class-sums request carries no public statistics")
     try:
@@ -288,11 +310,21 @@ def _class_sums(at: _Opened, msg: Message) -> RecordDict:
     except ValueError as exc:
         raise FedtlError(f"site {at.site.name}: the server's public statistics are "
                          f"refused: {exc}") from exc
-    key = resend.request_key(basis.arrays(), 0.0)
+    cfg = at.cfg
+    over = config.get(protocol.MASKED_OVER, 0)  # set by this site's own mod
+    if cfg.sums_noise == "distributed" and not (
+            secure and isinstance(over, int) and over >= at.site.policy.distributed_noise_sites):
+        log.warning("site %s: the release carries all its noise here: the request %s",
+                    at.site.name, "is not masked by secure aggregation" if not over else
+                    f"is masked over {over} sites, fewer than this site's "
+                    f"distributed-noise-sites {at.site.policy.distributed_noise_sites}")
+        cfg = dataclasses.replace(cfg, sums_noise="local")
+    key = resend.request_key(basis.arrays(), 1.0 if secure else 0.0)
     update = resend.recall(at.site.state, at.run_key, key)
     if update is None:
-        result = release_sums(at.cfg, at.data, basis, at.account, _rng(at.cfg))
-        update = resend.KeptUpdate([result.sums], {
+        result = release_sums(cfg, at.data, basis, at.account, _rng(cfg))
+        sums = result.sums / np.float32(max(result.num_examples, 1)) if secure else result.sums
+        update = resend.KeptUpdate([sums], {
             protocol.NUM_EXAMPLES: result.num_examples, protocol.EPSILON: result.epsilon,
             protocol.SAMPLING_RATE: 1.0, protocol.NOISE_MULTIPLIER: result.noise_multiplier,
             protocol.STEPS: 1})

@@ -133,6 +133,9 @@ def describe(policy: SitePolicy) -> str:
              f"on a looser run: {policy.on_violation}"]
     if policy.require_secure_aggregation:
         parts.append("secure aggregation required")
+    if policy.distributed_noise_sites:
+        parts.append(f"one-shot release: 1/{policy.distributed_noise_sites} of its noise under "
+                     f"secure aggregation over >= {policy.distributed_noise_sites} sites")
     if policy.require_approval:
         parts.append("runs need approval (`fedtl approve`)"
                      + (f" or match {list(policy.approved_runs)}" if policy.approved_runs else ""))

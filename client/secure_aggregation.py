@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import (Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters,
                          parameters_to_ndarrays)
@@ -41,21 +42,44 @@ def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCall
         return Message(refused.error, reply_to=msg)
 
 
+def masked_over(msg: Message, ctxt: Context) -> int:
+    """How many sites the sum this reply goes into must include: the SecAgg+ threshold when
+    Flower's mod is masking this reply (it calls the handlers only in that stage, after its
+    setup stored the threshold), else 0."""
+    if SECAGG_CONFIGS not in msg.content.config_records:
+        return 0
+    state = ctxt.state.config_records.get(RECORD_KEY_STATE)
+    threshold = state.get("threshold") if state is not None else None
+    return threshold if isinstance(threshold, int) and threshold > 0 else 0
+
+
+def _marked(config: ConfigRecord, over: int) -> ConfigRecord:
+    return ConfigRecord({**dict(config), protocol.MASKED_OVER: over})
+
+
 def legacy_messages_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Serve a legacy FitIns/EvaluateIns with the Message API handlers and answer in kind."""
+    """Serve a legacy FitIns/EvaluateIns with the Message API handlers and answer in kind.
+
+    Every request leaves here with `protocol.MASKED_OVER` set by the site itself (a value the
+    server sent is overwritten): the release decides its noise from it.
+    """
     if not msg.has_content():
         return call_next(msg, ctxt)
     content = msg.content
     kind = msg.metadata.message_type
     prefix = {MessageType.TRAIN: "fitins", MessageType.EVALUATE: "evaluateins"}.get(kind)
     if prefix is None or f"{prefix}.parameters" not in content.array_records:
+        if protocol.CONFIG in content.config_records:
+            content.config_records[protocol.CONFIG] = _marked(
+                content.config_records[protocol.CONFIG], 0)
         return call_next(msg, ctxt)
     parameters = compat.arrayrecord_to_parameters(content.array_records[f"{prefix}.parameters"],
                                                   keep_input=True)
     # The config record is taken as it is: the class list is a list, no legacy Scalar.
     modern = Message(content=RecordDict({
         protocol.ARRAYS: ArrayRecord(parameters_to_ndarrays(parameters)),
-        protocol.CONFIG: ConfigRecord(dict(content.config_records[f"{prefix}.config"])),
+        protocol.CONFIG: _marked(content.config_records[f"{prefix}.config"],
+                                 masked_over(msg, ctxt)),
     }), metadata=msg.metadata)
     reply = call_next(modern, ctxt)
     if reply.has_error():

@@ -22,6 +22,7 @@ from common.privacy.release import COUNT_MODES, METRIC_MODES
 PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
+SUMS_NOISE = ("local", "distributed")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
@@ -162,6 +163,11 @@ class RunConfig:
     public_components: int = setting(
         256, "principal components of the public features the sums are released in (fewer: "
         "less noise, less detail)", valid=between(1, 4096))
+    sums_noise: str = setting(
+        "local", "local: each site's one-shot release carries all its noise; distributed: "
+        "with --secure-aggregation, each site whose policy allows it (distributed-noise-sites "
+        "N) adds 1/N of the noise variance and SecAgg+ shows the server only the sum",
+        choices=SUMS_NOISE)
     dp: bool = setting(True, "train without DP", flag="--no-dp")
     target_epsilon: float = setting(3.0, "each site's record-level budget for this run",
         valid=POSITIVE)
@@ -196,7 +202,8 @@ class RunConfig:
         False, "Flower's SecAgg+: the server sees only the weighted mean of the sites' heads; "
         "tolerates sites dropping out mid-round")
     secagg_clip: float = setting(
-        8.0, "SecAgg+ clips every head weight to [-clip, clip] before quantizing", valid=POSITIVE)
+        64.0, "SecAgg+ clips every head weight to [-clip, clip] before quantizing (a one-shot "
+        "head's logits are scaled x10: its weights pass 8)", valid=POSITIVE)
     strategy: str = setting(
         "fedavg", "server strategy (Flower's): fedavg, fedprox (proximal term inside each "
         "site's DP-SGD) or fedadam (Adam on the server)", choices=STRATEGIES)
@@ -284,6 +291,11 @@ class RunConfig:
             (not self.secure_aggregation or self.strategy in ("fedavg", "fedprox"),
              "secure aggregation runs FedAvg or FedProx (SecAgg+ yields only the weighted "
              "mean); use --strategy fedavg or fedprox"),
+            (self.sums_noise == "local" or (self.secure_aggregation and self.dp
+                                            and self.head_method != "sgd"),
+             "--sums-noise distributed splits the one-shot release's noise among sites whose "
+             "sums only secure aggregation sees: it needs --secure-aggregation, DP and "
+             "--head-method ridge or ridge+sgd"),
             (self.head_method == "sgd" or self.head_width == 0,
              "the one-shot head of --head-method ridge and ridge+sgd (the default) is linear: "
              "use --head-width 0, or --head-method sgd for a hidden layer"),
@@ -407,10 +419,12 @@ class SiteConfig:
     def simulated(cls, run: RunConfig, index: int) -> SiteConfig:
         """Virtual site ``index`` of a simulation: a share of the run's dataset."""
         name = f"site-{index}"
+        # One user plays every site: each trusts the simulation's others for distributed noise.
+        policy = dataclasses.replace(SitePolicy.unrestricted(),
+                                     distributed_noise_sites=max(2, run.clients))
         return cls(name=name, data=run.dataset, state=Path(run.out) / "sites" / name,
                    budget=SiteBudget(run.target_epsilon, run.delta, run.accountant),
-                   cache_dir=None, policy=SitePolicy.unrestricted(),
-                   partition=index)
+                   cache_dir=None, policy=policy, partition=index)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], node_id: int) -> SiteConfig:

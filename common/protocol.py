@@ -52,6 +52,11 @@ CLASS_SUMS = "class_sums"
 PUBLIC = "public"
 PUBLIC_RECIPE = "public-recipe"  # in the server's config: where the public images came from
 PUBLIC_FINGERPRINT = "public-fingerprint"  # in a sums reply: the statistics the site used
+# In a SecAgg+ fit request's config: this masked round is the one-shot release.
+SECURE_SUMS = "secure-class-sums"
+# Set by the site's own mod on every request (whatever the server sent): how many sites the
+# SecAgg+ round's sum must include (its threshold); 0 when the request is not masked.
+MASKED_OVER = "fedtl-masked-over"
 
 # Error codes of replies in which a site declines or refuses a round.
 BUDGET_EXHAUSTED = 4001

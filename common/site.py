@@ -279,10 +279,14 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         if cfg.dp and (cfg.sgd_rounds or cfg.personalize):  # fixed now for the later rounds
             sgd_noise = plan_noise(cfg, count, account, prior).noise_multiplier
         header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count, sgd_noise)
-        sigma = 0.0
+        sigma = local = 0.0
         if cfg.dp:
-            sigma = _at_least_floor(sums_noise(cfg), account.policy, "class-sum release")
-            new.append(_event("sums", Mechanism(1.0, sigma, 1)))
+            sigma = local = _at_least_floor(sums_noise(cfg), account.policy, "class-sum release")
+            event = _event("sums", Mechanism(1.0, sigma, 1))
+            if cfg.sums_noise == "distributed":  # only if the site's policy admitted it
+                local = sigma / math.sqrt(account.policy.distributed_noise_sites)
+                event = dataclasses.replace(event, local_noise_multiplier=local)
+            new.append(event)
             _check_fits(data.name, header, [e.mechanism for e in new], prior, account.budget,
                         "releasing its class sums")
         else:
@@ -292,7 +296,7 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         [data.train_x, *data.train_views], axis=0)
     sums = class_sums(embed(x, basis), data.train_y, len(cfg.classes))
     if cfg.dp:
-        sums = noised(sums, sigma, rng)
+        sums = noised(sums, local, rng)
     return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
                       entry.epsilon if cfg.dp else 0.0, sigma)
 

@@ -34,7 +34,7 @@ from server.client_dp import (ClientLevelState, client_level_epsilon, client_lev
 from server.replies import ReplyRules, check_personal_reply
 from server.run_registry import RunRegistry
 from server.runbook import RunBook, site_summary
-from server.secure import run_secure
+from server.secure import run_secure, run_secure_sums
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
                              validated)
 from common.progress import LiveProgress
@@ -191,7 +191,10 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                                    protocol.CLASSES: list(cfg.classes),
                                    protocol.RUN_ID: run_id})
         if cfg.one_shot and checkpoint is None:
-            one_shot_round(grid, cfg, federation, public_basis, strategy)
+            if cfg.secure_aggregation:
+                run_secure_sums(grid, book, cfg, public_basis, dict(federation), strategy.rules)
+            else:
+                one_shot_round(grid, cfg, federation, public_basis, strategy)
             book.round_offset, remaining = 1, remaining - 1
         if remaining > 0 and cfg.secure_aggregation:
             run_secure(grid, book, cfg, book.head, dict(federation), remaining, strategy.rules)
@@ -298,8 +301,12 @@ def guarantees(cfg: RunConfig, client_level: ClientLevelState,
         secure_aggregation={
             "on": cfg.secure_aggregation,
             **({"protocol": "SecAgg+ (Flower)", "server_sees": "the weighted mean of the "
-                "heads of the sites that completed the round",
-                "coordinate_clip": cfg.secagg_clip} if cfg.secure_aggregation else {})})
+                "heads of the sites that completed the round"
+                + (" (round 1: the sum of the sites' one-shot releases)" if cfg.one_shot
+                   else ""),
+                "coordinate_clip": cfg.secagg_clip,
+                "one_shot_noise": cfg.sums_noise if cfg.one_shot else None}
+               if cfg.secure_aggregation else {})})
 
 
 def build_report(cfg: RunConfig, fingerprint: str, book: RunBook,

@@ -215,22 +215,16 @@ def check_train_reply(msg: Message, start: Sequence[np.ndarray],
                       skipped_images=skipped, tightened=tightened)
 
 
-def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: str,
-                     rules: ReplyRules) -> SiteUpdate:
-    """A one-shot reply as values: one (components + 1, classes) float32 array of finite sums
-    and counts, none larger than the site's count allows (rows have norm <= 1) plus the noise,
-    computed in the run's public basis, with figures of one Gaussian release within the
-    target."""
-    who = _who(msg)
-    content = msg.content
-    check_structure(content, arrays=True, who=who)
-    record = content.config_records[protocol.SITE]
+def check_sums_figures(record: Mapping[str, Any], metrics: Mapping[str, Any],
+                       public_fingerprint: str, rules: ReplyRules,
+                       who: str) -> tuple[str, tuple[str, ...], int, SitePrivacy]:
+    """(name, what its policy tightened, count, privacy) of a one-shot reply: computed in the
+    run's public basis, with figures of one Gaussian release within the target."""
     name, tightened = check_site_record(record, rules, who)
     who = f"{who} ({name})"
     if record.get(protocol.PUBLIC_FINGERPRINT) != public_fingerprint:
         raise UpdateRejectedError(f"{who}: its sums are computed with other public statistics "
                                   "than the run's")
-    metrics = content.metric_records[protocol.METRICS]
     if set(metrics) != set(protocol.TRAIN_FIGURES):
         raise UpdateRejectedError(f"{who}: figures {sorted(metrics)[:10]} are not "
                                   f"{sorted(protocol.TRAIN_FIGURES)}")
@@ -245,6 +239,22 @@ def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: s
         raise UpdateRejectedError(f"{who}: DP figures (epsilon {privacy.epsilon:.4g}, noise "
                                   f"{privacy.noise_multiplier:.4g}) do not fit the run's target "
                                   f"of {rules.target_epsilon}")
+    return name, tightened, n, privacy
+
+
+def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: str,
+                     rules: ReplyRules) -> SiteUpdate:
+    """A one-shot reply as values: one (components + 1, classes) float32 array of finite sums
+    and counts, none larger than the site's count allows (rows have norm <= 1) plus the noise,
+    computed in the run's public basis, with figures of one Gaussian release within the
+    target."""
+    who = _who(msg)
+    content = msg.content
+    check_structure(content, arrays=True, who=who)
+    name, tightened, n, privacy = check_sums_figures(
+        content.config_records[protocol.SITE], content.metric_records[protocol.METRICS],
+        public_fingerprint, rules, who)
+    who = f"{who} ({name})"
     arrays = _arrays(content, who)
     if len(arrays) != 1 or arrays[0].shape != shape or arrays[0].dtype != np.float32 \
             or not np.all(np.isfinite(arrays[0])):

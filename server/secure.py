@@ -28,12 +28,15 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
+from common.privacy.oneshot import PublicBasis, ridge_head
 from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
-                            check_site_record, check_train_figures, split_legacy)
+                            check_site_record, check_sums_figures, check_train_figures,
+                            split_legacy)
 from server.runbook import RunBook
 
 log = logging.getLogger("fedtl.server")
@@ -73,13 +76,7 @@ class SecureRounds(LegacyFedAvg):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
         book = self.book
-        # Flower 1.39's SecAgg+ workflow lists each failed reply twice (same Error object).
-        unique = {id(f.args[0] if isinstance(f, Exception) and f.args else f): f
-                  for f in failures}
-        for failure in unique.values():
-            error = failure.args[0] if isinstance(failure, Exception) and failure.args else None
-            book.note_error(None, getattr(error, "code", 0),
-                            f"dropped out of the secure round: {getattr(error, 'reason', failure)}")
+        _note_dropouts(book, failures, "round")
         for proxy, fitres in results:
             who = f"node {proxy.node_id}"
             try:
@@ -148,4 +145,88 @@ def run_secure(grid: Grid, book: RunBook, cfg: RunConfig, initial: list[np.ndarr
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
         num_shares=SHARES, reconstruction_threshold=THRESHOLD, max_weight=MAX_WEIGHT,
         clipping_range=cfg.secagg_clip, timeout=cfg.round_timeout))
+    workflow(grid, context)
+
+
+# The masked one-shot release: each site sends its sums over its count (entries within
+# [-1, 1]) weighted by that count, so SecAgg+'s weighted mean times the total count is the
+# sum of the sites' sums. A clip of 1 keeps SecAgg+'s quantization steps far below the noise.
+SUMS_CLIP = 1.0
+
+
+class SecureSums(SecureRounds):
+    """Round 1 of a one-shot run under SecAgg+: the server learns only the sum of the sites'
+    noised class sums (and their counts), solves the ridge head from it, has it scored."""
+
+    def __init__(self, book: RunBook, cfg: RunConfig, basis: PublicBasis,
+                 federation: Mapping[str, Any], rules: ReplyRules) -> None:
+        super().__init__(book, cfg, basis.arrays(), federation, rules)
+        self.basis = basis
+        self.federation = {**self.federation, protocol.SECAGG_CLIP: SUMS_CLIP,
+                           protocol.SECURE_SUMS: True,
+                           protocol.PUBLIC_RECIPE: basis.recipe}
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.book.begin_round(server_round, self.book.head)  # the parameters are the basis
+        return LegacyFedAvg.configure_fit(self, server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        book = self.book
+        _note_dropouts(book, failures, "release")
+        total_count = 0
+        for proxy, fitres in results:
+            who = f"node {proxy.node_id}"
+            try:
+                site, figures = split_legacy(fitres.metrics)
+                name, tightened, n, privacy = check_sums_figures(
+                    site, figures, self.basis.fingerprint, self.rules, who)
+                if n != fitres.num_examples:
+                    raise UpdateRejectedError(f"{who} ({name}): weighs {fitres.num_examples} "
+                                              f"in the masked sum but states a count of {n}")
+                book.accept(SiteUpdate(proxy.node_id, name, [], n, privacy, None, 0.0, None,
+                                       tightened))
+            except UpdateRejectedError as exc:
+                # Its masked sums are inside the total; its count still weighs them.
+                book.reject(proxy.node_id, str(exc))
+            total_count += int(fitres.num_examples)
+        if not results:
+            book.close_training(None)
+            return None, {}
+        shape = (self.basis.components.shape[1] + 1, len(self.cfg.classes))
+        mean = parameters_to_ndarrays(results[0][1].parameters)
+        if len(mean) != 1 or mean[0].shape != shape or not np.all(np.isfinite(mean[0])):
+            book.fail_round(f"the securely summed release is not one finite {shape} array")
+            book.close_training(None)
+            return None, {}
+        total = mean[0].astype(np.float64) * total_count
+        book.close_training(ridge_head(total, float(total_count), self.basis,
+                                       self.cfg.ridge_lambda))
+        return ndarrays_to_parameters(book.head), {}
+
+
+def _note_dropouts(book: RunBook, failures: list[Any], what: str) -> None:
+    # Flower 1.39's SecAgg+ workflow lists each failed reply twice (same Error object).
+    unique = {id(f.args[0] if isinstance(f, Exception) and f.args else f): f for f in failures}
+    for failure in unique.values():
+        error = failure.args[0] if isinstance(failure, Exception) and failure.args else None
+        book.note_error(None, getattr(error, "code", 0),
+                        f"dropped out of the secure {what}: {getattr(error, 'reason', failure)}")
+
+
+def run_secure_sums(grid: Grid, book: RunBook, cfg: RunConfig, basis: PublicBasis,
+                    federation: Mapping[str, Any], rules: ReplyRules) -> None:
+    """Round 1 of a one-shot run with SecAgg+: the release, masked. With distributed noise
+    the sum must include every sampled site (a site adding 1/N of the noise checks that the
+    threshold covers its N)."""
+    sample_nodes(grid, cfg.required_sites, 0)  # waits for the sites to connect
+    legacy = SecureSums(book, cfg, basis, federation, rules)
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        config=ServerConfig(num_rounds=1, round_timeout=cfg.round_timeout), strategy=legacy)
+    threshold = 1.0 if cfg.sums_noise == "distributed" else THRESHOLD
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=SHARES, reconstruction_threshold=threshold, max_weight=MAX_WEIGHT,
+        clipping_range=SUMS_CLIP, timeout=cfg.round_timeout))
     workflow(grid, context)

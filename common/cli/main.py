@@ -122,6 +122,10 @@ def _client_parser(sub: Any) -> None:
     g.add_argument("--site-metrics", choices=METRIC_MODES, default=None,
                    help=f"loosest held-out figure release allowed (default {_P.site_metrics})")
     g.add_argument("--require-secure-aggregation", action="store_true", default=None)
+    g.add_argument("--distributed-noise-sites", type=int, default=None,
+                   help="N >= 2: under secure aggregation over at least N sites, add 1/N of "
+                        "the one-shot release's noise variance, trusting the others to add "
+                        "theirs (default 0: all of it here)")
     g.add_argument("--on-violation", choices=ACTIONS, default=None,
                    help="a run asking for less privacy: tighten it to the policy, or refuse "
                         f"it (default {_P.on_violation})")
@@ -464,6 +468,10 @@ def _run_budget(args: argparse.Namespace) -> int:
               f"{spending['steps']} steps in {spending['events']} charges, noise multiplier "
               f"{spending['noise_multiplier']:.4f}, last sampling rate "
               + ("-" if rate is None else f"{rate:.4f}"))
+        if spending.get("epsilon_on_its_own") is not None:
+            print(f"    its one-shot release carried 1/N of the noise (distributed under secure "
+                  f"aggregation): on its own, without the other sites' noise, epsilon "
+                  f"{spending['epsilon_on_its_own']:.4f}")
     decisions = trail.decisions()
     if decisions:
         print("decisions on runs (audit trail):")

@@ -63,10 +63,21 @@ class LedgerEvent:
     noise_multiplier: float
     steps: int
     at: float = 0.0  # wall-clock time it was charged (before it ran)
+    # Distributed noise: the part of the noise this site added itself, trusting secure
+    # aggregation and the other sites for the rest (None: it added all of it).
+    local_noise_multiplier: float | None = None
 
     @property
     def mechanism(self) -> Mechanism:
         return Mechanism(self.sampling_rate, self.noise_multiplier, self.steps)
+
+    @property
+    def alone(self) -> Mechanism:
+        """The mechanism as this site alone ran it: what it keeps if the others' noise or
+        secure aggregation fail it."""
+        noise = self.noise_multiplier if self.local_noise_multiplier is None \
+            else self.local_noise_multiplier
+        return Mechanism(self.sampling_rate, noise, self.steps)
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,15 @@ class RunEntry:
     def epsilon(self) -> float:
         """Everything this run released, composed, at the run's delta."""
         return composed_epsilon(self.mechanisms, delta=self.header.delta,
+                                accountant=self.header.accountant)
+
+    @functools.cached_property
+    def epsilon_on_its_own(self) -> float | None:
+        """With distributed noise, the run's epsilon counting only the noise this site added
+        (its guarantee if the other sites or secure aggregation fail it); None otherwise."""
+        if all(e.local_noise_multiplier is None for e in self.events):
+            return None
+        return composed_epsilon([e.alone for e in self.events], delta=self.header.delta,
                                 accountant=self.header.accountant)
 
     @property
@@ -237,7 +257,7 @@ class PrivacyLedger:
         book = self._read()
         per_run = {key: {**asdict(e.header), "epsilon": e.epsilon, "steps": e.steps,
                          "metric_releases": e.metric_releases, "private": e.private,
-                         "events": len(e.events),
+                         "events": len(e.events), "epsilon_on_its_own": e.epsilon_on_its_own,
                          "sampling_rate": e.last_training.sampling_rate if e.last_training
                          else None}
                    for key, e in book.runs.items()}
@@ -278,6 +298,11 @@ def _check_event(e: LedgerEvent, where: str) -> None:
         raise ValueError(f"{where}: sampling rate {rate} is not in (0, 1]")
     if sigma < 0 or (sigma == 0) != (e.kind == "non-private"):
         raise ValueError(f"{where}: noise multiplier {sigma} does not fit a {e.kind} event")
+    if e.local_noise_multiplier is not None:
+        local = _finite(e.local_noise_multiplier, f"{where}: local noise multiplier")
+        if e.kind != "sums" or not 0 < local <= sigma:
+            raise ValueError(f"{where}: a local noise multiplier of {local} does not fit a "
+                             f"{e.kind} event of noise {sigma}")
 
 
 def _check_header(h: RunHeader, where: str) -> None:

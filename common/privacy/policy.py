@@ -42,6 +42,11 @@ class SitePolicy:
     example_counts: str = "noised"  # the loosest count release allowed (exact < rounded < noised)
     site_metrics: str = "noised"  # the loosest figure release allowed (exact < noised < none)
     require_secure_aggregation: bool = False
+    # 0: the one-shot release carries all its noise here. N >= 2: under secure aggregation
+    # whose every sum needs at least N sites, the site adds 1/N of the noise variance and
+    # trusts the others to add theirs (a weaker guarantee on its own: README, "Distributed
+    # noise").
+    distributed_noise_sites: int = 0
     on_violation: str = "tighten"  # a run asking for less privacy: tighten it, or refuse it
     require_approval: bool = False  # admit only runs approved with `fedtl approve`
     approved_runs: tuple[str, ...] = ()  # run-id patterns approved in advance (fnmatch)
@@ -71,6 +76,11 @@ class SitePolicy:
             (self.on_violation in ACTIONS,
              f"on-violation must be one of {ACTIONS}. Found {self.on_violation!r}."),
         ]
+        checks.append((isinstance(self.distributed_noise_sites, int)
+                       and (self.distributed_noise_sites == 0
+                            or self.distributed_noise_sites >= 2),
+                       "distributed-noise-sites must be 0 (off) or at least 2. "
+                       f"Found {self.distributed_noise_sites!r}."))
         for name in ("max_image_size", "max_head_width", "max_rounds", "max_local_epochs",
                      "max_personal_epochs", "max_batch_size", "max_augment_views"):
             value = getattr(self, name)
@@ -187,6 +197,8 @@ def admit(run: RunConfig, policy: SitePolicy, budget: SiteBudget, *, run_id: str
         wanted["example_counts"] = policy.example_counts
     if _METRIC_ORDER.index(run.site_metrics) < _METRIC_ORDER.index(policy.site_metrics):
         wanted["site_metrics"] = policy.site_metrics
+    if run.sums_noise == "distributed" and policy.distributed_noise_sites < 2:
+        wanted["sums_noise"] = "local"
     return _tightened(run, wanted, policy)
 
 

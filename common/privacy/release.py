@@ -115,6 +115,13 @@ class Releases:
     outside: tuple[str, ...]  # what leaves the site outside it
 
 
+SUMS_LOCAL = "noised per-class feature sums and counts (one-shot head)"
+SUMS_DISTRIBUTED = ("noised per-class feature sums and counts (one-shot head), the noise "
+                    "distributed: a site added 1/N of it and SecAgg+ showed the server only "
+                    "the sum (trusting the other sites; its ledger's epsilon_on_its_own is "
+                    "what it keeps without them)")
+
+
 def releases(cfg: RunConfig) -> Releases:
     """The releases of ``cfg`` as a site plays it (after its policy)."""
     if not cfg.dp:  # nothing is under a guarantee; the report says the run is not private
@@ -122,8 +129,8 @@ def releases(cfg: RunConfig) -> Releases:
     mechanisms = [count_mechanism(cfg.example_counts, cfg.count_noise),
                   metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)),
                   sums_mechanism(cfg)]
-    covered = (["noised per-class feature sums and counts (one-shot head)"] if cfg.one_shot
-               else [])
+    covered = ([SUMS_DISTRIBUTED if cfg.sums_noise == "distributed" else SUMS_LOCAL]
+               if cfg.one_shot else [])
     covered += ["head updates"] if cfg.sgd_rounds or cfg.personalize else []
     outside: list[str] = []
     if cfg.example_counts == "noised":
