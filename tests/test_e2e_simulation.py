@@ -173,6 +173,35 @@ def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:
     assert seconds == 0.0 and len(scenario.sites) == 3
 
 
+def test_secure_aggregation_masks_the_one_shot_release_whose_noise_the_sites_share(
+        digits_run, tmp_path: Path) -> None:
+    # The digits run's feature cache: no second extraction.
+    out, done = digits_run
+    assert done.returncode == 0
+    state = json.loads((out / "report.json").read_text())["settings"]["state"]
+    run = tmp_path / "distributed"
+    done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "2",
+                 "--target-epsilon", "3", "--secure-aggregation", "--sums-noise",
+                 "distributed", "--out", str(run), "--state", state)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    first = report["rounds"][0]
+    assert sorted(first["sites_trained"]) == ["site-0", "site-1", "site-2"]
+    assert first["train_loss"] is None and first["accuracy"] > 0.6  # the masked release alone
+    assert report["final"]["accuracy"] > 0.6
+    secure = report["guarantees"]["secure_aggregation"]
+    assert secure["on"] is True and secure["one_shot_noise"] == "distributed"
+    assert any("distributed" in c for c in report["guarantees"]["record_level"]["covers"])
+    for site in ("site-0", "site-1", "site-2"):
+        ledger = json.loads((run / "sites" / site / "privacy-ledger.json").read_text())
+        (entry,) = ledger["runs"].values()
+        (sums,) = [e for e in entry["events"] if e["kind"] == "sums"]
+        # Three simulated sites, each trusting the other two: a third of the variance each.
+        assert sums["local_noise_multiplier"] == pytest.approx(
+            sums["noise_multiplier"] / 3 ** 0.5)
+        assert report["final"]["epsilon"][site] <= 3.0 + 1e-6
+
+
 def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
         tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", {"a": 6, "b": 6})
