@@ -319,6 +319,7 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
                     f"is masked over {over} sites, fewer than this site's "
                     f"distributed-noise-sites {at.site.policy.distributed_noise_sites}")
         cfg = dataclasses.replace(cfg, sums_noise="local")
+    # The masked and the plain release differ (sums over count, or sums): kept apart.
     key = resend.request_key(basis.arrays(), 1.0 if secure else 0.0)
     update = resend.recall(at.site.state, at.run_key, key)
     if update is None:

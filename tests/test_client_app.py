@@ -333,3 +333,36 @@ def test_an_unexpected_failure_is_refused_without_details(cfg: RunConfig, tmp_pa
                                  site)
     assert reply.has_error() and "its log says why" in reply.error.reason
     assert "secret" not in reply.error.reason and str(tmp_path) not in reply.error.reason
+
+
+@pytest.mark.parametrize("how", ["plain", "forged-secure"])
+def test_a_release_the_server_did_not_mask_carries_all_its_noise_whatever_the_run_asks(
+        cfg: RunConfig, tmp_path: Path, how: str) -> None:
+    from common.privacy.ledger import PrivacyLedger
+    from common.privacy.oneshot import public_basis
+
+    run = cfg.replace(head_method="ridge", rounds=1, secure_aggregation=True,
+                      sums_noise="distributed", public_components=8)
+    basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
+                         8, "test")
+    config = {protocol.FINGERPRINT: base_fingerprint(base_spec(run)),
+              protocol.CLASSES: list(DIGITS), protocol.RUN_ID: f"run-{how}",
+              protocol.PUBLIC_RECIPE: basis.recipe, protocol.SECAGG_CLIP: 1.0}
+    if how == "plain":  # the one-shot request of a run without SecAgg+
+        content = RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
+                              protocol.CONFIG: ConfigRecord(config)})
+        kind = f"{MessageType.TRAIN}.{protocol.CLASS_SUMS}"
+    else:  # the masked round's request, sent outside SecAgg+, claiming 99 masking sites
+        content = RecordDict({protocol.ARRAYS: ArrayRecord(basis.arrays()),
+                              protocol.CONFIG: ConfigRecord({**config, protocol.SECURE_SUMS: True,
+                                                             protocol.MASKED_OVER: 99})})
+        kind = MessageType.TRAIN
+    msg = message(kind, "")
+    msg = Message(content=content, metadata=msg.metadata)
+    site = real_site(tmp_path, budget=10.0, policy="distributed-noise-sites = 3\n")
+    reply = make_client_app(run)(msg, site)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    entry = PrivacyLedger(tmp_path / "state").runs()[f"run-{how}"]
+    (sums,) = [e for e in entry.events if e.kind == "sums"]
+    assert sums.local_noise_multiplier is None  # all of the noise, here
+    assert entry.epsilon_on_its_own is None
