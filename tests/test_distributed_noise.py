@@ -18,7 +18,7 @@ from client.secure_aggregation import SECAGG_CONFIGS, legacy_messages_mod, maske
 from common import protocol
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.privacy.accounting import Mechanism, composed_epsilon
+from common.privacy.accounting import composed_epsilon
 from common.privacy.ledger import LedgerEvent, PrivacyLedger, SiteBudget
 from common.privacy.oneshot import class_sums, embed, public_basis, ridge_head
 from common.privacy.policy import ADMITTED, REFUSED, TIGHTENED, SitePolicy, admit
