@@ -324,8 +324,10 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
     update = resend.recall(at.site.state, at.run_key, key)
     if update is None:
         result = release_sums(cfg, at.data, basis, at.account, _rng(cfg))
-        sums = result.sums / np.float32(max(result.num_examples, 1)) if secure else result.sums
-        update = resend.KeptUpdate([sums], {
+        arrays = result.arrays
+        if secure:
+            arrays = [a / np.float32(max(result.num_examples, 1)) for a in arrays]
+        update = resend.KeptUpdate(arrays, {
             protocol.NUM_EXAMPLES: result.num_examples, protocol.EPSILON: result.epsilon,
             protocol.SAMPLING_RATE: 1.0, protocol.NOISE_MULTIPLIER: result.noise_multiplier,
             protocol.STEPS: 1})

@@ -163,6 +163,11 @@ class RunConfig:
     public_components: int = setting(
         256, "principal components of the public features the sums are released in (fewer: "
         "less noise, less detail)", valid=between(1, 4096))
+    second_moment: str = setting(
+        "public", "the one-shot head's Z^T Z: public (from --public's statistics) or private "
+        "(each site releases its own with its sums, in the same Gaussian query: more noise, "
+        "but right when the public images look unlike the sites')", choices=("public",
+                                                                            "private"))
     sums_noise: str = setting(
         "local", "local: each site's one-shot release carries all its noise; distributed: "
         "with --secure-aggregation, each site whose policy allows it (distributed-noise-sites "

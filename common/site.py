@@ -23,7 +23,8 @@ from common.privacy.policy import SitePolicy
 from common.privacy.sgd import SgdSettings
 from common.features.model import BaseSpec, compute_dtype, predict_classes
 from common.data.partition import holdout_split
-from common.privacy.oneshot import PublicBasis, class_sums, embed, noised
+from common.privacy.oneshot import (PublicBasis, class_sums, embed, noised, noised_moment,
+                                    second_moment)
 from common.privacy.release import (count_mechanism, figure_mode, held_out_weight,
                                     metric_mechanism, noisy_accuracy, public_count, releases,
                                     sums_noise)
@@ -255,6 +256,11 @@ class SumsResult:
     num_examples: int  # the released count
     epsilon: float
     noise_multiplier: float
+    moment: np.ndarray | None = None  # upper triangle of Z^T Z, noised (--second-moment private)
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        return [self.sums] + ([self.moment] if self.moment is not None else [])
 
 
 def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: SiteAccount,
@@ -294,11 +300,16 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         entry = book.append(account.run_key, new, header)
     x = data.train_x if data.train_views is None else np.mean(
         [data.train_x, *data.train_views], axis=0)
-    sums = class_sums(embed(x, basis), data.train_y, len(cfg.classes))
-    if cfg.dp:
-        sums = noised(sums, local, rng)
+    z = embed(x, basis)
+    private_moment = cfg.second_moment == "private"
+    sums = class_sums(z, data.train_y, len(cfg.classes))
+    moment = second_moment(z) if private_moment else None
+    if cfg.dp:  # one Gaussian query: its sensitivity covers the moment when it is released
+        sums = noised(sums, local, rng, moment=private_moment)
+        moment = noised_moment(moment, local, rng) if moment is not None else None
     return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
-                      entry.epsilon if cfg.dp else 0.0, sigma)
+                      entry.epsilon if cfg.dp else 0.0, sigma,
+                      moment.astype(np.float32) if moment is not None else None)
 
 
 def _released_count(cfg: RunConfig, n: int, rng: np.random.Generator

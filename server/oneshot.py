@@ -12,7 +12,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import PublicBasis, ridge_head
+from common.privacy.oneshot import PublicBasis, moment_matrix, ridge_head
 from server.replies import capped_weights, check_sums_reply
 from server.strategy import Validated
 
@@ -38,7 +38,8 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
             book.note_error(reply.metadata.src_node_id, reply.error.code, reply.error.reason)
             continue
         try:
-            update = check_sums_reply(reply, shape, basis.fingerprint, rules)
+            update = check_sums_reply(reply, shape, basis.fingerprint, rules,
+                                      moment=cfg.second_moment == "private")
         except UpdateRejectedError as exc:
             book.reject(reply.metadata.src_node_id, str(exc))
             continue
@@ -53,7 +54,12 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         # every average, so one reply cannot shrink the solution by claiming a huge count.
         counts = capped_weights([u.num_examples for u in accepted], cfg.max_weight_ratio)
         total = np.sum([u.arrays[0].astype(np.float64) for u in accepted], axis=0)
-        book.close_training(ridge_head(total, float(sum(counts)), basis, cfg.ridge_lambda))
+        moment = None
+        if cfg.second_moment == "private":
+            moment = moment_matrix(np.sum([u.arrays[1].astype(np.float64) for u in accepted],
+                                          axis=0), shape[0] - 1)
+        book.close_training(ridge_head(total, float(sum(counts)), basis, cfg.ridge_lambda,
+                                       moment))
     messages = strategy.configure_evaluate(1, ArrayRecord(book.head),
                                            ConfigRecord(dict(federation)), grid)
     strategy.aggregate_evaluate(1, grid.send_and_receive(list(messages),

@@ -33,7 +33,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import PublicBasis, ridge_head
+from common.privacy.oneshot import PublicBasis, moment_matrix, ridge_head, triangle_size
 from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
                             check_site_record, check_sums_figures, check_train_figures,
                             split_legacy)
@@ -194,15 +194,19 @@ class SecureSums(SecureRounds):
         if not results:
             book.close_training(None)
             return None, {}
-        shape = (self.basis.components.shape[1] + 1, len(self.cfg.classes))
+        k = self.basis.components.shape[1]
+        expected = [(k + 1, len(self.cfg.classes))] + (
+            [(triangle_size(k),)] if self.cfg.second_moment == "private" else [])
         mean = parameters_to_ndarrays(results[0][1].parameters)
-        if len(mean) != 1 or mean[0].shape != shape or not np.all(np.isfinite(mean[0])):
-            book.fail_round(f"the securely summed release is not one finite {shape} array")
+        if [m.shape for m in mean] != expected or not all(np.all(np.isfinite(m)) for m in mean):
+            book.fail_round(f"the securely summed release is not finite arrays of {expected}")
             book.close_training(None)
             return None, {}
         total = mean[0].astype(np.float64) * total_count
+        moment = (moment_matrix(mean[1].astype(np.float64) * total_count, k)
+                  if len(mean) > 1 else None)
         book.close_training(ridge_head(total, float(total_count), self.basis,
-                                       self.cfg.ridge_lambda))
+                                       self.cfg.ridge_lambda, moment))
         return ndarrays_to_parameters(book.head), {}
 
 

@@ -119,32 +119,77 @@ def class_sums(embedded: np.ndarray, labels: np.ndarray, num_classes: int) -> np
     return np.vstack([embedded.T @ onehot, onehot.sum(axis=0)])
 
 
-def sensitivity() -> float:
-    """L2 sensitivity of the release in units of the sums' noise std (see the module doc)."""
-    return float(np.sqrt(1.0 + 1.0 / COUNT_RATIO**2))
+def sensitivity(moment: bool = False) -> float:
+    """L2 sensitivity of the release in units of the sums' noise std (see the module doc).
+
+    With the private second moment one image also moves the upper triangle of ``Z^T Z`` by at
+    most ``||z z^T||_F = ||z||^2 <= 1``: the joint query's sensitivity is
+    ``sqrt(2 + 1 / COUNT_RATIO^2)``.
+    """
+    return float(np.sqrt(1.0 + float(moment) + 1.0 / COUNT_RATIO**2))
 
 
-def noised(release: np.ndarray, noise_multiplier: float,
-           rng: np.random.Generator) -> np.ndarray:
+def noised(release: np.ndarray, noise_multiplier: float, rng: np.random.Generator,
+           moment: bool = False) -> np.ndarray:
     """The Gaussian mechanism on `class_sums`: std ``noise_multiplier * sensitivity()`` on
     the sums, ``COUNT_RATIO`` times that on the counts row."""
-    std = noise_multiplier * sensitivity()
+    std = noise_multiplier * sensitivity(moment)
     noise = rng.normal(0.0, std, release.shape)
     noise[-1] *= COUNT_RATIO
     return release + noise
 
 
+def second_moment(embedded: np.ndarray) -> np.ndarray:
+    """The upper triangle (diagonal included) of ``Z^T Z``, row by row: the private second
+    moment a site may release with its sums (``--second-moment private``)."""
+    k = embedded.shape[1]
+    return (embedded.T.astype(np.float64) @ embedded)[np.triu_indices(k)]
+
+
+def noised_moment(triangle: np.ndarray, noise_multiplier: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """The same Gaussian query's noise on the moment's triangle."""
+    return triangle + rng.normal(0.0, noise_multiplier * sensitivity(True), triangle.shape)
+
+
+def triangle_size(k: int) -> int:
+    return k * (k + 1) // 2
+
+
+def diagonal_positions(k: int) -> np.ndarray:
+    """Where the diagonal of a (k, k) matrix sits in its `second_moment` triangle."""
+    rows, cols = np.triu_indices(k)
+    return np.flatnonzero(rows == cols)
+
+
+def moment_matrix(triangle: np.ndarray, k: int) -> np.ndarray:
+    """The symmetric (k, k) matrix of an upper triangle from `second_moment`."""
+    full = np.zeros((k, k))
+    full[np.triu_indices(k)] = triangle
+    return full + np.triu(full, 1).T
+
+
 def ridge_solution(release: np.ndarray, count: float, variances: np.ndarray,
-                   penalty: float) -> tuple[np.ndarray, np.ndarray]:
+                   penalty: float, moment: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """(W, b) minimising ``||Z W + 1 b - Y||^2 + lam ||W||^2`` (``lam = penalty * count *
     mean(variances)``, the intercept unpenalised) with ``Z^T Z`` taken as ``count`` times the
     public second moment ``diag(variances)`` about the sites' mean ``m = sum_k S_k / count``:
-    ``Z^T Z = count (diag(variances) + m m^T)``, ``Z^T 1 = count m``."""
+    ``Z^T Z = count (diag(variances) + m m^T)``, ``Z^T 1 = count m``. With ``moment`` (the
+    sites' released ``Z^T Z``, summed) it is used instead, centred on ``m`` and projected onto
+    the positive semi-definite matrices (its noise can make it indefinite)."""
     sums, counts = release[:-1], np.maximum(release[-1], 0.0)
     k = len(variances)
     mean = sums.sum(axis=1) / count
     gram = np.empty((k + 1, k + 1))
-    gram[:k, :k] = count * (np.diag(variances) + np.outer(mean, mean))
+    if moment is None:
+        centred = count * np.diag(variances)
+    else:
+        raw = moment - count * np.outer(mean, mean)
+        with _single_threaded_blas():
+            values, vectors = np.linalg.eigh((raw + raw.T) / 2.0)
+        centred = (vectors * np.maximum(values, 0.0)) @ vectors.T
+    gram[:k, :k] = centred + count * np.outer(mean, mean)
     gram[:k, k] = gram[k, :k] = count * mean
     gram[k, k] = count
     penalty_matrix = penalty * count * float(np.mean(variances)) * np.eye(k + 1)
@@ -155,10 +200,10 @@ def ridge_solution(release: np.ndarray, count: float, variances: np.ndarray,
 
 
 def ridge_head(release: np.ndarray, count: float, basis: PublicBasis,
-               penalty: float) -> list[np.ndarray]:
+               penalty: float, moment: np.ndarray | None = None) -> list[np.ndarray]:
     """The linear head (kernel (d, classes), bias) that applies the ridge solution to raw
     features: logits = (x - mean) P W + b = x (P W) + (b - mean P W)."""
-    weights, intercept = ridge_solution(release, count, basis.variances, penalty)
+    weights, intercept = ridge_solution(release, count, basis.variances, penalty, moment)
     kernel = LOGIT_SCALE * basis.components.astype(np.float64) @ weights
     bias = LOGIT_SCALE * intercept - basis.mean.astype(np.float64) @ kernel
     return [kernel.astype(np.float32), bias.astype(np.float32)]
