@@ -173,7 +173,7 @@ def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:
     assert seconds == 0.0 and len(scenario.sites) == 3
 
 
-def test_secure_aggregation_masks_the_one_shot_release_whose_noise_the_sites_share(
+def test_secure_aggregation_masks_the_one_shot_release_and_moment_whose_noise_sites_share(
         digits_run, tmp_path: Path) -> None:
     # The digits run's feature cache: no second extraction.
     out, done = digits_run
@@ -182,7 +182,8 @@ def test_secure_aggregation_masks_the_one_shot_release_whose_noise_the_sites_sha
     run = tmp_path / "distributed"
     done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "2",
                  "--target-epsilon", "3", "--secure-aggregation", "--sums-noise",
-                 "distributed", "--out", str(run), "--state", state)
+                 "distributed", "--second-moment", "private", "--out", str(run),
+                 "--state", state)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     first = report["rounds"][0]
@@ -191,7 +192,10 @@ def test_secure_aggregation_masks_the_one_shot_release_whose_noise_the_sites_sha
     assert report["final"]["accuracy"] > 0.6
     secure = report["guarantees"]["secure_aggregation"]
     assert secure["on"] is True and secure["one_shot_noise"] == "distributed"
-    assert any("distributed" in c for c in report["guarantees"]["record_level"]["covers"])
+    covers = report["guarantees"]["record_level"]["covers"]
+    assert any("distributed" in c for c in covers)
+    # The sites' own second moments rode in the same masked query.
+    assert "noised second moment of the features (one-shot head, same query)" in covers
     for site in ("site-0", "site-1", "site-2"):
         ledger = json.loads((run / "sites" / site / "privacy-ledger.json").read_text())
         (entry,) = ledger["runs"].values()
