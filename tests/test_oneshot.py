@@ -80,12 +80,17 @@ def test_ridge_equals_numpys_closed_form_with_the_public_second_moment() -> None
         rtol=1e-3, atol=1e-3)
 
 
-def test_features_are_norm_bounded_before_the_release_whatever_the_basis() -> None:
-    x, y = features(200, scale=100.0)
+def hostile_embeddings(x: np.ndarray) -> tuple[PublicBasis, list[np.ndarray]]:
+    """A stretched basis (a hostile server's), and ``x`` embedded with it and with the run's."""
     b = basis()
     stretched = PublicBasis(b.mean, b.components * 50, b.variances, "hostile")
-    for used in (b, stretched):
-        z = embed(x, used)
+    return stretched, [embed(x, used) for used in (b, stretched)]
+
+
+def test_features_are_norm_bounded_before_the_release_whatever_the_basis() -> None:
+    x, y = features(200, scale=100.0)
+    stretched, embedded = hostile_embeddings(x)
+    for z in embedded:
         assert np.linalg.norm(z, axis=1).max() <= 1 + 1e-9
         # One image more or less moves the sums by at most 1 and the counts by 1 (L2): with
         # the counts scaled down by COUNT_RATIO, the sensitivity the noise is calibrated to.

@@ -13,13 +13,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, 
 from common import protocol
 from common.errors import UpdateRejectedError
 from common.privacy.ledger import PrivacyLedger, SiteBudget
-from common.privacy.oneshot import (COUNT_RATIO, PublicBasis, class_sums, diagonal_positions,
+from common.privacy.oneshot import (COUNT_RATIO, class_sums, diagonal_positions,
                                     embed, moment_matrix, public_basis, ridge_solution,
                                     second_moment, sensitivity, triangle_size)
 from common.privacy.release import sums_noise
 from common.site import SiteAccount, release_sums
 
-from .test_oneshot import CFG, CLASSES, D, K, RNG, basis, features, site
+from .test_oneshot import CFG, CLASSES, D, K, RNG, basis, features, hostile_embeddings, site
 
 PRIVATE = CFG.replace(head_method="ridge", second_moment="private", public_components=D)
 
@@ -45,10 +45,7 @@ def test_with_the_sites_own_moment_ridge_is_the_pooled_least_squares_solution() 
 
 def test_one_image_moves_sums_counts_and_moment_together_by_at_most_the_sensitivity() -> None:
     x, y = features(200, scale=100.0)
-    b = basis()
-    stretched = PublicBasis(b.mean, b.components * 50, b.variances, "hostile")
-    for used in (b, stretched):
-        z = embed(x, used)
+    for z in hostile_embeddings(x)[1]:
         for i in range(0, 200, 37):
             rest = np.delete(np.arange(200), i)
             sums = class_sums(z, y, CLASSES) - class_sums(z[rest], y[rest], CLASSES)
