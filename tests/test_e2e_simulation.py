@@ -182,8 +182,8 @@ def test_secure_aggregation_masks_the_one_shot_release_and_moment_whose_noise_si
     run = tmp_path / "distributed"
     done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "2",
                  "--target-epsilon", "3", "--secure-aggregation", "--sums-noise",
-                 "distributed", "--second-moment", "private", "--out", str(run),
-                 "--state", state)
+                 "distributed", "--second-moment", "private", "--public-components", "64",
+                 "--out", str(run), "--state", state)  # 64: SecAgg+ masks 2,080 moment entries
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     first = report["rounds"][0]
