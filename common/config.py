@@ -23,6 +23,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
+SECOND_MOMENTS = ("public", "private")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
@@ -166,8 +167,7 @@ class RunConfig:
     second_moment: str = setting(
         "public", "the one-shot head's Z^T Z: public (from --public's statistics) or private "
         "(each site releases its own with its sums, in the same Gaussian query: more noise, "
-        "but right when the public images look unlike the sites')", choices=("public",
-                                                                            "private"))
+        "but right when the public images look unlike the sites')", choices=SECOND_MOMENTS)
     sums_noise: str = setting(
         "local", "local: each site's one-shot release carries all its noise; distributed: "
         "with --secure-aggregation, each site whose policy allows it (distributed-noise-sites "
@@ -333,6 +333,11 @@ class RunConfig:
     @property
     def one_shot(self) -> bool:
         return self.head_method != "sgd"
+
+    @property
+    def private_moment(self) -> bool:
+        """The one-shot release carries each site's own second moment."""
+        return self.one_shot and self.second_moment == "private"
 
     @property
     def required_sites(self) -> int:

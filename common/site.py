@@ -301,11 +301,10 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
     x = data.train_x if data.train_views is None else np.mean(
         [data.train_x, *data.train_views], axis=0)
     z = embed(x, basis)
-    private_moment = cfg.second_moment == "private"
     sums = class_sums(z, data.train_y, len(cfg.classes))
-    moment = second_moment(z) if private_moment else None
+    moment = second_moment(z) if cfg.private_moment else None
     if cfg.dp:  # one Gaussian query: its sensitivity covers the moment when it is released
-        sums = noised(sums, local, rng, moment=private_moment)
+        sums = noised(sums, local, rng, moment=cfg.private_moment)
         moment = noised_moment(moment, local, rng) if moment is not None else None
     return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
                       entry.epsilon if cfg.dp else 0.0, sigma,

@@ -12,7 +12,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import PublicBasis, moment_matrix, ridge_head
+from common.privacy.oneshot import PublicBasis, release_head, release_shapes
 from server.replies import capped_weights, check_sums_reply
 from server.strategy import Validated
 
@@ -31,15 +31,14 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
                                                          protocol.PUBLIC_RECIPE: basis.recipe})})
     messages = [Message(content=content, dst_node_id=node,
                         message_type=f"train.{protocol.CLASS_SUMS}") for node in nodes]
-    shape = (basis.components.shape[1] + 1, len(cfg.classes))  # sums, then counts
+    shapes = release_shapes(basis.components.shape[1], len(cfg.classes), cfg.private_moment)
     accepted = []
     for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
         if reply.has_error():
             book.note_error(reply.metadata.src_node_id, reply.error.code, reply.error.reason)
             continue
         try:
-            update = check_sums_reply(reply, shape, basis.fingerprint, rules,
-                                      moment=cfg.second_moment == "private")
+            update = check_sums_reply(reply, shapes, basis.fingerprint, rules)
         except UpdateRejectedError as exc:
             book.reject(reply.metadata.src_node_id, str(exc))
             continue
@@ -53,13 +52,9 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         # A site's count weighs at most max-weight-ratio times the others' median, as in
         # every average, so one reply cannot shrink the solution by claiming a huge count.
         counts = capped_weights([u.num_examples for u in accepted], cfg.max_weight_ratio)
-        total = np.sum([u.arrays[0].astype(np.float64) for u in accepted], axis=0)
-        moment = None
-        if cfg.second_moment == "private":
-            moment = moment_matrix(np.sum([u.arrays[1].astype(np.float64) for u in accepted],
-                                          axis=0), shape[0] - 1)
-        book.close_training(ridge_head(total, float(sum(counts)), basis, cfg.ridge_lambda,
-                                       moment))
+        totals = [np.sum([u.arrays[i].astype(np.float64) for u in accepted], axis=0)
+                  for i in range(len(shapes))]
+        book.close_training(release_head(totals, float(sum(counts)), basis, cfg.ridge_lambda))
     messages = strategy.configure_evaluate(1, ArrayRecord(book.head),
                                            ConfigRecord(dict(federation)), grid)
     strategy.aggregate_evaluate(1, grid.send_and_receive(list(messages),

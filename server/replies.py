@@ -20,8 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from common import protocol
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import (COUNT_RATIO, diagonal_positions, sensitivity,
-                                    triangle_size)
+from common.privacy.oneshot import COUNT_RATIO, diagonal_positions, sensitivity
 
 MAX_NAME = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -243,12 +242,12 @@ def check_sums_figures(record: Mapping[str, Any], metrics: Mapping[str, Any],
     return name, tightened, n, privacy
 
 
-def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: str,
-                     rules: ReplyRules, moment: bool = False) -> SiteUpdate:
-    """A one-shot reply as values: one (components + 1, classes) float32 array of finite sums
-    and counts, none larger than the site's count allows (rows have norm <= 1) plus the noise,
-    computed in the run's public basis, with figures of one Gaussian release within the
-    target; with ``moment``, also the upper triangle of the site's ``Z^T Z``."""
+def check_sums_reply(msg: Message, shapes: list[tuple[int, ...]], public_fingerprint: str,
+                     rules: ReplyRules) -> SiteUpdate:
+    """A one-shot reply as values: finite float32 arrays of ``shapes`` (`release_shapes`):
+    sums and counts, none larger than the site's count allows (rows have norm <= 1) plus the
+    noise, and with a second shape the upper triangle of the site's ``Z^T Z``; computed in the
+    run's public basis, with figures of one Gaussian release within the target."""
     who = _who(msg)
     content = msg.content
     check_structure(content, arrays=True, who=who)
@@ -257,23 +256,23 @@ def check_sums_reply(msg: Message, shape: tuple[int, int], public_fingerprint: s
         public_fingerprint, rules, who)
     who = f"{who} ({name})"
     arrays = _arrays(content, who)
-    expected = [shape] + ([(triangle_size(shape[0] - 1),)] if moment else [])
-    if [a.shape for a in arrays] != expected or any(
+    moment = len(shapes) > 1
+    if [a.shape for a in arrays] != list(shapes) or any(
             a.dtype != np.float32 or not np.all(np.isfinite(a)) for a in arrays):
         raise UpdateRejectedError(f"{who}: the release must be finite float32 arrays of "
-                                  f"shapes {expected}")
+                                  f"shapes {list(shapes)}")
     # Noise-free sum columns have norm <= their class's count, counts are <= the site's;
     # the noise adds ~std sqrt(K) to a column, COUNT_RATIO std to a count.
     std = privacy.noise_multiplier * sensitivity(moment)
     if moment:  # rows of norm <= 1: trace(Z^T Z) <= n and every entry is at most n
-        k = shape[0] - 1
+        k = shapes[0][0] - 1
         diagonal = arrays[1][diagonal_positions(k)]
         if float(diagonal.sum()) > n + 50 + 10 * std * np.sqrt(k) \
                 or float(np.abs(arrays[1]).max()) > n + 50 + 10 * std:
             raise UpdateRejectedError(f"{who}: its second moment is larger than its count "
                                       "allows")
     sums, counts = arrays[0][:-1], arrays[0][-1]
-    if float(np.linalg.norm(sums, axis=0).max()) > n + 50 + 10 * std * np.sqrt(shape[0]):
+    if float(np.linalg.norm(sums, axis=0).max()) > n + 50 + 10 * std * np.sqrt(shapes[0][0]):
         raise UpdateRejectedError(f"{who}: a class sum is longer than its count allows")
     if float(np.abs(counts).max()) > n + 50 + 10 * COUNT_RATIO * std:
         raise UpdateRejectedError(f"{who}: a class count exceeds its example count")

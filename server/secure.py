@@ -33,7 +33,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import PublicBasis, moment_matrix, ridge_head, triangle_size
+from common.privacy.oneshot import PublicBasis, release_head, release_shapes
 from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
                             check_site_record, check_sums_figures, check_train_figures,
                             split_legacy)
@@ -137,14 +137,20 @@ class SecureRounds(LegacyFedAvg):
 def run_secure(grid: Grid, book: RunBook, cfg: RunConfig, initial: list[np.ndarray],
                federation: Mapping[str, Any], rounds: int, rules: ReplyRules) -> None:
     """``rounds`` rounds of FedAvg in which SecAgg+ sums the sites' heads."""
-    legacy = SecureRounds(book, cfg, initial, federation, rules)
+    _run_workflow(grid, SecureRounds(book, cfg, initial, federation, rules), cfg, rounds,
+                  THRESHOLD, cfg.secagg_clip)
+
+
+def _run_workflow(grid: Grid, strategy: LegacyFedAvg, cfg: RunConfig, rounds: int,
+                  threshold: float, clip: float) -> None:
+    """``rounds`` rounds of Flower's default workflow with SecAgg+ as its fit stage."""
     context = LegacyContext(
         Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
         config=ServerConfig(num_rounds=rounds, round_timeout=cfg.round_timeout),
-        strategy=legacy)
+        strategy=strategy)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
-        num_shares=SHARES, reconstruction_threshold=THRESHOLD, max_weight=MAX_WEIGHT,
-        clipping_range=cfg.secagg_clip, timeout=cfg.round_timeout))
+        num_shares=SHARES, reconstruction_threshold=threshold, max_weight=MAX_WEIGHT,
+        clipping_range=clip, timeout=cfg.round_timeout))
     workflow(grid, context)
 
 
@@ -194,19 +200,16 @@ class SecureSums(SecureRounds):
         if not results:
             book.close_training(None)
             return None, {}
-        k = self.basis.components.shape[1]
-        expected = [(k + 1, len(self.cfg.classes))] + (
-            [(triangle_size(k),)] if self.cfg.second_moment == "private" else [])
+        expected = release_shapes(self.basis.components.shape[1], len(self.cfg.classes),
+                                  self.cfg.private_moment)
         mean = parameters_to_ndarrays(results[0][1].parameters)
         if [m.shape for m in mean] != expected or not all(np.all(np.isfinite(m)) for m in mean):
             book.fail_round(f"the securely summed release is not finite arrays of {expected}")
             book.close_training(None)
             return None, {}
-        total = mean[0].astype(np.float64) * total_count
-        moment = (moment_matrix(mean[1].astype(np.float64) * total_count, k)
-                  if len(mean) > 1 else None)
-        book.close_training(ridge_head(total, float(total_count), self.basis,
-                                       self.cfg.ridge_lambda, moment))
+        totals = [m.astype(np.float64) * total_count for m in mean]
+        book.close_training(release_head(totals, float(total_count), self.basis,
+                                         self.cfg.ridge_lambda))
         return ndarrays_to_parameters(book.head), {}
 
 
@@ -225,12 +228,6 @@ def run_secure_sums(grid: Grid, book: RunBook, cfg: RunConfig, basis: PublicBasi
     the sum must include every sampled site (a site adding 1/N of the noise checks that the
     threshold covers its N)."""
     sample_nodes(grid, cfg.required_sites, 0)  # waits for the sites to connect
-    legacy = SecureSums(book, cfg, basis, federation, rules)
-    context = LegacyContext(
-        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-        config=ServerConfig(num_rounds=1, round_timeout=cfg.round_timeout), strategy=legacy)
     threshold = 1.0 if cfg.sums_noise == "distributed" else THRESHOLD
-    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
-        num_shares=SHARES, reconstruction_threshold=threshold, max_weight=MAX_WEIGHT,
-        clipping_range=SUMS_CLIP, timeout=cfg.round_timeout))
-    workflow(grid, context)
+    _run_workflow(grid, SecureSums(book, cfg, basis, federation, rules), cfg, 1, threshold,
+                  SUMS_CLIP)

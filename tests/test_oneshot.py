@@ -189,7 +189,7 @@ def sums_reply(sums: np.ndarray, public: str = "p", n: int = 100) -> Message:
 def test_the_server_checks_a_sums_reply_alone() -> None:
     shape = (K + 1, CLASSES)
     good = np.full(shape, 5.0, np.float32)
-    update = check_sums_reply(sums_reply(good), shape, "p", RULES)
+    update = check_sums_reply(sums_reply(good), [shape], "p", RULES)
     assert update.num_examples == 100 and update.privacy.noise_multiplier == 1.5
     huge_sums, huge_counts = good.copy(), good.copy()
     huge_sums[0] = 1e6
@@ -200,4 +200,4 @@ def test_the_server_checks_a_sums_reply_alone() -> None:
                        (sums_reply(huge_counts), "exceeds its example count"),
                        (sums_reply(good * np.nan), "finite")]:
         with pytest.raises(UpdateRejectedError, match=match):
-            check_sums_reply(bad, shape, "p", RULES)
+            check_sums_reply(bad, [shape], "p", RULES)

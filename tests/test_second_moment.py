@@ -14,8 +14,9 @@ from common import protocol
 from common.errors import UpdateRejectedError
 from common.privacy.ledger import PrivacyLedger, SiteBudget
 from common.privacy.oneshot import (COUNT_RATIO, class_sums, diagonal_positions,
-                                    embed, moment_matrix, public_basis, ridge_solution,
-                                    second_moment, sensitivity, triangle_size)
+                                    embed, moment_matrix, public_basis, release_shapes,
+                                    ridge_solution, second_moment, sensitivity,
+                                    triangle_size)
 from common.privacy.release import sums_noise
 from common.site import SiteAccount, release_sums
 
@@ -96,15 +97,15 @@ def test_the_server_refuses_a_moment_larger_than_the_sites_count_allows() -> Non
     z = embed(x, b)
     sums = class_sums(z, y, CLASSES).astype(np.float32)
     moment = second_moment(z).astype(np.float32)
-    shape = (K + 1, CLASSES)
-    update = check_sums_reply(_reply([sums, moment], 200, b.fingerprint), shape,
-                              b.fingerprint, rules, moment=True)
+    shapes = release_shapes(K, CLASSES, moment=True)
+    assert shapes == [(K + 1, CLASSES), (triangle_size(K),)]
+    update = check_sums_reply(_reply([sums, moment], 200, b.fingerprint), shapes,
+                              b.fingerprint, rules)
     assert len(update.arrays) == 2
     with pytest.raises(UpdateRejectedError, match="shapes"):
-        check_sums_reply(_reply([sums], 200, b.fingerprint), shape, b.fingerprint, rules,
-                         moment=True)
+        check_sums_reply(_reply([sums], 200, b.fingerprint), shapes, b.fingerprint, rules)
     inflated = moment.copy()
     inflated[diagonal_positions(K)] += 1e4
     with pytest.raises(UpdateRejectedError, match="second moment"):
-        check_sums_reply(_reply([sums, inflated], 200, b.fingerprint), shape, b.fingerprint,
-                         rules, moment=True)
+        check_sums_reply(_reply([sums, inflated], 200, b.fingerprint), shapes,
+                         b.fingerprint, rules)

@@ -162,6 +162,21 @@ def diagonal_positions(k: int) -> np.ndarray:
     return np.flatnonzero(rows == cols)
 
 
+def release_shapes(components: int, classes: int, moment: bool) -> list[tuple[int, ...]]:
+    """The arrays of a site's release: sums with the counts row, then (with the private
+    second moment) the moment's triangle."""
+    return [(components + 1, classes)] + ([(triangle_size(components),)] if moment else [])
+
+
+def release_head(totals: Sequence[np.ndarray], count: float, basis: PublicBasis,
+                 penalty: float) -> list[np.ndarray]:
+    """`ridge_head` of the sites' summed release (``totals`` as `release_shapes` lists them):
+    with a second array, the sites' own second moment instead of the public one."""
+    k = basis.components.shape[1]
+    moment = moment_matrix(np.asarray(totals[1], np.float64), k) if len(totals) > 1 else None
+    return ridge_head(np.asarray(totals[0], np.float64), count, basis, penalty, moment)
+
+
 def moment_matrix(triangle: np.ndarray, k: int) -> np.ndarray:
     """The symmetric (k, k) matrix of an upper triangle from `second_moment`."""
     full = np.zeros((k, k))

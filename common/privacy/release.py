@@ -131,7 +131,7 @@ def releases(cfg: RunConfig) -> Releases:
                   sums_mechanism(cfg)]
     covered = ([SUMS_DISTRIBUTED if cfg.sums_noise == "distributed" else SUMS_LOCAL]
                if cfg.one_shot else [])
-    if cfg.one_shot and cfg.second_moment == "private":
+    if cfg.private_moment:
         covered.append("noised second moment of the features (one-shot head, same query)")
     covered += ["head updates"] if cfg.sgd_rounds or cfg.personalize else []
     outside: list[str] = []
