@@ -8,7 +8,6 @@ site's audit trail; a refusal tells the server only that, the reasons stay in th
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -73,12 +72,9 @@ def _site_data(cfg: RunConfig, site: SiteConfig, run_key: str) -> SiteData:
         listing = list_dataset(site.data)
         check_same_classes(cfg.classes, listing.classes, f"site {site.name} ({site.data})")
         # A deployed site's first run extracts all its images: its operator sees how far.
-        progress = ProgressCallback(f"fedtl site {site.name}: extracting features")
-        try:
+        with ProgressCallback(f"fedtl site {site.name}: extracting features") as progress:
             return load_site(cfg, site.name, listing, base, site.cache_dir,
                              holdout_seed=(cfg.seed,), progress=progress)
-        finally:
-            progress.close()
     return load_simulated_site(cfg, _scenario(cfg, run_key).sites[site.partition], base)
 
 
@@ -318,7 +314,7 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
                     at.site.name, "is not masked by secure aggregation" if not over else
                     f"is masked over {over} sites, fewer than this site's "
                     f"distributed-noise-sites {at.site.policy.distributed_noise_sites}")
-        cfg = dataclasses.replace(cfg, sums_noise="local")
+        cfg = cfg.replace(sums_noise="local")
     # The masked and the plain release differ (sums over count, or sums): kept apart.
     key = resend.request_key(basis.arrays(), 1.0 if secure else 0.0)
     update = resend.recall(at.site.state, at.run_key, key)

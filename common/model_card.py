@@ -28,7 +28,7 @@ def model_card(report: Report) -> dict[str, Any]:
         "input": {"image_size": report.base.image_size, "channels": "RGB",
                   "pixel_range": "0..255 (the model preprocesses itself)",
                   "dicom": ("rescale slope/intercept, then window "
-                            + (str(report.settings.get("dicom-window"))
+                            + (str(report.settings.get("dicom-window") or "")
                                or "from each file (else its full range)")
                             + ", to 8-bit grey as RGB")},
         "base": {"weights": report.base.weights, "fingerprint": report.base.fingerprint,

@@ -110,3 +110,9 @@ class ProgressCallback:
 
     def close(self) -> str | None:
         return self.line.close() if self.line is not None else None
+
+    def __enter__(self) -> ProgressCallback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # the summary even when the work failed: how far it got

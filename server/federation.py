@@ -26,6 +26,7 @@ from common.model_card import write_model_card
 from common.privacy.release import as_played, releases
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
                            RoundRecord, Timing, versions, write_report)
+from common.progress import LiveProgress
 from common.site import base_spec
 from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from server.oneshot import one_shot_round
@@ -37,7 +38,6 @@ from server.runbook import RunBook, site_summary
 from server.secure import run_secure, run_secure_sums
 from server.strategy import (flower_strategy, optimizer_state, restore_optimizer_state,
                              validated)
-from common.progress import LiveProgress
 from server.mlflow_tracking import MlflowLog
 from server.tensorboard import TensorBoardLog
 

@@ -47,7 +47,6 @@ class MlflowLog:
                  settings: Mapping[str, Any], resume: bool = False) -> None:
         try:
             from mlflow import MlflowClient
-            from mlflow.entities import Param, RunTag
         except ImportError:
             raise ConfigError(INSTALL_HINT) from None
         self._out = Path(out)
@@ -56,8 +55,8 @@ class MlflowLog:
             found = client.get_experiment_by_name(experiment)
             experiment_id = (found.experiment_id if found is not None else
                              client.create_experiment(experiment, _artifacts_beside(uri)))
-            self.run_id = (resume and self._resumed()) or self._start(experiment_id, run_id, settings,
-                                                         Param, RunTag)
+            self.run_id = (resume and self._resumed()) or self._start(experiment_id, run_id,
+                                                                      settings)
         except ConfigError:
             raise
         except Exception as exc:  # MLflow raises its own and its stores' errors
@@ -69,14 +68,15 @@ class MlflowLog:
         kept = self._out / RUN_FILE
         return str(json.loads(kept.read_text())["run_id"]) if kept.exists() else None
 
-    def _start(self, experiment_id: str, run_id: str, settings: Mapping[str, Any],
-               param: Any, tag: Any) -> str:
+    def _start(self, experiment_id: str, run_id: str, settings: Mapping[str, Any]) -> str:
+        from mlflow.entities import Param
+
         # The last two folders name it: `runs/<time>`, or a comparison's `<variant>/run-2`.
         name = "/".join(self._out.resolve().parts[-2:])
         run = self._client.create_run(experiment_id, run_name=name,
                                       tags={"fedtl.run_id": run_id,
                                             "fedtl.out": str(self._out.resolve())})
-        params = [param(k, str(v)[:_PARAM_CHARS]) for k, v in sorted(settings.items())]
+        params = [Param(k, str(v)[:_PARAM_CHARS]) for k, v in sorted(settings.items())]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             self._client.log_batch(run.info.run_id, params=params[start:start + 100])
         write_json_atomically(self._out / RUN_FILE, {"run_id": run.info.run_id})

@@ -39,12 +39,9 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
     for site in scenario.sites:
         seen = f" seen through {site.shift.kind} (severity {site.shift.severity})" \
             if site.shift else ""
-        progress = ProgressCallback(f"[prepare] {site.name}: extracting features",
-                                    "images" if not cfg.augment_views else "views")
-        try:
+        with ProgressCallback(f"[prepare] {site.name}: extracting features",
+                              "images" if not cfg.augment_views else "views") as progress:
             data = load_simulated_site(cfg, site, base, progress=progress)
-        finally:
-            progress.close()
         note = "features cached" if data.cache_hit else "features extracted"
         print(f"[prepare] {site.name}: {len(site.listing)} images{seen}, {note}; "
               f"{len(data.train_y)} train / {len(data.test_y)} held out",
@@ -80,14 +77,11 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
     if unseen is None:
         return None
     seen = f" seen through {unseen.shift.kind}" if unseen.shift else ""
-    progress = ProgressCallback(f"[prepare] {unseen.name}: extracting features")
-    try:
+    with ProgressCallback(f"[prepare] {unseen.name}: extracting features") as progress:
         feats = site_features(LazyBase.shared(base_spec(cfg), cfg.stats_cache), unseen.listing,
                               cfg.site_cache_dir(unseen.name), skip_bad=cfg.skip_bad_images,
                               shift=unseen.shift, progress=progress,
                               dicom_window=cfg.window)
-    finally:
-        progress.close()
     print(f"[prepare] {unseen.name}: {len(unseen.listing)} images{seen}, evaluation only "
           f"(unseen site), features {'cached' if feats.cache_hit else 'extracted'}",
           file=sys.stderr, flush=True)
