@@ -23,6 +23,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
+PERSONAL_TUNINGS = ("bias", "head")
 SECOND_MOMENTS = ("public", "private")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
@@ -220,6 +221,12 @@ class RunConfig:
         False, "after the last round each site fine-tunes its own head from the global one, "
         "with DP, within the same budget, and keeps it")
     personal_epochs: int = setting(1, "epochs of that personal fine-tuning", valid=between(1, 1000))
+    personal_tuning: str = setting(
+        "bias", "what the personal fine-tuning moves: bias (the head's output bias alone: the "
+        "site's own label mix, with the noise of a few numbers instead of the whole head's) "
+        "or head (every weight of the head)", choices=PERSONAL_TUNINGS)
+    personal_learning_rate: float = setting(
+        6.0, "learning rate of the personal fine-tuning", valid=POSITIVE)
     run_id: str = setting(
         "", "the run's name at every site (ledger entry, audit trail; sites may pre-approve "
         "names by pattern); default: a random one")

@@ -123,9 +123,11 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None 
     rate = min(1.0, cfg.batch_size / num_train)
     epochs = cfg.personal_epochs if personal else cfg.local_epochs
     steps = epochs * math.ceil(1.0 / rate)
+    learning_rate = cfg.personal_learning_rate if personal else cfg.learning_rate
+    bias_only = personal and cfg.personal_tuning == "bias"
     if not cfg.dp:
-        return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=cfg.learning_rate,
-                           momentum=cfg.momentum, private=False)
+        return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=learning_rate,
+                           momentum=cfg.momentum, private=False, bias_only=bias_only)
     if cfg.delta >= 1.0 / num_train:
         raise ConfigError(f"delta {cfg.delta} is not below 1/n = 1/{num_train} for a site with "
                           f"{num_train} training examples; lower --delta")
@@ -135,9 +137,10 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None 
     )
     # The gradient sum is divided by the expected batch of the *released* count: dividing by
     # the true size would make the update depend on a private number outside the mechanism.
-    return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=cfg.learning_rate,
+    return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=learning_rate,
                        momentum=cfg.momentum, private=True, clip_norm=cfg.clip_norm,
-                       noise_multiplier=sigma, expected_batch=rate * num_train)
+                       noise_multiplier=sigma, expected_batch=rate * num_train,
+                       bias_only=bias_only)
 
 
 @dataclass(frozen=True)

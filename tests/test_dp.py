@@ -1,5 +1,7 @@
 """The three standard DP-SGD tests, on the head fedtl trains."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -83,6 +85,28 @@ def test_noise_has_standard_deviation_noise_multiplier_times_clip() -> None:
     assert np.std(noise) == pytest.approx(2.0 * 0.5, rel=0.05)
     assert abs(np.mean(noise)) < 0.05
 
+
+@pytest.mark.parametrize("width", [0, 4])
+def test_a_bias_only_step_moves_the_output_bias_alone_by_its_part_of_the_clipped_sum(
+        width: int) -> None:
+    start = initial_head_weights(6, 3, width, seed=0)
+    # A trained head (the output kernel starts at zero, which stops the hidden gradient).
+    start[-2] = np.random.default_rng(2).normal(size=start[-2].shape).astype(np.float32)
+    clip, n = 0.1, len(Y)
+    step = settings(sampling_rate=1.0, steps=1, learning_rate=1.0, clip_norm=clip)
+    after = run(start, dataclasses.replace(step, bias_only=True), width=width)
+    for a, b in zip(after[:-1], start[:-1]):
+        np.testing.assert_array_equal(a, b)
+    # Each example is clipped on its whole gradient, as in the mechanism the ledger charged.
+    expected = _reference_clipped_sum(start, X, Y, clip, width)[-1]
+    np.testing.assert_allclose((after[-1] - start[-1]) * -n, expected, rtol=1e-3, atol=1e-6)
+    noisy = run(start, dataclasses.replace(step, bias_only=True, noise_multiplier=5.0),
+                width=width)
+    for a, b in zip(noisy[:-1], start[:-1]):
+        np.testing.assert_array_equal(a, b)  # the other variables' noise is discarded
+    assert np.abs(noisy[-1] - after[-1]).max() > 1e-3  # the bias's is not
+    again = run(start, step, width=width)  # the same trainer moves every weight again
+    assert all(not np.array_equal(a, b) for a, b in zip(again, start))
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])

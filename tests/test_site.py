@@ -163,6 +163,17 @@ def test_personalization_is_planned_into_the_noise_and_spends_the_rest_of_the_bu
         train_round(cfg, data, weights, account(ledger, "run-p", cfg=cfg), RNG, personal=True)
 
 
+def test_the_personal_fine_tuning_has_its_own_learning_rate_and_moves_the_bias_unless_told(
+        ) -> None:
+    cfg = CFG.replace(personalize=True, personal_learning_rate=3.0)
+    rounds, personal = sgd_settings(cfg, 100), sgd_settings(cfg, 100, personal=True)
+    assert (rounds.learning_rate, rounds.bias_only) == (CFG.learning_rate, False)
+    assert (personal.learning_rate, personal.bias_only) == (3.0, True)
+    assert personal.noise_multiplier == rounds.noise_multiplier  # one plan for every step
+    whole = sgd_settings(cfg.replace(personal_tuning="head"), 100, personal=True)
+    assert not whole.bias_only
+
+
 def test_a_personal_head_reads_back_and_a_foreign_one_is_ignored(tmp_path: Path) -> None:
     from common.personal import load_head, personal_dir, save_head
 

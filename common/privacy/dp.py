@@ -68,6 +68,9 @@ class HeadTrainer:
         # head the round started from). 0 turns the term off without a second trace.
         self._prox = tf.Variable(0.0, trainable=False, dtype=tf.float32)
         self._anchor = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
+        # 1 where a variable moves, 0 where its gradient is discarded (SgdSettings.bias_only):
+        # a variable, so one trace serves both.
+        self._moves = [tf.Variable(1.0, trainable=False) for _ in self.model.trainable_variables]
         dim = key.feature_dim
         # No AutoGraph: the loop is an explicit tf.while_loop, and AutoGraph's conversion of
         # tensorflow-privacy's registry code took ~10 s of every process's first round.
@@ -100,8 +103,9 @@ class HeadTrainer:
         def step(i: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             xb, yb, wb = tf.gather(x, index[i]), tf.gather(y, index[i]), mask[i]
             grads, logits = self._gradients(xb, yb, wb)
-            grads = [g + self._prox * (v - a) for g, v, a in
-                     zip(grads, self.model.trainable_variables, self._anchor, strict=True)]
+            grads = [m * (g + self._prox * (v - a)) for g, v, a, m in
+                     zip(grads, self.model.trainable_variables, self._anchor, self._moves,
+                         strict=True)]
             # Loss before the update, over the drawn rows only (padding has weight 0).
             loss = tf.reduce_sum(wb * self._per_example_loss(yb, logits))
             with tf.control_dependencies([loss]):
@@ -125,6 +129,9 @@ class HeadTrainer:
         for anchor, start in zip(self._anchor, weights, strict=True):
             anchor.assign(start)
         self._prox.assign(proximal_weight)
+        last = len(self._moves) - 1  # the output layer's bias: head_layers end with it
+        for i, moves in enumerate(self._moves):
+            moves.assign(1.0 if i == last or not settings.bias_only else 0.0)
         for variable in self.optimizer.variables:  # momentum and step count start afresh
             variable.assign(tf.zeros_like(variable))
         self.optimizer.learning_rate.assign(learning_rate)

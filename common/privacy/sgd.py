@@ -23,3 +23,6 @@ class SgdSettings:
     # The divisor of each step's noisy gradient sum: sampling rate x the site's *released*
     # count (0: sampling rate x the number of examples trained on, for non-private runs).
     expected_batch: float = 0.0
+    # Only the head's output bias moves (a site's personal fine-tuning): the other variables'
+    # noisy gradients are computed and discarded, post-processing of the same mechanism.
+    bias_only: bool = False
