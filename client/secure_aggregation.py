@@ -102,7 +102,6 @@ def legacy_messages_mod(msg: Message, ctxt: Context, call_next: ClientAppCallabl
     return Message(out, reply_to=msg)
 
 
-
 def _check_within_clip(arrays: list, config: ConfigRecord, figures: dict) -> None:
     """Refuse to send a head SecAgg+ would clip: it clips every weight to [-clip, clip]
     silently, which would corrupt the sum without anyone noticing."""

@@ -553,4 +553,3 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
-

@@ -33,7 +33,6 @@ _FEATURE_DIM = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256,
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-
 def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU has bfloat16 arithmetic units (AVX-512 BF16 or AMX): there mixed
     bfloat16 nearly doubles VGG16's speed; without them it halves it."""

@@ -203,7 +203,6 @@ def train_head(
     return new_weights, total / max(drawn, 1)
 
 
-
 def microbatched_optimizer(settings: SgdSettings, batch_size: int) -> tf.keras.optimizers.Optimizer:
     """tensorflow-privacy's classic DP-SGD optimizer, one microbatch per example.
 
