@@ -264,17 +264,22 @@ def check_sums_reply(msg: Message, shapes: list[tuple[int, ...]], public_fingerp
     # Noise-free sum columns have norm <= their class's count, counts are <= the site's;
     # the noise adds ~std sqrt(K) to a column, COUNT_RATIO std to a count.
     std = privacy.noise_multiplier * sensitivity(moment)
+
+    def beyond_count(value: float, noise: float) -> bool:
+        # The site's count, a margin of 50 and ten noise deviations on top.
+        return float(value) > n + 50 + 10 * noise
+
     if moment:  # rows of norm <= 1: trace(Z^T Z) <= n and every entry is at most n
         k = shapes[0][0] - 1
         diagonal = arrays[1][diagonal_positions(k)]
-        if float(diagonal.sum()) > n + 50 + 10 * std * np.sqrt(k) \
-                or float(np.abs(arrays[1]).max()) > n + 50 + 10 * std:
+        if beyond_count(diagonal.sum(), std * np.sqrt(k)) \
+                or beyond_count(np.abs(arrays[1]).max(), std):
             raise UpdateRejectedError(f"{who}: its second moment is larger than its count "
                                       "allows")
     sums, counts = arrays[0][:-1], arrays[0][-1]
-    if float(np.linalg.norm(sums, axis=0).max()) > n + 50 + 10 * std * np.sqrt(shapes[0][0]):
+    if beyond_count(np.linalg.norm(sums, axis=0).max(), std * np.sqrt(shapes[0][0])):
         raise UpdateRejectedError(f"{who}: a class sum is longer than its count allows")
-    if float(np.abs(counts).max()) > n + 50 + 10 * COUNT_RATIO * std:
+    if beyond_count(np.abs(counts).max(), COUNT_RATIO * std):
         raise UpdateRejectedError(f"{who}: a class count exceeds its example count")
     return SiteUpdate(node_id=msg.metadata.src_node_id, name=name, arrays=arrays,
                       num_examples=n, privacy=privacy, train_loss=None, extract_seconds=0.0,
