@@ -235,8 +235,10 @@ def plot_series(path: Path, x: Sequence[int], series: dict[str, Sequence[float |
     plt.close(fig)
 
 
-def plot_site_bars(path: Path, groups: dict[str, dict[str, float]], title: str) -> None:
-    """Grouped bars: one group per site, one bar per model (e.g. global vs own head)."""
+def plot_site_bars(path: Path, groups: dict[str, dict[str, float]], title: str,
+                   errors: dict[str, dict[str, float]] | None = None) -> None:
+    """Grouped bars: one group per site, one bar per model (e.g. global vs own head), with
+    ``errors[model][site]`` as error bars where given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +251,9 @@ def plot_site_bars(path: Path, groups: dict[str, dict[str, float]], title: str) 
                                     4), dpi=100)
     for k, (label, values) in enumerate(groups.items()):
         xs = np.arange(len(sites)) + (k - (len(groups) - 1) / 2) * width
-        ax.bar(xs, [values.get(s, np.nan) for s in sites], width, label=label)
+        spread = (errors or {}).get(label) or {}
+        ax.bar(xs, [values.get(s, np.nan) for s in sites], width, label=label,
+               yerr=[spread.get(s, 0.0) for s in sites] if spread else None, capsize=2)
     ax.set_xticks(np.arange(len(sites)), sites, rotation=30, ha="right")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

@@ -115,6 +115,9 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     sites = runs[0]["per_site_accuracy"]
     out["per_site_accuracy"] = {s: float(np.mean([r["per_site_accuracy"][s] for r in runs]))
                                 for s in sites}
+    # A per-site target (e.g. every PACS domain within 10 points) needs each site's spread too.
+    out["per_site_accuracy_sd"] = ({s: float(np.std([r["per_site_accuracy"][s] for r in runs]))
+                                    for s in sites} if len(runs) > 1 else None)
     out["rounds"] = [
         {key: _mean([r["rounds"][i][key] for r in runs]) if key != "round" else rnd["round"]
          for key in rnd} for i, rnd in enumerate(runs[0]["rounds"])]
@@ -188,20 +191,28 @@ def _same_run(cfg: RunConfig, stored: dict[str, Any]) -> bool:
     return all(settings.get(k) == stored.get(k) for k in keys)
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table of the variants' final figures."""
-    def fmt(r: dict[str, Any], key: str) -> str:
-        value, sd = r[key], r.get(f"{key}_sd")
-        if value is None:
-            return "-"
-        return f"{value:.3f}" + (f" ±{sd:.3f}" if sd is not None else "")
+def _fmt(value: float | None, sd: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ±{sd:.3f}" if sd is not None else "")
 
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of the variants' final figures, then each site's accuracy."""
     keys = ("mean_site_accuracy", "worst_site_accuracy", "site_accuracy_std",
             "unseen_domain_accuracy", "max_epsilon")
     heads = ("mean site", "worst site", "site spread", "unseen site", "max eps")
-    lines = [f"{'variant':<22} " + " ".join(f"{h:>13}" for h in heads)]
+    width = max([22, *(len(name) for name in results)])
+    lines = [f"{'variant':<{width}} " + " ".join(f"{h:>13}" for h in heads)]
     for name, r in results.items():
-        lines.append(f"{name:<22} " + " ".join(f"{fmt(r, k):>13}" for k in keys))
+        lines.append(f"{name:<{width}} "
+                     + " ".join(f"{_fmt(r[k], r.get(f'{k}_sd')):>13}" for k in keys))
+    sites = list(next(iter(results.values()))["per_site_accuracy"]) if results else []
+    lines += ["", f"{'per site':<{width}} " + " ".join(f"{s[:13]:>13}" for s in sites)]
+    for name, r in results.items():
+        spread = r.get("per_site_accuracy_sd") or {}
+        lines.append(f"{name:<{width}} " + " ".join(
+            f"{_fmt(r['per_site_accuracy'].get(s), spread.get(s)):>13}" for s in sites))
     return "\n".join(lines)
 
 
@@ -228,7 +239,9 @@ def _plots(out: Path, comparison: dict[str, Any], cfg: RunConfig) -> None:
                 dashed=dashed)
     plot_site_bars(out / "sites.png", {name: r["per_site_accuracy"]
                                        for name, r in results.items()},
-                   "Final accuracy per site, of the model each site uses")
+                   "Final accuracy per site, of the model each site uses (bars: sd)",
+                   errors={name: r.get("per_site_accuracy_sd") or {}
+                           for name, r in results.items()})
     plot_series(out / "epsilon.png", rounds,
                 {name: padded(r, "epsilon_max") for name, r in results.items() if r["rounds"]},
                 "epsilon", f"Max epsilon over sites per round (delta={cfg.delta})",

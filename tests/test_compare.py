@@ -64,17 +64,23 @@ def test_repeats_combine_into_means_and_their_spread() -> None:
     assert combined["worst_site_accuracy_sd"] == pytest.approx(0.1)
     assert combined["unseen_domain_accuracy"] == pytest.approx(0.4)  # the one run that had it
     assert combined["per_site_accuracy"]["a"] == pytest.approx(0.5)
+    assert combined["per_site_accuracy_sd"] == {"a": pytest.approx(0.1),
+                                                "b": pytest.approx(0.0)}
     assert combined["rounds"][0]["accuracy"] == pytest.approx(0.55)
     assert combined["rounds"][0]["unseen_accuracy"] is None
     assert combine([run(0.4, 0.6)])["worst_site_accuracy_sd"] is None
+    assert combine([run(0.4, 0.6)])["per_site_accuracy_sd"] is None
 
 
-def test_the_table_has_a_row_per_variant_with_mean_and_spread() -> None:
+def test_the_table_has_a_row_per_variant_with_mean_and_spread_and_each_sites() -> None:
     text = table({"fedavg": combine([run(0.4, 0.6), run(0.6, 0.7)]),
                   "fedavg+personalize": combine([run(0.7, 0.8)])})
     lines = text.splitlines()
-    assert len(lines) == 3 and "worst site" in lines[0]
+    assert len(lines) == 7 and "worst site" in lines[0]
     assert "0.500 ±0.100" in lines[1] and lines[2].startswith("fedavg+personalize")
+    assert lines[4].split() == ["per", "site", "a", "b"]
+    assert lines[5].split()[1:] == ["0.500", "±0.100", "0.800", "±0.000"]
+    assert lines[6].split()[1:] == ["0.700", "0.900"]  # one run: no spread to state
 
 
 def test_a_finished_run_is_reused_only_under_the_same_settings_that_matter_to_it() -> None:
