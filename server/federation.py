@@ -23,7 +23,7 @@ from common.features.model import (PREPROCESSING, build_base, full_model, initia
 from common.features.extraction import LazyBase
 from common.features.public_basis import run_basis
 from common.model_card import write_model_card
-from common.privacy.release import as_played, releases
+from common.privacy.release import as_played, one_shot_split, releases
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
                            RoundRecord, Timing, versions, write_report)
 from common.progress import LiveProgress
@@ -273,12 +273,17 @@ def site_privacy(cfg: RunConfig, book: RunBook) -> dict[str, dict[str, Any]]:
         return {site: {"epsilon": None, "delta": None, "private": False,
                        "tightened": book.tightened.get(site, [])}
                 for site in book.privacy}
-    return {site: {"epsilon": p.epsilon, "delta": cfg.delta,
-                   "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
-                   "steps": p.steps, "accountant": cfg.accountant,
-                   "sampling": "poisson", "private": True,
-                   "tightened": book.tightened.get(site, [])}
-            for site, p in sorted(book.privacy.items())}
+    out = {}
+    for site, p in sorted(book.privacy.items()):
+        tightened = book.tightened.get(site, [])
+        out[site] = {"epsilon": p.epsilon, "delta": cfg.delta,
+                     "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
+                     "steps": p.steps, "accountant": cfg.accountant,
+                     "sampling": "poisson", "private": True, "tightened": tightened}
+        split = one_shot_split(as_played(cfg, tightened))
+        if split is not None:
+            out[site]["one_shot_release"] = split
+    return out
 
 
 def guarantees(cfg: RunConfig, client_level: ClientLevelState,

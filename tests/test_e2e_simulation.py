@@ -262,6 +262,10 @@ def test_a_one_shot_head_then_dp_sgd_on_a_cifar10_folder_beats_chance_skipping_a
         ledger = json.loads((out / "sites" / site / "privacy-ledger.json").read_text())
         (entry,) = ledger["runs"].values()
         assert [e["kind"] for e in entry["events"]] == ["count", "sums"] + ["dp-sgd"] * 3
+        # The report states the split the ledger charged: the sums at 85 % of the target.
+        split = report["privacy"][site]["one_shot_release"]
+        assert split["noise_multiplier"] == entry["events"][1]["noise_multiplier"]
+        assert split["planned_share"] == pytest.approx(0.85, abs=1e-4)
     assert report["timing"]["feature_extraction_seconds"] > 0
     # The unreadable image was left out and counted (by the site that held it).
     assert report["data"]["skipped_images"] == 1

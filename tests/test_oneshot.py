@@ -18,7 +18,7 @@ from common.privacy.ledger import PrivacyLedger, SiteBudget
 from common.privacy.oneshot import (COUNT_RATIO, LOGIT_SCALE, PublicBasis, bounded,
                                     class_sums, embed, public_basis, ridge_head,
                                     ridge_solution, sensitivity)
-from common.privacy.release import sums_noise
+from common.privacy.release import one_shot_split, sums_noise
 from common.site import SiteAccount, SiteData, charge, release_sums
 from server.replies import ReplyRules, check_sums_reply
 
@@ -142,7 +142,8 @@ def test_the_one_shot_releases_epsilon_is_dp_accountings_gaussian_mechanism(
     dict(ridge_share=0.1), dict(ridge_share=0.5), dict(ridge_share=0.95),
     dict(ridge_share=0.5, site_metrics="noised", personalize=True),
     dict(ridge_share=0.7, target_epsilon=8.0)])
-def test_the_budget_split_never_exceeds_the_target(tmp_path: Path, changes: dict) -> None:
+def test_the_budget_split_never_exceeds_the_target_and_is_stated_as_charged(
+        tmp_path: Path, changes: dict) -> None:
     cfg = CFG.replace(**changes)
     data, acc = site(), account(tmp_path, cfg)
     release_sums(cfg, data, basis(), acc, RNG)
@@ -159,6 +160,12 @@ def test_the_budget_split_never_exceeds_the_target(tmp_path: Path, changes: dict
     assert entry.epsilon <= cfg.target_epsilon * (1 + 1e-6)
     if cfg.site_metrics == "exact":  # every planned release made: the target is spent
         assert entry.epsilon == pytest.approx(cfg.target_epsilon, rel=0.02)
+    # The split the report states is the one the ledger charged.
+    split, (sums_event,) = one_shot_split(cfg), [e for e in entry.events if e.kind == "sums"]
+    assert split["noise_multiplier"] == pytest.approx(sums_event.noise_multiplier, rel=1e-12)
+    assert split["epsilon_alone"] == pytest.approx(sums_alone, rel=1e-9)
+    assert split["planned_share"] <= share * (1 + 1e-6)
+    assert ("dp-sgd rounds" in split["rest_for"]) == bool(cfg.sgd_rounds)
 
 
 def test_a_run_releases_its_class_sums_once(tmp_path: Path) -> None:

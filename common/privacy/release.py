@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.privacy.accounting import Mechanism, noise_for_budget
+from common.privacy.accounting import Mechanism, composed_epsilon, noise_for_budget
 
 if TYPE_CHECKING:
     from common.config import RunConfig
@@ -103,6 +103,20 @@ def sums_noise(cfg: RunConfig) -> float:
 def sums_mechanism(cfg: RunConfig) -> Mechanism | None:
     """The accounted one-shot release of a ridge head (None when the run has none)."""
     return Mechanism(1.0, sums_noise(cfg), 1) if cfg.dp and cfg.one_shot else None
+
+
+def one_shot_split(cfg: RunConfig) -> dict[str, float] | None:
+    """How a run's target epsilon is split between the one-shot release and the rest (the
+    report states it per site, from the site's own played settings); None without one."""
+    mechanism = sums_mechanism(cfg)
+    if mechanism is None:
+        return None
+    alone = composed_epsilon([mechanism], delta=cfg.delta, accountant=cfg.accountant)
+    return {"noise_multiplier": mechanism.noise_multiplier, "epsilon_alone": alone,
+            "planned_share": alone / cfg.target_epsilon, "noise": cfg.sums_noise,
+            "rest_for": ", ".join(["dp-sgd rounds"] * bool(cfg.sgd_rounds)
+                                  + ["personal fine-tuning"] * cfg.personalize
+                                  + ["count and figure releases"])}
 
 
 @dataclass(frozen=True)
