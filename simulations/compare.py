@@ -198,21 +198,35 @@ def _fmt(value: float | None, sd: float | None) -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table of the variants' final figures, then each site's accuracy."""
+    """A plain-text table of the variants' final figures, then each site's accuracy; beside
+    the pooled reference (when it ran) the mean's ratio to it and each site's points behind
+    it, the figures the accuracy targets are stated in."""
+    pooled = results.get(POOLED)
     keys = ("mean_site_accuracy", "worst_site_accuracy", "site_accuracy_std",
             "unseen_domain_accuracy", "max_epsilon")
     heads = ("mean site", "worst site", "site spread", "unseen site", "max eps")
     width = max([22, *(len(name) for name in results)])
-    lines = [f"{'variant':<{width}} " + " ".join(f"{h:>13}" for h in heads)]
+    lines = [f"{'variant':<{width}} " + " ".join(f"{h:>13}" for h in heads)
+             + (f" {'/ pooled':>9}" if pooled else "")]
     for name, r in results.items():
+        ratio = (f" {100 * r['mean_site_accuracy'] / pooled['mean_site_accuracy']:>8.0f}%"
+                 if pooled and pooled["mean_site_accuracy"] else "")
         lines.append(f"{name:<{width}} "
-                     + " ".join(f"{_fmt(r[k], r.get(f'{k}_sd')):>13}" for k in keys))
+                     + " ".join(f"{_fmt(r[k], r.get(f'{k}_sd')):>13}" for k in keys) + ratio)
     sites = list(next(iter(results.values()))["per_site_accuracy"]) if results else []
-    lines += ["", f"{'per site':<{width}} " + " ".join(f"{s[:13]:>13}" for s in sites)]
+    cell, label = (21, "per site (vs pooled)") if pooled else (13, "per site")
+    lines += ["", f"{label:<{width}} " + " ".join(f"{s[:cell]:>{cell}}" for s in sites)]
     for name, r in results.items():
         spread = r.get("per_site_accuracy_sd") or {}
-        lines.append(f"{name:<{width}} " + " ".join(
-            f"{_fmt(r['per_site_accuracy'].get(s), spread.get(s)):>13}" for s in sites))
+        cells = []
+        for s in sites:
+            value = r["per_site_accuracy"].get(s)
+            text = _fmt(value, spread.get(s))
+            reference = pooled["per_site_accuracy"].get(s) if pooled else None
+            if name != POOLED and value is not None and reference is not None:
+                text += f" ({100 * (value - reference):+.1f})"
+            cells.append(f"{text:>{cell}}")
+        lines.append(f"{name:<{width}} " + " ".join(cells))
     return "\n".join(lines)
 
 

@@ -83,6 +83,18 @@ def test_the_table_has_a_row_per_variant_with_mean_and_spread_and_each_sites() -
     assert lines[6].split()[1:] == ["0.700", "0.900"]  # one run: no spread to state
 
 
+def test_beside_the_pooled_reference_the_table_states_the_ratio_and_each_sites_gap() -> None:
+    text = table({"pooled": combine([run(0.8, 0.85)]),
+                  "fedavg:ridge": combine([run(0.6, 0.68), run(0.7, 0.68)])})
+    lines = text.splitlines()
+    assert lines[0].split()[-2:] == ["/", "pooled"]
+    assert lines[1].endswith("100%") and lines[2].endswith("80%")
+    assert "per site (vs pooled)" in lines[4]
+    assert lines[5].split()[1:] == ["0.800", "0.900"]  # the reference has no gap to itself
+    # a: 0.65 against 0.8 is 15 points behind; b: 0.71 against 0.9, 19 behind.
+    assert lines[6].split()[1:] == ["0.650", "±0.050", "(-15.0)", "0.710", "±0.050", "(-19.0)"]
+
+
 def test_a_finished_run_is_reused_only_under_the_same_settings_that_matter_to_it() -> None:
     from common.config import RunConfig
     from simulations.compare import _same_run
