@@ -143,7 +143,9 @@ class RunConfig:
     batch_size: int = setting(512, "expected batch size of the Poisson-sampled DP-SGD steps",
         valid=between(1, 10_000_000))
     local_epochs: int = setting(1, "epochs of local training per round", valid=between(1, 1000))
-    learning_rate: float = setting(16.0, "the sites' SGD learning rate", valid=POSITIVE)
+    learning_rate: float = setting(
+        16.0, "the sites' DP-SGD learning rate from a zero head (--head-method sgd)",
+        valid=POSITIVE)
     momentum: float = setting(0.0, "the sites' SGD momentum",
         valid=Valid(lambda v: 0 <= v < 1, "in [0, 1)"))
     head_method: str = setting(
@@ -156,6 +158,10 @@ class RunConfig:
         "the one-shot release spends alone (DP-SGD is planned around it; the run stays "
         "within the target)",
         valid=OPEN_UNIT)
+    ridge_sgd_learning_rate: float = setting(
+        8.0, "with ridge+sgd: the learning rate of the DP-SGD rounds that start from the "
+        "one-shot head (smaller steps than from a zero head: that head is already fitted)",
+        valid=POSITIVE)
     ridge_lambda: float = setting(
         8.0, "ridge penalty, relative to the mean public variance of the kept components",
         valid=POSITIVE)
@@ -290,10 +296,10 @@ class RunConfig:
             (not (self.partition == "folders" and (self.alpha > 0 or self.size_alpha > 0)),
              "with --partition folders each site is its own folder; alpha and size-alpha "
              "do not apply"),
-            (self.strategy != "fedprox" or self.learning_rate * self.proximal_mu < 1.0,
-             f"learning-rate x proximal-mu must be below 1 or the proximal step overshoots "
-             f"the global head (found {self.learning_rate} x {self.proximal_mu}); lower "
-             "--proximal-mu"),
+            (self.strategy != "fedprox" or self.rounds_learning_rate * self.proximal_mu < 1.0,
+             f"the rounds' learning rate x proximal-mu must be below 1 or the proximal step "
+             f"overshoots the global head (found {self.rounds_learning_rate} x "
+             f"{self.proximal_mu}); lower --proximal-mu"),
             (self.client_dp == "off" or self.strategy != "fedadam",
              "client-level DP noises the averaged update; FedAdam's step is not an average, "
              "so its output would not carry the guarantee: use --strategy fedavg or fedprox"),
@@ -331,6 +337,13 @@ class RunConfig:
         """Rounds of DP-SGD in the run (ridge+sgd spends round 1 on the one-shot release, so
         with one round it is the release alone)."""
         return {"sgd": self.rounds, "ridge+sgd": self.rounds - 1, "ridge": 0}[self.head_method]
+
+    @property
+    def rounds_learning_rate(self) -> float:
+        """The learning rate of the run's DP-SGD rounds: from the one-shot head with
+        ridge+sgd, else from a zero head."""
+        return (self.ridge_sgd_learning_rate if self.head_method == "ridge+sgd"
+                else self.learning_rate)
 
     @property
     def run_rounds(self) -> int:

@@ -123,7 +123,7 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None 
     rate = min(1.0, cfg.batch_size / num_train)
     epochs = cfg.personal_epochs if personal else cfg.local_epochs
     steps = epochs * math.ceil(1.0 / rate)
-    learning_rate = cfg.personal_learning_rate if personal else cfg.learning_rate
+    learning_rate = cfg.personal_learning_rate if personal else cfg.rounds_learning_rate
     bias_only = personal and cfg.personal_tuning == "bias"
     if not cfg.dp:
         return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=learning_rate,

@@ -163,6 +163,18 @@ def test_personalization_is_planned_into_the_noise_and_spends_the_rest_of_the_bu
         train_round(cfg, data, weights, account(ledger, "run-p", cfg=cfg), RNG, personal=True)
 
 
+def test_rounds_after_a_one_shot_head_step_at_their_own_learning_rate() -> None:
+    cfg = CFG.replace(learning_rate=16.0, ridge_sgd_learning_rate=5.0)
+    assert sgd_settings(cfg.replace(head_method="sgd"), 100).learning_rate == 16.0
+    assert sgd_settings(cfg.replace(head_method="ridge+sgd"), 100).learning_rate == 5.0
+    # FedProx's bound on the proximal step holds for the learning rate the rounds use.
+    RunConfig(head_method="ridge+sgd", strategy="fedprox", learning_rate=16.0,
+              ridge_sgd_learning_rate=5.0, proximal_mu=0.1)
+    with pytest.raises(ConfigError, match="5.0 x 0.25"):
+        RunConfig(head_method="ridge+sgd", strategy="fedprox", ridge_sgd_learning_rate=5.0,
+                  proximal_mu=0.25)
+
+
 def test_the_personal_fine_tuning_has_its_own_learning_rate_and_moves_the_bias_unless_told(
         ) -> None:
     cfg = CFG.replace(personalize=True, personal_learning_rate=3.0)

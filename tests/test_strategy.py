@@ -253,7 +253,8 @@ def make(cfg: RunConfig) -> Validated:
 
 
 def test_fedprox_sends_its_mu_to_the_sites_in_the_train_config() -> None:
-    s = make(RunConfig(strategy="fedprox", proximal_mu=0.25, learning_rate=1.0, clients=1))
+    s = make(RunConfig(strategy="fedprox", proximal_mu=0.25, ridge_sgd_learning_rate=1.0,
+                       clients=1))
     records = configure(s, GLOBAL)
     assert len(records) == 2
     assert all(r.config_records[protocol.CONFIG][protocol.PROXIMAL_MU] == 0.25 for r in records)
