@@ -105,7 +105,7 @@ def sums_mechanism(cfg: RunConfig) -> Mechanism | None:
     return Mechanism(1.0, sums_noise(cfg), 1) if cfg.dp and cfg.one_shot else None
 
 
-def one_shot_split(cfg: RunConfig) -> dict[str, float] | None:
+def one_shot_split(cfg: RunConfig) -> dict[str, float | str] | None:
     """How a run's target epsilon is split between the one-shot release and the rest (the
     report states it per site, from the site's own played settings); None without one."""
     mechanism = sums_mechanism(cfg)
