@@ -45,15 +45,3 @@ def write_image_folder(root: Path, classes: dict[str, int], size: int = 8,
 @pytest.fixture()
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data", {"cat": 3, "dog": 4})
-
-
-# The deployment module is the longest file by far (about 11 min, mostly waiting on Flower's
-# polling): it starts first, on one xdist worker, while the other takes the rest; scopes go
-# out in this collection order (`--no-loadscope-reorder` in pyproject.toml), not by size.
-_FIRST = ("test_e2e_deployment.py", "test_e2e_simulation.py", "test_e2e_heterogeneity.py",
-          "test_e2e_audit.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(_FIRST)))  # stable: files keep order
