@@ -39,13 +39,25 @@ def test_no_steps_spend_nothing_and_no_noise_spends_everything() -> None:
     assert math.isinf(epsilon(sampling_rate=0.5, noise_multiplier=0.0, steps=1, delta=1e-5))
 
 
-def test_calibrated_noise_meets_the_target_and_no_less_noise_would() -> None:
-    sigma = noise_for_budget(target_epsilon=3.0, delta=1e-5, sampling_rate=0.25, steps=40)
-    spent = epsilon(sampling_rate=0.25, noise_multiplier=sigma, steps=40, delta=1e-5)
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_calibrated_noise_meets_the_target_and_no_less_noise_would(accountant: str) -> None:
+    sigma = noise_for_budget(target_epsilon=3.0, delta=1e-5, sampling_rate=0.25, steps=40,
+                             accountant=accountant)
+    spent = epsilon(sampling_rate=0.25, noise_multiplier=sigma, steps=40, delta=1e-5,
+                    accountant=accountant)
     assert spent <= 3.0 + 1e-9
     assert spent > 2.98
     assert epsilon(sampling_rate=0.25, noise_multiplier=sigma * 0.98, steps=40,
-                   delta=1e-5) > 3.0
+                   delta=1e-5, accountant=accountant) > 3.0
+
+
+def test_pld_calibrates_less_noise_than_rdp_for_the_same_guarantee() -> None:
+    # The one-shot release (one Gaussian at rate 1) then DP-SGD rounds planned around it.
+    plans = [dict(sampling_rate=1.0, steps=1, target_epsilon=2.55),
+             dict(sampling_rate=0.2, steps=50, target_epsilon=3.0)]
+    for plan in plans:
+        rdp, pld = (noise_for_budget(delta=1e-5, accountant=a, **plan) for a in ("rdp", "pld"))
+        assert 0.8 * rdp < pld < rdp
 
 
 @pytest.mark.parametrize("kwargs", [
