@@ -190,7 +190,7 @@ class RunConfig:
     clip_norm: float = setting(1.0, "per-example gradient clip norm", valid=POSITIVE)
     accountant: str = setting(
         "rdp", "privacy accountant (dp-accounting): rdp, or pld (tighter: about 7 %% less "
-        "noise for the same epsilon here)", choices=ACCOUNTANTS)
+        "noise for the same epsilon at epsilon 3)", choices=ACCOUNTANTS)
     example_counts: str = setting(
         "noised", "how a site releases its example count: noised (Gaussian, once per run, "
         "accounted in its epsilon), rounded or exact (both outside it)", choices=COUNT_MODES)

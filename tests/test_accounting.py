@@ -60,6 +60,15 @@ def test_pld_calibrates_less_noise_than_rdp_for_the_same_guarantee() -> None:
         assert 0.8 * rdp < pld < rdp
 
 
+def test_the_search_finds_the_noise_dp_accountings_own_search_finds() -> None:
+    from common.privacy.accounting import Mechanism, dp_accounting_calibrated
+
+    plan = dict(target_epsilon=3.0, delta=1e-5, sampling_rate=0.2, steps=50)
+    prior = [Mechanism(1.0, 1.7267, 1)]
+    ours = noise_for_budget(accountant="rdp", prior=prior, **plan)
+    assert ours == pytest.approx(dp_accounting_calibrated("rdp", prior=prior, **plan), rel=1e-3)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(target_epsilon=0.0, delta=1e-5, sampling_rate=0.1, steps=10),
     dict(target_epsilon=1.0, delta=0.0, sampling_rate=0.1, steps=10),

@@ -150,6 +150,7 @@ _PLD_LOWER = 0.05
 @functools.lru_cache(maxsize=256)
 def _calibrated(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
                 accountant: str, prior: tuple[Mechanism, ...]) -> float:
+    @functools.cache  # the searches below probe a bracket's ends more than once
     def spent(sigma: float) -> float:
         return composed_epsilon([*prior, Mechanism(sampling_rate, sigma, steps)], delta=delta,
                                 accountant=accountant)
@@ -165,44 +166,52 @@ def _calibrated(target_epsilon: float, delta: float, sampling_rate: float, steps
         )
     if accountant != "rdp":
         return _pld_calibrated(spent, target_epsilon, delta, sampling_rate, steps, prior)
-    return _root_from_above(spent, target_epsilon, math.log(1e-3))
+    return _root_from_above(spent, target_epsilon, 1e-3, _UPPER)
 
 
 def _pld_calibrated(spent: Callable[[float], float], target_epsilon: float, delta: float,
                     sampling_rate: float, steps: int, prior: tuple[Mechanism, ...]) -> float:
     """PLD's least sigma, bracketed by RDP's: PLD is the tighter bound, so RDP's sigma meets
     the target under PLD too. A narrow bracket keeps every probe cheap (dp-accounting's own
-    bisection from 0.05 discretises losses at tiny sigmas: ~65 s for one site's plan)."""
+    bisection from 0.05 discretises losses at tiny sigmas: 10-80 s for one site's plan)."""
     high = _calibrated(target_epsilon, delta, sampling_rate, steps, "rdp", prior)
     if spent(high) > target_epsilon:  # not expected; then the slow, general search
-        import dp_accounting
-
-        return float(dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant("pld"),
-            lambda sigma: _composed([*prior, Mechanism(sampling_rate, sigma, steps)]),
-            target_epsilon, delta,
-            bracket_interval=dp_accounting.ExplicitBracketInterval(_PLD_LOWER, _UPPER),
-            tol=1e-4))
+        return dp_accounting_calibrated("pld", target_epsilon, delta, sampling_rate, steps,
+                                        prior)
     low = high
     while low > _PLD_LOWER and spent(low) <= target_epsilon:
         low = max(low * 0.7, _PLD_LOWER)
-    if spent(low) <= target_epsilon:
-        return low
-    return _root_from_above(spent, target_epsilon, math.log(low), math.log(high))
+    return _root_from_above(spent, target_epsilon, low, high)
+
+
+def dp_accounting_calibrated(accountant: str, target_epsilon: float, delta: float,
+                             sampling_rate: float, steps: int,
+                             prior: Sequence[Mechanism] = ()) -> float:
+    """dp-accounting's own search (bisection over [0.05, 500] to 1e-4): the reference that
+    `noise_for_budget` is benchmarked against, and PLD's fallback."""
+    import dp_accounting  # ~3 s to import: only where accounting is done
+
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: _accountant(accountant),
+        lambda sigma: _composed([*prior, Mechanism(sampling_rate, sigma, steps)]),
+        target_epsilon, delta,
+        # PLD discretises the loss of every probed sigma: a tiny one needs gigabytes.
+        bracket_interval=dp_accounting.ExplicitBracketInterval(_PLD_LOWER, _UPPER),
+        tol=1e-4))
 
 
 def _root_from_above(spent: Callable[[float], float], target: float, low: float,
-                     high: float = math.log(_UPPER)) -> float:
-    """The least sigma in [e^low, e^high] whose ``spent(sigma)`` is at most ``target``, to
-    1e-4 relative: Brent's method on log sigma (epsilon falls smoothly as noise grows, ~10
+                     high: float) -> float:
+    """The least sigma in [low, high] whose ``spent(sigma)`` is at most ``target``, to 1e-4
+    relative: Brent's method on log sigma (epsilon falls smoothly as noise grows, ~10
     evaluations of an accountant instead of dp-accounting's ~25 bisection steps), then a
     step up, never down, until the target holds."""
     from scipy.optimize import brentq
 
-    if spent(math.exp(low)) <= target:
-        return math.exp(low)
-    root = brentq(lambda log_sigma: spent(math.exp(log_sigma)) - target, low, high,
-                  xtol=1e-5, rtol=1e-6)
+    if spent(low) <= target:
+        return low
+    root = brentq(lambda log_sigma: spent(math.exp(log_sigma)) - target, math.log(low),
+                  math.log(high), xtol=1e-5, rtol=1e-6)
     sigma = math.exp(root)
     while spent(sigma) > target:
         sigma *= 1 + 1e-5
