@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -23,15 +24,17 @@ from common.progress import ProgressCallback
 from common.privacy.audit_trail import AuditTrail, Decision
 from common.config import NODE_NAME, RunConfig, SiteConfig, valid_run_id
 from common.data.images import check_same_classes, list_dataset
-from common.errors import (BudgetExhaustedError, DataError, FedtlError, PolicyRefusedError)
+from common.errors import (BudgetExhaustedError, DataError, FedtlError, PolicyRefusedError,
+                           UpdateRejectedError)
 from common.features.extraction import LazyBase
 from common.privacy.ledger import PrivacyLedger
 from common.features.model import full_model, head_shapes, save_model
-from common.personal import MODEL_FILE, load_head, personal_dir, save_head
+from common.personal import (MODEL_FILE, OwnRelease, load_head, load_own_release,
+                             personal_dir, ridge_personal_head, save_head, save_own_release)
 from common.privacy.policy import REFUSED, admit
 from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
-from common.privacy.oneshot import PublicBasis
+from common.privacy.oneshot import PublicBasis, release_shapes
 from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_simulated_site,
                          load_site, release_sums, released_accuracies, train_round)
 
@@ -248,7 +251,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     @app.train(protocol.PERSONALIZE)
     def personalize_handler(msg: Message, context: Context) -> Message:
-        return handle(msg, context, _personalize)
+        return handle(msg, context, lambda at: _personalize(at, msg))
 
     @app.train(protocol.CLASS_SUMS)
     def class_sums_handler(msg: Message, context: Context) -> Message:
@@ -327,6 +330,9 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
             protocol.NUM_EXAMPLES: result.num_examples, protocol.EPSILON: result.epsilon,
             protocol.SAMPLING_RATE: 1.0, protocol.NOISE_MULTIPLIER: result.noise_multiplier,
             protocol.STEPS: 1})
+        if result.own is not None:  # before anything leaves: the personal head needs it
+            save_own_release(personal_dir(at.site.state, at.run_key),
+                             OwnRelease(result.own, float(result.num_examples), basis))
         resend.keep(at.site.state, at.run_key, key, update)
     site = at.site_record()
     site[protocol.PUBLIC_FINGERPRINT] = basis.fingerprint
@@ -334,14 +340,17 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
                        protocol.METRICS: MetricRecord(update.figures), protocol.SITE: site})
 
 
-def _personalize(at: _Opened) -> RecordDict:
-    """Fine-tune this site's own head from the global one (DP, same budget); report both
-    accuracies. The personal head stays here, with a Keras model of it."""
+def _personalize(at: _Opened, msg: Message) -> RecordDict:
+    """Build this site's own head from the global one (DP fine-tuning on the same budget,
+    or, with --personal-tuning ridge, the site's own one-shot release: no budget); report
+    both accuracies. The personal head stays here, with a Keras model of it."""
     cfg, data, account = at.cfg, at.data, at.account
     folder = personal_dir(at.site.state, at.run_key)
     shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
     weights = load_head(folder, shapes)  # a repeated request spends nothing again
-    if weights is None:
+    if weights is None and cfg.personal_tuning == "ridge":
+        weights = _ridge_personal(at, msg, folder)
+    elif weights is None:
         weights = train_round(cfg, data, _head(at), account, _rng(cfg),
                               personal=True).weights
         base = LazyBase.shared(base_spec(cfg).for_saving,
@@ -360,6 +369,29 @@ def _personalize(at: _Opened) -> RecordDict:
         figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
     return RecordDict({protocol.METRICS: MetricRecord(figures),
                        protocol.SITE: at.site_record()})
+
+
+def _ridge_personal(at: _Opened, msg: Message, folder: Path) -> list[np.ndarray]:
+    """The global head moved by this site's own kept release (`ridge_personal_head`); the
+    server's totals are checked like any input from it."""
+    own = load_own_release(folder, at.data.test_x.shape[1])
+    if own is None:
+        raise FedtlError(f"site {at.site.name} kept no one-shot release of run {at.run_key} "
+                         "(it did not release in round 1): no personal head to build from it")
+    record = msg.content.array_records.get(protocol.ONE_SHOT_TOTALS)
+    if record is None:
+        raise FedtlError("the server's personalization request carries no one-shot totals; "
+                         "--personal-tuning ridge needs them")
+    shapes = release_shapes(own.basis.components.shape[1], len(at.cfg.classes),
+                            at.cfg.private_moment)
+    try:
+        totals, count = protocol.check_one_shot_totals(
+            record.to_numpy_ndarrays(), _config(msg).get(protocol.ONE_SHOT_COUNT), shapes,
+            own.count)
+    except UpdateRejectedError as exc:
+        raise FedtlError(f"site {at.site.name}: {exc}") from exc
+    return ridge_personal_head(_head(at), totals, count, own, at.cfg.ridge_lambda,
+                               at.cfg.personal_ridge_weight)
 
 
 def _evaluate(at: _Opened) -> RecordDict:

@@ -23,7 +23,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
-PERSONAL_TUNINGS = ("bias", "head")
+PERSONAL_TUNINGS = ("bias", "head", "ridge")
 SECOND_MOMENTS = ("public", "private")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
@@ -231,8 +231,14 @@ class RunConfig:
     personal_epochs: int = setting(1, "epochs of that personal fine-tuning", valid=between(1, 1000))
     personal_tuning: str = setting(
         "bias", "what the personal fine-tuning moves: bias (the head's output bias alone: the "
-        "site's own label mix, with the noise of a few numbers instead of the whole head's) "
-        "or head (every weight of the head)", choices=PERSONAL_TUNINGS)
+        "site's own label mix, with the noise of a few numbers instead of the whole head's), "
+        "head (every weight of the head), or ridge (with a one-shot head: no fine-tuning and "
+        "no budget; the site solves the one-shot head again with its own released sums "
+        "weighted --personal-ridge-weight times beside the federation's total, and moves the "
+        "final global head by the difference)", choices=PERSONAL_TUNINGS)
+    personal_ridge_weight: float = setting(
+        2.0, "with --personal-tuning ridge: how many times a site's own released statistics "
+        "count beside the federation's total in its personal head", valid=POSITIVE)
     personal_learning_rate: float = setting(
         6.0, "learning rate of the personal fine-tuning", valid=POSITIVE)
     run_id: str = setting(
@@ -316,6 +322,9 @@ class RunConfig:
              "--sums-noise distributed splits the one-shot release's noise among sites whose "
              "sums only secure aggregation sees: it needs --secure-aggregation, DP and "
              "--head-method ridge or ridge+sgd"),
+            (not self.personalize or self.personal_tuning != "ridge" or self.one_shot,
+             "--personal-tuning ridge re-solves the one-shot head: it needs --head-method "
+             "ridge or ridge+sgd"),
             (self.head_method == "sgd" or self.head_width == 0,
              "the one-shot head of --head-method ridge and ridge+sgd (the default) is linear: "
              "use --head-width 0, or --head-method sgd for a hidden layer"),
@@ -355,6 +364,13 @@ class RunConfig:
     @property
     def one_shot(self) -> bool:
         return self.head_method != "sgd"
+
+    @property
+    def personal_sgd(self) -> bool:
+        """The run ends with a DP-SGD personal fine-tuning (planned into the budget);
+        ``--personal-tuning ridge`` builds the personal head from the one-shot release
+        instead, post-processing that spends nothing."""
+        return self.personalize and self.personal_tuning != "ridge"
 
     @property
     def private_moment(self) -> bool:

@@ -1,4 +1,5 @@
-"""A site's own head: fine-tuned with DP from the final global head, kept at the site.
+"""A site's own head, kept at the site: fine-tuned with DP from the final global head, or
+(``--personal-tuning ridge``) the global head moved by the site's own one-shot release.
 
 Only its accuracy leaves the site. The head is stored per run in the site's state folder, so
 a personalization request repeated after a server restart re-reads it instead of spending
@@ -9,15 +10,19 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import ConfigError
+from common.privacy.oneshot import PublicBasis, release_head
 from common.storage import write_atomically
 
 HEAD_FILE = "head.npz"
 MODEL_FILE = "model.keras"
+OWN_RELEASE_FILE = "own_release.npz"
 
 
 def personal_dir(state: Path, run_key: str) -> Path:
@@ -58,3 +63,56 @@ def load_head(folder: Path, shapes: list[tuple[int, ...]]) -> list[np.ndarray] |
     if [tuple(w.shape) for w in weights] != [tuple(s) for s in shapes]:
         return None
     return weights
+
+
+@dataclass(frozen=True)
+class OwnRelease:
+    """A site's one-shot release as it keeps it for its personal head: the noised statistics
+    at the site's full noise (what it would have released alone), its released count and
+    the public basis they are in."""
+
+    arrays: list[np.ndarray]  # as `common.privacy.oneshot.release_shapes` lists them
+    count: float
+    basis: PublicBasis
+
+
+def save_own_release(folder: Path, release: OwnRelease) -> None:
+    """Written atomically before the release leaves the site, readable by the site only."""
+    buffer = io.BytesIO()
+    np.savez(buffer, count=np.float64(release.count),
+             recipe=np.frombuffer(release.basis.recipe.encode(), dtype=np.uint8),
+             **{f"basis_{i}": a for i, a in enumerate(release.basis.arrays())},
+             **{f"arr_{i}": a for i, a in enumerate(release.arrays)})
+    write_atomically(folder / OWN_RELEASE_FILE, lambda handle: handle.write(buffer.getvalue()))
+
+
+def load_own_release(folder: Path, feature_dim: int) -> OwnRelease | None:
+    """The site's kept release, or None if it has none (it did not release in this run)."""
+    path = folder / OWN_RELEASE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = [data[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in data))]
+            basis = PublicBasis.from_arrays([data[f"basis_{i}"] for i in range(3)],
+                                            feature_dim, data["recipe"].tobytes().decode())
+            return OwnRelease(arrays, float(data["count"]), basis)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"the site's kept one-shot release {path} is unreadable ({exc}); "
+                          "without it this run's personal head cannot be built") from exc
+
+
+def ridge_personal_head(global_head: Sequence[np.ndarray], totals: Sequence[np.ndarray],
+                        count: float, own: OwnRelease, penalty: float,
+                        weight: float) -> list[np.ndarray]:
+    """The final global head moved by what the site's own release changes in the one-shot
+    head when it counts ``weight`` times more: ``global + ridge(total + weight * own) -
+    ridge(total)``. Post-processing of DP releases (the federation's total, the site's own
+    release): it spends nothing. The difference, not the re-solved head alone, keeps what
+    the DP-SGD rounds after the one-shot head learned."""
+    shared = release_head(totals, count, own.basis, penalty)
+    mixed = release_head([np.asarray(t, np.float64) + weight * np.asarray(o, np.float64)
+                          for t, o in zip(totals, own.arrays, strict=True)],
+                         count + weight * own.count, own.basis, penalty)
+    return [(np.asarray(g, np.float64) + m - s).astype(np.float32)
+            for g, m, s in zip(global_head, mixed, shared, strict=True)]

@@ -52,6 +52,10 @@ CLASS_SUMS = "class_sums"
 PUBLIC = "public"
 PUBLIC_RECIPE = "public-recipe"  # in the server's config: where the public images came from
 PUBLIC_FINGERPRINT = "public-fingerprint"  # in a sums reply: the statistics the site used
+# In a personalization request with --personal-tuning ridge: the federation's summed
+# one-shot release (an array record) and the count it was solved with (in the config).
+ONE_SHOT_TOTALS = "one-shot-totals"
+ONE_SHOT_COUNT = "one-shot-count"
 # In a SecAgg+ fit request's config: this masked round is the one-shot release.
 SECURE_SUMS = "secure-class-sums"
 # Set by the site's own mod on every request (whatever the server sent): how many sites the
@@ -63,6 +67,25 @@ BUDGET_EXHAUSTED = 4001
 INCOMPATIBLE = 4002
 WITHHELD = 4003  # the site releases no held-out figures (--site-metrics none)
 POLICY_REFUSED = 4004  # the site's own policy does not admit the run
+
+
+def check_one_shot_totals(arrays: Sequence[np.ndarray], count: object,
+                          shapes: Sequence[tuple[int, ...]],
+                          own_count: float) -> tuple[list[np.ndarray], float]:
+    """The server's summed one-shot release as a site accepts it for its personal head: the
+    run's release shapes, finite values, and a finite count that includes the site's own."""
+    if [tuple(a.shape) for a in arrays] != [tuple(s) for s in shapes]:
+        raise UpdateRejectedError(
+            f"the server's one-shot totals have shapes {[tuple(a.shape) for a in arrays][:4]}, "
+            f"not the run's release shapes {list(shapes)}")
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise UpdateRejectedError("the server's one-shot totals hold non-finite values")
+    if isinstance(count, bool) or not isinstance(count, (int, float)) \
+            or not np.isfinite(count) or not own_count <= count < 1e12:
+        raise UpdateRejectedError(
+            f"the server's one-shot count {str(count)[:40]!r} is not a finite number of at "
+            f"least this site's own released count {own_count:g}")
+    return [np.asarray(a, np.float64) for a in arrays], float(count)
 
 
 def check_global_head(arrays: Sequence[np.ndarray],

@@ -96,7 +96,7 @@ def load_simulated_site(cfg: RunConfig, site: SimulatedSite, base: LazyBase,
 def planned_steps(cfg: RunConfig, sampling_rate: float) -> int:
     """DP-SGD steps a site takes in the whole run: every round, then personalization."""
     per_epoch = math.ceil(1.0 / sampling_rate)
-    personal = cfg.personal_epochs * per_epoch if cfg.personalize else 0
+    personal = cfg.personal_epochs * per_epoch if cfg.personal_sgd else 0
     return cfg.local_epochs * per_epoch * cfg.sgd_rounds + personal
 
 
@@ -260,6 +260,9 @@ class SumsResult:
     epsilon: float
     noise_multiplier: float
     moment: np.ndarray | None = None  # upper triangle of Z^T Z, noised (--second-moment private)
+    # What the site keeps for --personal-tuning ridge: the same release at its full noise
+    # (with distributed noise its share is topped up, so its own head never rests on others').
+    own: list[np.ndarray] | None = None
 
     @property
     def arrays(self) -> list[np.ndarray]:
@@ -285,7 +288,7 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         prior = book.prior(account.run_key)
         count, new = _released_count(cfg, n, rng)
         sgd_noise = 0.0
-        if cfg.dp and (cfg.sgd_rounds or cfg.personalize):  # fixed now for the later rounds
+        if cfg.dp and (cfg.sgd_rounds or cfg.personal_sgd):  # fixed now for the later rounds
             sgd_noise = plan_noise(cfg, count, account, prior).noise_multiplier
         header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count, sgd_noise)
         sigma = local = 0.0
@@ -309,9 +312,15 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
     if cfg.dp:  # one Gaussian query: its sensitivity covers the moment when it is released
         sums = noised(sums, local, rng, moment=cfg.private_moment)
         moment = noised_moment(moment, local, rng) if moment is not None else None
+    own = None
+    if cfg.personalize and cfg.personal_tuning == "ridge":
+        top_up = math.sqrt(max(sigma**2 - local**2, 0.0))  # independent: variances add
+        own = [noised(sums, top_up, rng, moment=cfg.private_moment).astype(np.float32)] + (
+            [noised_moment(moment, top_up, rng).astype(np.float32)] if moment is not None
+            else [])
     return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
                       entry.epsilon if cfg.dp else 0.0, sigma,
-                      moment.astype(np.float32) if moment is not None else None)
+                      moment.astype(np.float32) if moment is not None else None, own)
 
 
 def _released_count(cfg: RunConfig, n: int, rng: np.random.Generator

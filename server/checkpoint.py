@@ -32,6 +32,7 @@ class Checkpoint:
     book: dict[str, Any] = field(default_factory=dict)  # RunBook.snapshot()
     optimizer: list[np.ndarray] = field(default_factory=list)  # e.g. FedAdam's moments
     client_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP's releases
+    one_shot: list[np.ndarray] = field(default_factory=list)  # the summed one-shot release
     elapsed_seconds: float = 0.0
 
 
@@ -40,6 +41,7 @@ def save_checkpoint(out: Path, checkpoint: Checkpoint) -> Path:
     arrays = state.pop("arrays")
     payload = {f"array_{i}": a for i, a in enumerate(arrays)}
     payload.update({f"server_{i}": a for i, a in enumerate(state.pop("optimizer"))})
+    payload.update({f"one_shot_{i}": a for i, a in enumerate(state.pop("one_shot"))})
     payload["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
     path = Path(out) / CHECKPOINT_FILE
     write_atomically(path, lambda handle: np.savez(handle, **payload))
@@ -58,10 +60,12 @@ def load_checkpoint(out: Path) -> Checkpoint | None:
             arrays = [npz[f"array_{i}"] for i in range(count)]
             kept = sum(1 for key in npz.files if key.startswith("server_"))
             optimizer = [npz[f"server_{i}"] for i in range(kept)]
+            totals = sum(1 for key in npz.files if key.startswith("one_shot_"))
+            one_shot = [npz[f"one_shot_{i}"] for i in range(totals)]
         if "book" not in state:
             state = _from_first_format(state)
         state.pop("server_state", None)
-        return Checkpoint(arrays=arrays, optimizer=optimizer, **state)
+        return Checkpoint(arrays=arrays, optimizer=optimizer, one_shot=one_shot, **state)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"server checkpoint {path} is unreadable ({type(exc).__name__}: "
                           f"{exc}); move it away to start the run afresh, or restore it from "

@@ -155,7 +155,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                          base.fingerprint)
     elapsed_before = 0.0
     if checkpoint is not None:
-        book.restore(checkpoint.book, checkpoint.arrays)
+        book.restore(checkpoint.book, checkpoint.arrays, checkpoint.one_shot)
         restore_optimizer_state(strategy, checkpoint.optimizer)
         elapsed_before = checkpoint.elapsed_seconds
         print(f"resuming run {run_id} after round {checkpoint.round} of {cfg.run_rounds} "
@@ -182,6 +182,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
             save_checkpoint(out, Checkpoint(
                 run_id=run_id, settings=settings, round=record.round, arrays=head, book=state,
                 optimizer=optimizer_state(strategy), client_dp=asdict(client_level),
+                one_shot=book.one_shot[0] if book.one_shot else [],
                 elapsed_seconds=elapsed_before + time.time() - prerun.started))
 
         book.on_round = after_round
@@ -210,7 +211,8 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                 + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
                 + " (see the warnings above for why sites declined, refused or were rejected)")
         personal = (personalize(grid, book.head, federation, cfg.round_timeout, book,
-                                strategy.rules) if cfg.personalize else None)
+                                strategy.rules, cfg.personal_tuning == "ridge")
+                    if cfg.personalize else None)
         out.mkdir(parents=True, exist_ok=True)
         save_model(full_model(base, book.head, len(cfg.classes), cfg.head_width),
                    out / "model.keras")
@@ -233,11 +235,22 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
 
 
 def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
-                timeout: float, book: RunBook, rules: ReplyRules) -> PersonalResult:
-    """Ask every site to fine-tune its own head from ``weights`` (with DP, on its own budget)
-    and to report that head's and the global head's accuracy on its held-out split."""
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(weights),
-                          protocol.CONFIG: ConfigRecord(dict(federation))})
+                timeout: float, book: RunBook, rules: ReplyRules,
+                with_one_shot: bool = False) -> PersonalResult:
+    """Ask every site to build its own head from ``weights`` (fine-tuned with DP on its own
+    budget or, ``with_one_shot``, from its one-shot release and the run's summed one, sent
+    along) and to report that head's and the global head's accuracy on its held-out split."""
+    config = dict(federation)
+    records: dict[str, Any] = {protocol.ARRAYS: ArrayRecord(weights)}
+    if with_one_shot:
+        if book.one_shot is None:  # the head is saved all the same
+            log.warning("personalization skipped: --personal-tuning ridge needs the run's "
+                        "summed one-shot release, which round 1 of this run did not produce")
+            return PersonalResult()
+        totals, count = book.one_shot
+        records[protocol.ONE_SHOT_TOTALS] = ArrayRecord([t.astype(np.float64) for t in totals])
+        config[protocol.ONE_SHOT_COUNT] = count
+    content = RecordDict({**records, protocol.CONFIG: ConfigRecord(config)})
     messages = [Message(content=content, dst_node_id=node,
                         message_type=f"train.{protocol.PERSONALIZE}")
                 for node in grid.get_node_ids()]
@@ -261,7 +274,7 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
             result.global_[name] = figures.global_accuracy
         result.fine_tuned.append(name)
         book.note_personalization(name, figures.epsilon, figures.steps)
-    print(f"personalization: {len(result.fine_tuned)} site(s) fine-tuned their own head"
+    print(f"personalization: {len(result.fine_tuned)} site(s) built their own head"
           + (f", {len(result.refused)} did not" if result.refused else ""), flush=True)
     return result
 

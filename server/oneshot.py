@@ -54,6 +54,7 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         counts = capped_weights([u.num_examples for u in accepted], cfg.max_weight_ratio)
         totals = [np.sum([u.arrays[i].astype(np.float64) for u in accepted], axis=0)
                   for i in range(len(shapes))]
+        book.one_shot = (totals, float(sum(counts)))
         book.close_training(release_head(totals, float(sum(counts)), basis, cfg.ridge_lambda))
     messages = strategy.configure_evaluate(1, ArrayRecord(book.head),
                                            ConfigRecord(dict(federation)), grid)

@@ -48,6 +48,9 @@ class RunBook:
         self.extract_seconds = 0.0
         self.names: dict[int, str] = {}
         self.round_offset = 0
+        # The sites' summed one-shot release and the count it was solved with: what sites
+        # with --personal-tuning ridge build their own heads from.
+        self.one_shot: tuple[list[np.ndarray], float] | None = None
         self._start: list[np.ndarray] = list(head)
         self._losses: list[tuple[float, int]] = []
         self._round_started = time.monotonic()
@@ -170,11 +173,14 @@ class RunBook:
                  "privacy": {k: asdict(v) for k, v in self.privacy.items()},
                  "skipped": dict(self.skipped), "tightened": dict(self.tightened),
                  "extract_seconds": self.extract_seconds,
-                 "names": {str(k): v for k, v in self.names.items()}}
+                 "names": {str(k): v for k, v in self.names.items()},
+                 "one_shot_count": self.one_shot[1] if self.one_shot else None}
         return state, list(self.head)
 
-    def restore(self, state: dict[str, Any], head: list[np.ndarray]) -> None:
-        """Go on from a `snapshot` (its rounds are kept, not redone)."""
+    def restore(self, state: dict[str, Any], head: list[np.ndarray],
+                one_shot: list[np.ndarray] | None = None) -> None:
+        """Go on from a `snapshot` (its rounds are kept, not redone) and the one-shot totals
+        kept beside it."""
         self.head = list(head)
         self._start = list(head)
         self.round_offset = int(state["rounds_done"])
@@ -184,3 +190,5 @@ class RunBook:
         self.tightened = {k: list(v) for k, v in state.get("tightened", {}).items()}
         self.extract_seconds = float(state["extract_seconds"])
         self.names = {int(k): str(v) for k, v in state.get("names", {}).items()}
+        count = state.get("one_shot_count")
+        self.one_shot = (list(one_shot), float(count)) if one_shot and count else None

@@ -208,6 +208,7 @@ class SecureSums(SecureRounds):
             book.close_training(None)
             return None, {}
         totals = [m.astype(np.float64) * total_count for m in mean]
+        book.one_shot = (totals, float(total_count))
         book.close_training(release_head(totals, float(total_count), self.basis,
                                          self.cfg.ridge_lambda))
         return ndarrays_to_parameters(book.head), {}

@@ -51,7 +51,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
             print(f"[prepare] {site.name}: skipped {len(data.skipped)} unreadable images: "
                   + ", ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""),
                   file=sys.stderr, flush=True)
-        if not (cfg.sgd_rounds or cfg.personalize):
+        if not (cfg.sgd_rounds or cfg.personal_sgd):
             continue  # a ridge head alone: one release, no DP-SGD to plan
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
         if settings.private:

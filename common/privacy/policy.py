@@ -175,7 +175,7 @@ def admit(run: RunConfig, policy: SitePolicy, budget: SiteBudget, *, run_id: str
               ("head-width", run.head_width, policy.max_head_width),
               ("rounds", run.rounds, policy.max_rounds),
               ("local-epochs", run.local_epochs, policy.max_local_epochs),
-              ("personal-epochs", run.personal_epochs if run.personalize else 0,
+              ("personal-epochs", run.personal_epochs if run.personal_sgd else 0,
                policy.max_personal_epochs),
               ("batch-size", run.batch_size, policy.max_batch_size),
               ("augment-views", run.augment_views, policy.max_augment_views)]

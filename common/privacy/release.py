@@ -89,7 +89,7 @@ def sums_noise(cfg: RunConfig) -> float:
     count and figure releases leave of the target; with DP-SGD after it (ridge+sgd, or
     personal fine-tuning) the release alone spends ``ridge_share`` of the target and the
     DP-SGD noise is planned around it."""
-    if cfg.sgd_rounds or cfg.personalize:
+    if cfg.sgd_rounds or cfg.personal_sgd:
         target, prior = cfg.ridge_share * cfg.target_epsilon, []
     else:
         target = cfg.target_epsilon
@@ -115,7 +115,7 @@ def one_shot_split(cfg: RunConfig) -> dict[str, float | str] | None:
     return {"noise_multiplier": mechanism.noise_multiplier, "epsilon_alone": alone,
             "planned_share": alone / cfg.target_epsilon, "noise": cfg.sums_noise,
             "rest_for": ", ".join(["dp-sgd rounds"] * bool(cfg.sgd_rounds)
-                                  + ["personal fine-tuning"] * cfg.personalize
+                                  + ["personal fine-tuning"] * cfg.personal_sgd
                                   + ["count and figure releases"])}
 
 
@@ -147,7 +147,7 @@ def releases(cfg: RunConfig) -> Releases:
                if cfg.one_shot else [])
     if cfg.private_moment:
         covered.append("noised second moment of the features (one-shot head, same query)")
-    covered += ["head updates"] if cfg.sgd_rounds or cfg.personalize else []
+    covered += ["head updates"] if cfg.sgd_rounds or cfg.personal_sgd else []
     outside: list[str] = []
     if cfg.example_counts == "noised":
         covered.append("noised example counts")
