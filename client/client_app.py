@@ -348,11 +348,10 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
     folder = personal_dir(at.site.state, at.run_key)
     shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
     weights = load_head(folder, shapes)  # a repeated request spends nothing again
-    if weights is None and cfg.personal_tuning == "ridge":
-        weights = _ridge_personal(at, msg, folder)
-    elif weights is None:
-        weights = train_round(cfg, data, _head(at), account, _rng(cfg),
-                              personal=True).weights
+    if weights is None:
+        weights = _ridge_personal(at, msg, folder) if cfg.personal_from_release else _head(at)
+        if cfg.personal_sgd:
+            weights = train_round(cfg, data, weights, account, _rng(cfg), personal=True).weights
         base = LazyBase.shared(base_spec(cfg).for_saving,
                                at.site.state / "public-stats").get()
         folder.mkdir(parents=True, exist_ok=True)

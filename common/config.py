@@ -23,7 +23,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
-PERSONAL_TUNINGS = ("bias", "head", "ridge")
+PERSONAL_TUNINGS = ("bias", "head", "ridge", "ridge+bias")
 SECOND_MOMENTS = ("public", "private")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
@@ -322,9 +322,9 @@ class RunConfig:
              "--sums-noise distributed splits the one-shot release's noise among sites whose "
              "sums only secure aggregation sees: it needs --secure-aggregation, DP and "
              "--head-method ridge or ridge+sgd"),
-            (not self.personalize or self.personal_tuning != "ridge" or self.one_shot,
-             "--personal-tuning ridge re-solves the one-shot head: it needs --head-method "
-             "ridge or ridge+sgd"),
+            (not self.personal_from_release or self.one_shot,
+             f"--personal-tuning {self.personal_tuning} re-solves the one-shot head: it needs "
+             "--head-method ridge or ridge+sgd"),
             (self.head_method == "sgd" or self.head_width == 0,
              "the one-shot head of --head-method ridge and ridge+sgd (the default) is linear: "
              "use --head-width 0, or --head-method sgd for a hidden layer"),
@@ -371,6 +371,12 @@ class RunConfig:
         ``--personal-tuning ridge`` builds the personal head from the one-shot release
         instead, post-processing that spends nothing."""
         return self.personalize and self.personal_tuning != "ridge"
+
+    @property
+    def personal_from_release(self) -> bool:
+        """Personal heads start from the site's own one-shot release (``ridge``, and
+        ``ridge+bias`` which then fine-tunes their bias with DP)."""
+        return self.personalize and self.personal_tuning.startswith("ridge")
 
     @property
     def private_moment(self) -> bool:

@@ -124,7 +124,7 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None 
     epochs = cfg.personal_epochs if personal else cfg.local_epochs
     steps = epochs * math.ceil(1.0 / rate)
     learning_rate = cfg.personal_learning_rate if personal else cfg.rounds_learning_rate
-    bias_only = personal and cfg.personal_tuning == "bias"
+    bias_only = personal and cfg.personal_tuning in ("bias", "ridge+bias")
     if not cfg.dp:
         return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=learning_rate,
                            momentum=cfg.momentum, private=False, bias_only=bias_only)
@@ -313,7 +313,7 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         sums = noised(sums, local, rng, moment=cfg.private_moment)
         moment = noised_moment(moment, local, rng) if moment is not None else None
     own = None
-    if cfg.personalize and cfg.personal_tuning == "ridge":
+    if cfg.personal_from_release:
         top_up = math.sqrt(max(sigma**2 - local**2, 0.0))  # independent: variances add
         own = [noised(sums, top_up, rng, moment=cfg.private_moment).astype(np.float32)] + (
             [noised_moment(moment, top_up, rng).astype(np.float32)] if moment is not None

@@ -211,7 +211,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                 + (f" ({refused} refusal(s) by sites' own policies)" if refused else "")
                 + " (see the warnings above for why sites declined, refused or were rejected)")
         personal = (personalize(grid, book.head, federation, cfg.round_timeout, book,
-                                strategy.rules, cfg.personal_tuning == "ridge")
+                                strategy.rules, cfg.personal_from_release)
                     if cfg.personalize else None)
         out.mkdir(parents=True, exist_ok=True)
         save_model(full_model(base, book.head, len(cfg.classes), cfg.head_width),

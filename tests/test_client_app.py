@@ -366,3 +366,55 @@ def test_a_release_the_server_did_not_mask_carries_all_its_noise_whatever_the_ru
     (sums,) = [e for e in entry.events if e.kind == "sums"]
     assert sums.local_noise_multiplier is None  # all of the noise, here
     assert entry.epsilon_on_its_own is None
+
+
+def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_nothing(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    from common.privacy.oneshot import public_basis
+
+    run = cfg.replace(head_method="ridge", rounds=1, personalize=True,
+                      personal_tuning="ridge", public_components=8)
+    basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
+                         8, "test")
+    fingerprint = base_fingerprint(base_spec(run))
+    config = {protocol.FINGERPRINT: fingerprint, protocol.CLASSES: list(DIGITS),
+              protocol.RUN_ID: "run-p", protocol.PUBLIC_RECIPE: basis.recipe}
+    sums = message(f"{MessageType.TRAIN}.{protocol.CLASS_SUMS}", "")
+    sums = Message(content=RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
+                                       protocol.CONFIG: ConfigRecord(config)}),
+                   metadata=sums.metadata)
+    site, app = real_site(tmp_path, budget=10.0), make_client_app(run)
+    released = app(sums, site)
+    assert not released.has_error(), released.error.reason if released.has_error() else ""
+    personal = tmp_path / "state" / "personal" / "run-p"
+    assert (personal / "own_release.npz").is_file()  # kept before the release left
+    ledger = tmp_path / "state" / "privacy-ledger.json"
+    spent = ledger.read_text()
+
+    def ask(with_totals: bool) -> Message:
+        msg = message(f"{MessageType.TRAIN}.{protocol.PERSONALIZE}", fingerprint)
+        msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-p"
+        if with_totals:  # a federation of this site alone: its release is the total
+            msg.content[protocol.ONE_SHOT_TOTALS] = released.content[protocol.ARRAYS]
+            msg.content[protocol.CONFIG][protocol.ONE_SHOT_COUNT] = float(
+                released.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+        return msg
+
+    refused = app(ask(False), site)
+    assert refused.has_error() and "one-shot totals" in refused.error.reason
+    reply = app(ask(True), site)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    figures = reply.content[protocol.METRICS]
+    assert 0.0 <= figures[protocol.ACCURACY] <= 1.0
+    assert 0.0 <= figures[protocol.GLOBAL_ACCURACY] <= 1.0
+    # Post-processing of the release: no fine-tuning charged; only the accuracy figures the
+    # run planned (noised by this site's policy) were added.
+    before, after = (json.loads(text)["runs"]["run-p"]["events"]
+                     for text in (spent, ledger.read_text()))
+    assert after[:len(before)] == before
+    assert {e["kind"] for e in after[len(before):]} <= {"figures"}
+    assert json.loads(ledger.read_text())["runs"]["run-p"]["epsilon"] <= 10.0
+    assert (personal / "head.npz").is_file() and (personal / "model.keras").is_file()
+    stranger = real_site(tmp_path / "other", budget=10.0)  # never released in this run
+    never = app(ask(True), stranger)
+    assert never.has_error() and "kept no one-shot release" in never.error.reason

@@ -1,7 +1,9 @@
 """End to end: a domain-shift scenario compared with its pooled reference, with personal heads.
 
 Real ImageNet weights, Flower's simulation engine, the bundled digits seen by each site
-through its own acquisition shift, with label skew.
+through its own acquisition shift, with label skew; the personal heads are built from each
+site's one-shot release (``--personal-tuning ridge``; the DP fine-tuning ones run in the
+deployment test).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def comparison(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         [sys.executable, "-m", "common.cli", "compare", "--variants",
          "pooled,fedprox+personalize", "--dataset", "digits", "--clients", "3",
          "--partition", "domain", "--alpha", "0.5", "--rounds", str(ROUNDS),
-         "--target-epsilon", "4", "--batch-size", "128", "--out", str(out),
+         "--target-epsilon", "4", "--batch-size", "128", "--personal-tuning", "ridge",
+         "--out", str(out),
          "--state", str(state)],
         capture_output=True, text=True, timeout=1500)
     return out, done
@@ -84,12 +87,15 @@ def test_personal_heads_are_kept_at_each_site_within_the_same_budget(comparison)
     assert final["personalized"] is True and run["settings"]["proximal-mu"] > 0
     assert set(final["per_site_personal_accuracy"]) == {"site-0", "site-1", "site-2"}
     assert final["per_site_accuracy"] == final["per_site_personal_accuracy"]
-    # Personal fine-tuning was planned into the noise: the budget is spent, not exceeded.
+    # The release and the rounds spend the budget; the personal heads spend nothing more.
     assert all(3.9 < eps <= 4.0 + 1e-6 for eps in final["epsilon"].values())
     for site in ("site-0", "site-1", "site-2"):
         ledger = json.loads((run_dir / "sites" / site / "privacy-ledger.json").read_text())
         assert all(r["epsilon"] <= 4.0 + 1e-6 for r in ledger["runs"].values())
+        assert all(e["kind"] != "personal" for r in ledger["runs"].values()
+                   for e in r["events"])
         heads = list((run_dir / "sites" / site / "personal").iterdir())
         assert len(heads) == 1 and (heads[0] / "model.keras").stat().st_size > 0
+        assert (heads[0] / "own_release.npz").is_file()
         weights = load_head(heads[0], [(512, 10), (10,)])
         assert weights is not None and np.all(np.isfinite(weights[0]))

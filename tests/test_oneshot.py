@@ -141,7 +141,9 @@ def test_the_one_shot_releases_epsilon_is_dp_accountings_gaussian_mechanism(
     dict(head_method="ridge"), dict(head_method="ridge", personalize=True),
     dict(ridge_share=0.1), dict(ridge_share=0.5), dict(ridge_share=0.95),
     dict(ridge_share=0.5, site_metrics="noised", personalize=True),
-    dict(ridge_share=0.7, target_epsilon=8.0)])
+    dict(ridge_share=0.7, target_epsilon=8.0),
+    dict(head_method="ridge", personalize=True, personal_tuning="ridge"),
+    dict(personalize=True, personal_tuning="ridge")])
 def test_the_budget_split_never_exceeds_the_target_and_is_stated_as_charged(
         tmp_path: Path, changes: dict) -> None:
     cfg = CFG.replace(**changes)
@@ -149,11 +151,11 @@ def test_the_budget_split_never_exceeds_the_target_and_is_stated_as_charged(
     release_sums(cfg, data, basis(), acc, RNG)
     sums_alone = composed_epsilon([Mechanism(1.0, sums_noise(cfg), 1)], delta=cfg.delta,
                                   accountant=cfg.accountant)
-    share = cfg.ridge_share if cfg.sgd_rounds or cfg.personalize else 1.0
+    share = cfg.ridge_share if cfg.sgd_rounds or cfg.personal_sgd else 1.0
     assert sums_alone <= share * cfg.target_epsilon * (1 + 1e-6)
     for _ in range(cfg.sgd_rounds):
         charge(cfg, data.name, len(data.train_y), acc, RNG)
-    if cfg.personalize:
+    if cfg.personal_sgd:  # a ridge personal head is built from the release: no charge
         charge(cfg, data.name, len(data.train_y), acc, RNG, personal=True)
     entry = acc.ledger.get("run-1")
     assert [e.kind for e in entry.events][:2] == ["count", "sums"]

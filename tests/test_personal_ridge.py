@@ -1,0 +1,212 @@
+"""Personal heads from the one-shot release (``--personal-tuning ridge``): the site re-solves
+the ridge head with its own kept release counted more, moves the global head by the
+difference, and spends nothing; the server's totals are checked like any input from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Message, RecordDict
+
+from common import protocol
+from common.config import RunConfig
+from common.errors import ConfigError, UpdateRejectedError
+from common.personal import (OWN_RELEASE_FILE, OwnRelease, load_own_release,
+                             ridge_personal_head, save_own_release)
+from common.privacy.ledger import PrivacyLedger, SiteBudget
+from common.privacy.oneshot import (LOGIT_SCALE, class_sums, embed, public_basis,
+                                    release_shapes, second_moment)
+from common.privacy.policy import SitePolicy
+from common.privacy.release import one_shot_split, sums_noise
+from common.site import SiteAccount, planned_steps, release_sums
+from server.federation import personalize
+from server.runbook import RunBook
+
+from .test_oneshot import CLASSES, D, RNG, features, site
+
+K = 5
+RIDGE = RunConfig(classes=("a", "b", "c"), head_method="ridge", rounds=1, personalize=True,
+                  personal_tuning="ridge", public_components=K)
+
+
+def test_ridge_tuning_needs_a_one_shot_head() -> None:
+    with pytest.raises(ConfigError, match="--personal-tuning ridge"):
+        RunConfig(head_method="sgd", personalize=True, personal_tuning="ridge")
+    RunConfig(head_method="sgd", personal_tuning="ridge")  # not personalizing: nothing to check
+
+
+def exact_ridge(z: np.ndarray, y: np.ndarray, weights: np.ndarray, penalty: float,
+                variances: np.ndarray) -> np.ndarray:
+    """Weighted least squares with an unpenalised intercept, by numpy's lstsq on rows scaled
+    by the square roots of their weights: (K + 1, classes)."""
+    lam = penalty * weights.sum() * float(np.mean(variances))
+    root = np.sqrt(weights)[:, None]
+    design = np.vstack([np.hstack([z, np.ones((len(z), 1))]) * root,
+                        np.hstack([np.sqrt(lam) * np.eye(z.shape[1]), np.zeros((z.shape[1], 1))])])
+    target = np.vstack([np.eye(CLASSES)[y] * root, np.zeros((z.shape[1], CLASSES))])
+    return np.linalg.lstsq(design, target, rcond=None)[0]
+
+
+def test_the_personal_head_moves_the_global_head_by_the_ridge_with_the_sites_images_counted_more(
+        ) -> None:
+    basis = public_basis(features(400)[0], K, "test")
+    (xa, ya), (xb, yb) = features(150), features(90)
+    za, zb = embed(xa, basis), embed(xb, basis)
+
+    def release(z: np.ndarray, y: np.ndarray) -> list[np.ndarray]:  # noise off
+        return [class_sums(z, y, CLASSES), second_moment(z)]
+
+    totals = [a + b for a, b in zip(release(za, ya), release(zb, yb))]
+    own = OwnRelease(release(zb, yb), 90.0, basis)
+    global_head = [RNG.normal(size=(D, CLASSES)), RNG.normal(size=CLASSES)]  # after rounds
+    weight, penalty = 2.0, 0.5
+    head = ridge_personal_head(global_head, totals, 240.0, own, penalty, weight)
+
+    z, y, x = np.vstack([za, zb]), np.concatenate([ya, yb]), np.vstack([xa, xb])
+    weighted = exact_ridge(z, y, np.r_[np.ones(150), np.full(90, 1 + weight)], penalty,
+                           basis.variances)
+    plain = exact_ridge(z, y, np.ones(240), penalty, basis.variances)
+
+    def logits(solution: np.ndarray) -> np.ndarray:  # the solution applied to raw features
+        return LOGIT_SCALE * ((x - basis.mean) @ basis.components @ solution[:K] + solution[K])
+
+    np.testing.assert_allclose(
+        x @ head[0] + head[1],
+        x @ global_head[0] + global_head[1] + logits(weighted) - logits(plain),
+        rtol=1e-3, atol=1e-3)
+    assert not np.allclose(logits(weighted), logits(plain), atol=0.1)  # the weight moved it
+
+
+def test_the_kept_release_reads_back_and_an_unreadable_one_is_named(tmp_path: Path) -> None:
+    basis = public_basis(features(400)[0], K, "test")
+    kept = OwnRelease([RNG.normal(size=(K + 1, CLASSES)).astype(np.float32)], 37.0, basis)
+    save_own_release(tmp_path, kept)
+    back = load_own_release(tmp_path, D)
+    assert back is not None and back.count == 37.0
+    assert back.basis.fingerprint == basis.fingerprint
+    assert all(np.array_equal(a, b) for a, b in zip(back.arrays, kept.arrays, strict=True))
+    assert load_own_release(tmp_path / "elsewhere", D) is None
+    (tmp_path / OWN_RELEASE_FILE).write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match=OWN_RELEASE_FILE):
+        load_own_release(tmp_path, D)
+
+
+SHAPES = release_shapes(K, CLASSES, False)
+
+
+@pytest.mark.parametrize("arrays, count, reason", [
+    ([np.zeros((K, CLASSES))], 100.0, "shapes"),
+    ([np.zeros((K + 1, CLASSES)), np.zeros(3)], 100.0, "shapes"),
+    ([np.full((K + 1, CLASSES), np.nan)], 100.0, "non-finite"),
+    ([np.zeros((K + 1, CLASSES))], 10.0, "own released count"),
+    ([np.zeros((K + 1, CLASSES))], float("inf"), "own released count"),
+    ([np.zeros((K + 1, CLASSES))], True, "own released count"),
+    ([np.zeros((K + 1, CLASSES))], "100", "own released count"),
+    ([np.zeros((K + 1, CLASSES))], None, "own released count"),
+])
+def test_the_servers_totals_are_checked_before_a_site_uses_them(arrays, count, reason) -> None:
+    with pytest.raises(UpdateRejectedError, match=reason):
+        protocol.check_one_shot_totals(arrays, count, SHAPES, own_count=50.0)
+    good, n = protocol.check_one_shot_totals([np.ones((K + 1, CLASSES), np.float32)], 50,
+                                             SHAPES, own_count=50.0)
+    assert good[0].dtype == np.float64 and n == 50.0
+
+
+def test_a_local_release_is_kept_as_released(tmp_path: Path) -> None:
+    account = SiteAccount(PrivacyLedger(tmp_path), "run", SiteBudget(10.0))
+    result = release_sums(RIDGE, site(), public_basis(features(400)[0], K, "test"), account,
+                          RNG)
+    assert result.own is not None and np.array_equal(result.own[0], result.sums)
+    assert release_sums(RIDGE.replace(personalize=False), site(),
+                        public_basis(features(400)[0], K, "test"),
+                        SiteAccount(PrivacyLedger(tmp_path), "run-2", SiteBudget(10.0)),
+                        RNG).own is None  # nothing kept that no personal head needs
+
+
+def test_with_distributed_noise_the_kept_copy_carries_the_sites_full_noise(
+        tmp_path: Path) -> None:
+    cfg = RIDGE.replace(secure_aggregation=True, sums_noise="distributed", public_components=D)
+    data, basis = site(), public_basis(features(400)[0], D, "test")
+    policy = dataclasses.replace(SitePolicy.unrestricted(), distributed_noise_sites=4)
+    exact = class_sums(embed(data.train_x, basis), data.train_y, CLASSES)[:-1]
+    released, kept = [], []
+    for k in range(40):
+        account = SiteAccount(PrivacyLedger(tmp_path), f"run-{k}", SiteBudget(1000.0), policy)
+        result = release_sums(cfg, data, basis, account, RNG)
+        released.append(result.sums[:-1] - exact)
+        kept.append(result.own[0][:-1] - exact)
+    sigma = sums_noise(cfg) * np.sqrt(1 + 1 / 9)
+    # 1,920 draws each: the sample std is within ~1.6 % (1 s.e.); 5 s.e. allowed.
+    assert np.std(np.concatenate(released).ravel()) == pytest.approx(sigma / 2, rel=0.08)
+    assert np.std(np.concatenate(kept).ravel()) == pytest.approx(sigma, rel=0.08)
+
+
+def test_ridge_tuning_spends_nothing_so_a_ridge_head_releases_with_the_whole_target() -> None:
+    alone = RIDGE.replace(personalize=False)
+    assert sums_noise(RIDGE) == sums_noise(alone)
+    assert sums_noise(RIDGE.replace(personal_tuning="bias")) > sums_noise(alone)
+    assert planned_steps(RIDGE.replace(head_method="ridge+sgd", rounds=3), 1.0) == \
+        planned_steps(RIDGE.replace(head_method="ridge+sgd", rounds=3, personalize=False), 1.0)
+    assert "personal" not in one_shot_split(RIDGE)["rest_for"]
+
+
+class Grid:
+    """Records what the server sends; no site answers."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return [4, 5]
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        self.sent += list(messages)
+        return []
+
+
+def test_the_server_sends_the_runs_summed_release_with_a_ridge_personalization_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.replies import ReplyRules
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)  # what a running ServerApp has set
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+
+    head = [np.zeros((D, CLASSES), np.float32), np.zeros(CLASSES, np.float32)]
+    book = RunBook(head)
+    totals = [RNG.normal(size=(K + 1, CLASSES))]
+    grid, rules = Grid(), ReplyRules("fp", 1e3, 32, True, 3.0)
+    personalize(grid, head, {}, 5.0, book, rules, with_one_shot=True)
+    assert grid.sent == []  # no summed release in this run: nothing asked, nothing lost
+    book.one_shot = (totals, 321.0)
+    personalize(grid, head, {}, 5.0, book, rules, with_one_shot=True)
+    for msg in grid.sent:
+        sent = msg.content.array_records[protocol.ONE_SHOT_TOTALS].to_numpy_ndarrays()
+        assert np.array_equal(sent[0], totals[0])
+        assert msg.content.config_records[protocol.CONFIG][protocol.ONE_SHOT_COUNT] == 321.0
+    plain = Grid()
+    personalize(plain, head, {}, 5.0, book, rules)
+    assert len(plain.sent) == 2
+    assert all(protocol.ONE_SHOT_TOTALS not in m.content.array_records for m in plain.sent)
+
+
+def test_the_summed_release_survives_a_checkpoint(tmp_path: Path) -> None:
+    from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    head = [np.zeros(2, np.float32)]
+    book = RunBook(head)
+    book.one_shot = ([RNG.normal(size=(K + 1, CLASSES)), RNG.normal(size=7)], 99.0)
+    state, arrays = book.snapshot()
+    save_checkpoint(tmp_path, Checkpoint(run_id="r", settings={}, round=1, arrays=arrays,
+                                         book=state, one_shot=book.one_shot[0]))
+    loaded = load_checkpoint(tmp_path)
+    again = RunBook(head)
+    again.restore(loaded.book, loaded.arrays, loaded.one_shot)
+    assert again.one_shot is not None and again.one_shot[1] == 99.0
+    assert all(np.array_equal(a, b) for a, b in zip(again.one_shot[0], book.one_shot[0],
+                                                    strict=True))
