@@ -23,7 +23,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
-PERSONAL_TUNINGS = ("bias", "head", "ridge", "ridge+bias")
+PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias")
 SECOND_MOMENTS = ("public", "private")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
@@ -230,15 +230,17 @@ class RunConfig:
         "with DP, within the same budget, and keeps it")
     personal_epochs: int = setting(1, "epochs of that personal fine-tuning", valid=between(1, 1000))
     personal_tuning: str = setting(
-        "bias", "what the personal fine-tuning moves: bias (the head's output bias alone: the "
-        "site's own label mix, with the noise of a few numbers instead of the whole head's), "
-        "head (every weight of the head), or ridge (with a one-shot head: no fine-tuning and "
-        "no budget; the site solves the one-shot head again with its own released sums "
-        "weighted --personal-ridge-weight times beside the federation's total, and moves the "
-        "final global head by the difference)", choices=PERSONAL_TUNINGS)
+        "auto", "how a site builds its own head: bias (DP fine-tuning of the head's output "
+        "bias alone: the site's own label mix, with the noise of a few numbers instead of the "
+        "whole head's), head (DP fine-tuning of every weight), ridge (with a one-shot head: "
+        "no fine-tuning and no budget; the site solves the one-shot head again with its own "
+        "release counted --personal-ridge-weight times more beside the run's summed release "
+        "and moves the final global head by the difference), ridge+bias (ridge, then bias "
+        "from it), or auto (ridge+bias with a one-shot head, bias with --head-method sgd)",
+        choices=PERSONAL_TUNINGS)
     personal_ridge_weight: float = setting(
-        2.0, "with --personal-tuning ridge: how many times a site's own released statistics "
-        "count beside the federation's total in its personal head", valid=POSITIVE)
+        2.0, "with --personal-tuning ridge or ridge+bias: how many times more a site's own "
+        "one-shot release counts in its personal head", valid=POSITIVE)
     personal_learning_rate: float = setting(
         6.0, "learning rate of the personal fine-tuning", valid=POSITIVE)
     run_id: str = setting(
@@ -323,7 +325,7 @@ class RunConfig:
              "sums only secure aggregation sees: it needs --secure-aggregation, DP and "
              "--head-method ridge or ridge+sgd"),
             (not self.personal_from_release or self.one_shot,
-             f"--personal-tuning {self.personal_tuning} re-solves the one-shot head: it needs "
+             f"--personal-tuning {self.personal_method} re-solves the one-shot head: it needs "
              "--head-method ridge or ridge+sgd"),
             (self.head_method == "sgd" or self.head_width == 0,
              "the one-shot head of --head-method ridge and ridge+sgd (the default) is linear: "
@@ -370,13 +372,22 @@ class RunConfig:
         """The run ends with a DP-SGD personal fine-tuning (planned into the budget);
         ``--personal-tuning ridge`` builds the personal head from the one-shot release
         instead, post-processing that spends nothing."""
-        return self.personalize and self.personal_tuning != "ridge"
+        return self.personalize and self.personal_method != "ridge"
 
     @property
     def personal_from_release(self) -> bool:
         """Personal heads start from the site's own one-shot release (``ridge``, and
         ``ridge+bias`` which then fine-tunes their bias with DP)."""
-        return self.personalize and self.personal_tuning.startswith("ridge")
+        return self.personalize and self.personal_method.startswith("ridge")
+
+    @property
+    def personal_method(self) -> str:
+        """``--personal-tuning`` with ``auto`` resolved: ridge+bias with a one-shot head
+        (best of bias, ridge and ridge+bias on CIFAR-10 and PACS validation federations),
+        bias with DP-SGD alone (no release to start from)."""
+        if self.personal_tuning == "auto":
+            return "ridge+bias" if self.one_shot else "bias"
+        return self.personal_tuning
 
     @property
     def private_moment(self) -> bool:

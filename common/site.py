@@ -124,7 +124,7 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None 
     epochs = cfg.personal_epochs if personal else cfg.local_epochs
     steps = epochs * math.ceil(1.0 / rate)
     learning_rate = cfg.personal_learning_rate if personal else cfg.rounds_learning_rate
-    bias_only = personal and cfg.personal_tuning in ("bias", "ridge+bias")
+    bias_only = personal and cfg.personal_method in ("bias", "ridge+bias")
     if not cfg.dp:
         return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=learning_rate,
                            momentum=cfg.momentum, private=False, bias_only=bias_only)

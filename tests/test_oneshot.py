@@ -143,7 +143,8 @@ def test_the_one_shot_releases_epsilon_is_dp_accountings_gaussian_mechanism(
     dict(ridge_share=0.5, site_metrics="noised", personalize=True),
     dict(ridge_share=0.7, target_epsilon=8.0),
     dict(head_method="ridge", personalize=True, personal_tuning="ridge"),
-    dict(personalize=True, personal_tuning="ridge")])
+    dict(personalize=True, personal_tuning="ridge"),
+    dict(personalize=True, personal_tuning="ridge+bias")])
 def test_the_budget_split_never_exceeds_the_target_and_is_stated_as_charged(
         tmp_path: Path, changes: dict) -> None:
     cfg = CFG.replace(**changes)

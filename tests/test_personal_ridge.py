@@ -32,6 +32,16 @@ RIDGE = RunConfig(classes=("a", "b", "c"), head_method="ridge", rounds=1, person
                   personal_tuning="ridge", public_components=K)
 
 
+def test_auto_tuning_starts_from_the_release_with_a_one_shot_head_and_tunes_the_bias_without(
+        ) -> None:
+    assert RunConfig(personalize=True).personal_method == "ridge+bias"
+    assert RunConfig(personalize=True).personal_from_release
+    sgd = RunConfig(head_method="sgd", personalize=True)
+    assert sgd.personal_method == "bias" and not sgd.personal_from_release
+    assert RunConfig(personalize=True, personal_tuning="ridge").personal_sgd is False
+    assert RunConfig(personalize=True, personal_tuning="ridge+bias").personal_sgd is True
+
+
 def test_ridge_tuning_needs_a_one_shot_head() -> None:
     with pytest.raises(ConfigError, match="--personal-tuning ridge"):
         RunConfig(head_method="sgd", personalize=True, personal_tuning="ridge")
