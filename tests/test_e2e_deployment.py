@@ -313,8 +313,9 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     assert all(2.9 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
     assert final["accuracy"] > 0.5  # ten digits: chance is 0.1
     assert (world.root / "run-a" / "model.keras").stat().st_size > 0
-    # FedProx over gRPC, then each site fine-tuned and kept its own head (the spent site
-    # declined that too); the report has both accuracies per site.
+    # FedProx over gRPC, then each site built and kept its own head (the default: from its
+    # kept one-shot release and the run's summed one, then its bias fine-tuned; the spent
+    # site declined that too); the report has both accuracies per site.
     assert report["settings"]["strategy"] == "fedprox" and final["personalized"] is True
     assert set(GOOD) <= set(final["per_site_personal_accuracy"])
     assert "spent" not in final["per_site_personal_accuracy"]
@@ -322,6 +323,7 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     for site in GOOD:
         personal = world.root / "state" / site / "personal" / report["run_id"]
         assert (personal / "model.keras").stat().st_size > 0
+        assert (personal / "own_release.npz").is_file()
     # Each site's ledger: the run is recorded under the server's run id, within budget
     # (beside the site-admin and secure-aggregation runs before it, composed with them).
     ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
