@@ -313,9 +313,9 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     assert all(2.9 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
     assert final["accuracy"] > 0.5  # ten digits: chance is 0.1
     assert (world.root / "run-a" / "model.keras").stat().st_size > 0
-    # FedProx over gRPC, then each site built and kept its own head (the default: from its
-    # kept one-shot release and the run's summed one, then its bias fine-tuned; the spent
-    # site declined that too); the report has both accuracies per site.
+    # FedProx over gRPC, then each site fine-tuned and kept its own head (with DP-SGD alone
+    # the default tunes its bias; the spent site declined that too); the report has both
+    # accuracies per site.
     assert report["settings"]["strategy"] == "fedprox" and final["personalized"] is True
     assert set(GOOD) <= set(final["per_site_personal_accuracy"])
     assert "spent" not in final["per_site_personal_accuracy"]
@@ -323,7 +323,6 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     for site in GOOD:
         personal = world.root / "state" / site / "personal" / report["run_id"]
         assert (personal / "model.keras").stat().st_size > 0
-        assert (personal / "own_release.npz").is_file()
     # Each site's ledger: the run is recorded under the server's run id, within budget
     # (beside the site-admin and secure-aggregation runs before it, composed with them).
     ledger = json.loads(fedtl("budget", "--state", str(world.root / "state" / "site-1"),
@@ -372,9 +371,11 @@ def test_a_coordinator_cannot_switch_dp_off_at_the_sites(world) -> None:
 def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says(
         world) -> None:
     # The default head: round 1 is the one-shot release, planned under each site's
-    # tightened target like the DP-SGD round after it.
+    # tightened target like the DP-SGD round and the personal heads after it (by default
+    # built from each site's kept release and the summed one sent back, then their bias
+    # fine-tuned).
     done = world.run("run-e", "--rounds", "2", "--min-sites", "2", "--round-timeout", "300",
-                     "--target-epsilon", "8", "--head-method", "ridge+sgd")
+                     "--target-epsilon", "8", "--head-method", "ridge+sgd", "--personalize")
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     report = report_of(world, "run-e")
     for r in report["rounds"]:
@@ -389,8 +390,12 @@ def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says
     for site in ("site-1", "site-2"):
         assert ledger_runs(world, site)[report["run_id"]]["target_epsilon"] == 3.0
         events = PrivacyLedger(world.root / "state" / site).runs()[report["run_id"]].events
-        assert [e.kind for e in events] == ["count", "sums", "dp-sgd"]
+        assert [e.kind for e in events] == ["count", "sums", "dp-sgd", "personal"]
         assert audit_trail(world, site)[-1]["decision"] == "tightened"
+        personal = world.root / "state" / site / "personal" / report["run_id"]
+        assert (personal / "own_release.npz").is_file()
+        assert (personal / "model.keras").stat().st_size > 0
+    assert set(report["final"]["per_site_personal_accuracy"]) == {"site-1", "site-2"}
     refused = [d for d in audit_trail(world, "site-3") if d["run_id"] == report["run_id"]]
     assert refused and refused[-1]["decision"] == "refused"
     assert "target-epsilon 8.0 -> 3.0" in refused[-1]["reason"]
