@@ -145,6 +145,10 @@ def describe(policy: SitePolicy) -> str:
 # Flower tells a refused SuperNode only in its log (no exit code or API says it); these are
 # its words in 1.39, and tests/test_daemons.py fails if Flower's source stops using them.
 REFUSED_WORDS = ("Failed to activate SuperNode", "code: 2004")
+# Its words when it shuts down. Flower 1.39 can log them and then hang (a heartbeat thread
+# raises on a node the server has just removed), so the site ends it after ENDED_GRACE s.
+ENDED_WORDS = "SuperNode terminated gracefully"
+ENDED_GRACE = 15.0
 
 
 def explain_line(line: str, opts: ClientOptions) -> str | None:
@@ -196,9 +200,11 @@ def run_site(opts: ClientOptions, log: logging.Logger, verbose: bool = False) ->
         log.warning(INSECURE_WARNING)
     port = _free_port()
     secret = new_secret(state / RUNTIME_SECRET)
-    refused = threading.Event()
+    refused, ended = threading.Event(), threading.Event()
 
     def explain(line: str) -> str | None:
+        if ENDED_WORDS in line:
+            ended.set()
         message = explain_line(line, opts)
         if message and "REFUSED" in message:
             refused.set()
@@ -210,10 +216,12 @@ def run_site(opts: ClientOptions, log: logging.Logger, verbose: bool = False) ->
     worker = Supervised("the site's worker", worker_command(port, secret, verbose), log, env=env,
                         keep_alive=True, verbose=verbose).start()
     stop_on_signals(supernode, worker)
+    threading.Thread(target=lambda: ended.wait() and supernode.reap(ENDED_GRACE),
+                     name="reaper", daemon=True).start()
     code = supernode.wait()
     worker.stop()
     worker.wait()
-    if code == 0 and not supernode.asked_to_stop and not refused.is_set():
+    if (code == 0 or ended.is_set()) and not supernode.asked_to_stop and not refused.is_set():
         # Flower's SuperNode ends quietly when the server unregisters it; say what it means.
         log.error(f"fedtl client: the server at {opts.server} ended this site's connection "
                   "(it was removed with `fedtl sites remove`, or the server shut down its "

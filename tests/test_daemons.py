@@ -237,13 +237,40 @@ def test_the_flower_log_words_the_daemons_look_for_are_still_flowers_words() -> 
     # release rewords them, this fails instead of the daemons going quietly blind.
     import flwr
 
-    from client.daemon import REFUSED_WORDS
+    from client.daemon import ENDED_WORDS, REFUSED_WORDS
     from server.daemon import UNREGISTERED_WORDS
 
     source = "\n".join(p.read_text(errors="replace")
                        for p in Path(flwr.__file__).parent.rglob("*.py"))
     assert REFUSED_WORDS[0] in source
+    assert ENDED_WORDS in source
     assert UNREGISTERED_WORDS in source
     assert "Attempted to register SuperNode with public key: " in source  # _UNREGISTERED
     assert "[Fleet.ActivateNode] Activated node_id=" in source  # _CONNECTED
     assert "[Fleet.DeactivateNode] Deactivated node_id=" in source
+
+
+def test_a_child_that_says_it_ended_but_hangs_is_ended_without_counting_as_asked_to_stop(
+        ) -> None:
+    import logging
+    import sys
+    import time
+
+    from common.deploy.supervision import Supervised
+
+    # What Flower 1.39's SuperNode was seen to do once: log its end, then hang in a thread.
+    hung = Supervised("the SuperNode", [sys.executable, "-c",
+                                        "import time; print('ended', flush=True); "
+                                        "time.sleep(600)"],
+                      logging.getLogger("test")).start()
+    while hung.process is None:
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert hung.reap(1.0) is True
+    assert hung.wait() != 0 and time.monotonic() - started < 15
+    assert not hung.asked_to_stop
+    quick = Supervised("a child", [sys.executable, "-c", "print('bye')"],
+                       logging.getLogger("test")).start()
+    while quick.process is None:
+        time.sleep(0.05)
+    assert quick.reap(30.0) is False and quick.wait() == 0

@@ -120,6 +120,25 @@ class Supervised:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+    def reap(self, grace: float) -> bool:
+        """End a process that has said it is done but is still running after ``grace`` s
+        (without counting as asked to stop); True if it had to be ended."""
+        process = self.process
+        if process is None:
+            return False
+        try:
+            process.wait(timeout=grace)
+            return False
+        except subprocess.TimeoutExpired:
+            self._say(f"{self.name} (pid {process.pid}) said it ended but was still running "
+                      f"{grace:.0f} s later; ending it")
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            return True
+
     @property
     def asked_to_stop(self) -> bool:
         return self._stopping.is_set()
