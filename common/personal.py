@@ -8,7 +8,6 @@ the budget again.
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,9 +44,7 @@ def run_dir(state: Path, run_key: str, kind: str = "runs") -> Path:
 
 def save_head(folder: Path, weights: list[np.ndarray]) -> None:
     """The head's arrays, written atomically, readable by the site only."""
-    buffer = io.BytesIO()
-    np.savez(buffer, *weights)
-    write_atomically(folder / HEAD_FILE, lambda handle: handle.write(buffer.getvalue()))
+    write_atomically(folder / HEAD_FILE, lambda handle: np.savez(handle, *weights))
 
 
 def load_head(folder: Path, shapes: list[tuple[int, ...]]) -> list[np.ndarray] | None:
@@ -78,12 +75,11 @@ class OwnRelease:
 
 def save_own_release(folder: Path, release: OwnRelease) -> None:
     """Written atomically before the release leaves the site, readable by the site only."""
-    buffer = io.BytesIO()
-    np.savez(buffer, count=np.float64(release.count),
-             recipe=np.frombuffer(release.basis.recipe.encode(), dtype=np.uint8),
-             **{f"basis_{i}": a for i, a in enumerate(release.basis.arrays())},
-             **{f"arr_{i}": a for i, a in enumerate(release.arrays)})
-    write_atomically(folder / OWN_RELEASE_FILE, lambda handle: handle.write(buffer.getvalue()))
+    arrays = {"count": np.float64(release.count),
+              "recipe": np.frombuffer(release.basis.recipe.encode(), dtype=np.uint8),
+              **{f"basis_{i}": a for i, a in enumerate(release.basis.arrays())},
+              **{f"arr_{i}": a for i, a in enumerate(release.arrays)}}
+    write_atomically(folder / OWN_RELEASE_FILE, lambda handle: np.savez(handle, **arrays))
 
 
 def load_own_release(folder: Path, feature_dim: int) -> OwnRelease | None:

@@ -14,9 +14,18 @@ from common.config import RunConfig
 from common.errors import UpdateRejectedError
 from common.privacy.oneshot import PublicBasis, release_head, release_shapes
 from server.replies import capped_weights, check_sums_reply
+from server.runbook import RunBook
 from server.strategy import Validated
 
 log = logging.getLogger("fedtl.server")
+
+
+def solve_release(book: RunBook, totals: list[np.ndarray], count: float, basis: PublicBasis,
+                  penalty: float) -> None:
+    """The ridge head of the sites' summed release becomes the global head; the sum is kept
+    for personal heads built from it (``--personal-tuning ridge``, ``ridge+bias``)."""
+    book.one_shot = (totals, count)
+    book.close_training(release_head(totals, count, basis, penalty))
 
 
 def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: PublicBasis,
@@ -54,8 +63,7 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         counts = capped_weights([u.num_examples for u in accepted], cfg.max_weight_ratio)
         totals = [np.sum([u.arrays[i].astype(np.float64) for u in accepted], axis=0)
                   for i in range(len(shapes))]
-        book.one_shot = (totals, float(sum(counts)))
-        book.close_training(release_head(totals, float(sum(counts)), basis, cfg.ridge_lambda))
+        solve_release(book, totals, float(sum(counts)), basis, cfg.ridge_lambda)
     messages = strategy.configure_evaluate(1, ArrayRecord(book.head),
                                            ConfigRecord(dict(federation)), grid)
     strategy.aggregate_evaluate(1, grid.send_and_receive(list(messages),

@@ -33,10 +33,11 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import PublicBasis, release_head, release_shapes
+from common.privacy.oneshot import PublicBasis, release_shapes
 from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
                             check_site_record, check_sums_figures, check_train_figures,
                             split_legacy)
+from server.oneshot import solve_release
 from server.runbook import RunBook
 
 log = logging.getLogger("fedtl.server")
@@ -208,9 +209,7 @@ class SecureSums(SecureRounds):
             book.close_training(None)
             return None, {}
         totals = [m.astype(np.float64) * total_count for m in mean]
-        book.one_shot = (totals, float(total_count))
-        book.close_training(release_head(totals, float(total_count), self.basis,
-                                         self.cfg.ridge_lambda))
+        solve_release(book, totals, float(total_count), self.basis, self.cfg.ridge_lambda)
         return ndarrays_to_parameters(book.head), {}
 
 

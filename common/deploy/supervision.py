@@ -114,11 +114,7 @@ class Supervised:
         self._stopping.set()
         process = self.process
         if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _end(process, timeout)
 
     def reap(self, grace: float) -> bool:
         """End a process that has said it is done but is still running after ``grace`` s
@@ -132,11 +128,7 @@ class Supervised:
         except subprocess.TimeoutExpired:
             self._say(f"{self.name} (pid {process.pid}) said it ended but was still running "
                       f"{grace:.0f} s later; ending it")
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _end(process, 10.0)
             return True
 
     @property
@@ -146,6 +138,15 @@ class Supervised:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def _end(process: subprocess.Popen[str], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited ``timeout`` s later."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def stop_on_signals(*children: Supervised) -> None:
