@@ -387,10 +387,10 @@ def _ridge_personal(at: _Opened, msg: Message, folder: Path) -> list[np.ndarray]
         totals, count = protocol.check_one_shot_totals(
             record.to_numpy_ndarrays(), _config(msg).get(protocol.ONE_SHOT_COUNT), shapes,
             own.count)
+        return ridge_personal_head(_head(at), totals, count, own, at.cfg.ridge_lambda,
+                                   at.cfg.personal_ridge_weight)
     except UpdateRejectedError as exc:
         raise FedtlError(f"site {at.site.name}: {exc}") from exc
-    return ridge_personal_head(_head(at), totals, count, own, at.cfg.ridge_lambda,
-                               at.cfg.personal_ridge_weight)
 
 
 def _evaluate(at: _Opened) -> RecordDict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import ConfigError
+from common.errors import ConfigError, UpdateRejectedError
 from common.privacy.oneshot import PublicBasis, release_head
 from common.storage import write_atomically
 
@@ -110,5 +110,12 @@ def ridge_personal_head(global_head: Sequence[np.ndarray], totals: Sequence[np.n
     mixed = release_head([np.asarray(t, np.float64) + weight * np.asarray(o, np.float64)
                           for t, o in zip(totals, own.arrays, strict=True)],
                          count + weight * own.count, own.basis, penalty)
-    return [(np.asarray(g, np.float64) + m - s).astype(np.float32)
+    head = [(np.asarray(g, np.float64) + m - s).astype(np.float32)
             for g, m, s in zip(global_head, mixed, shared, strict=True)]
+    # Finite totals can still be large enough to overflow the solve or float32: such a head
+    # would be saved and served as the site's own model.
+    if not all(np.all(np.isfinite(w)) for w in head):
+        raise UpdateRejectedError(
+            "the personal head built from the server's one-shot totals is not finite (totals "
+            "far outside any real release?); refused, nothing saved")
+    return head
