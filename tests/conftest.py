@@ -14,22 +14,6 @@ import common  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TensorFlow imp
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-# The long end-to-end modules first, longest first: pytest-xdist's two workers start on them
-# and the short modules fill in around them. xdist's own order (most tests first) left the
-# one-test modules, two of them minutes long, for the end, with the other worker idle.
-SLOW_MODULES_FIRST = ("test_e2e_deployment", "test_e2e_simulation", "test_e2e_heterogeneity",
-                      "test_e2e_audit")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        stem = item.path.stem
-        return SLOW_MODULES_FIRST.index(stem) if stem in SLOW_MODULES_FIRST else len(
-            SLOW_MODULES_FIRST)
-
-    items.sort(key=rank)  # stable: tests keep their order within a module
-
-
 def shared_dir() -> Path | None:
     """``$FEDTL_SHARED`` or ``../shared`` beside the project, if it exists."""
     candidate = Path(os.environ.get("FEDTL_SHARED", PROJECT.parent / "shared"))
