@@ -227,8 +227,8 @@ class RunConfig:
         valid=POSITIVE)
     personalize: bool = setting(
         False, "after the last round each site builds its own head from the global one "
-        "(--personal-tuning; any fine-tuning with DP, within the same budget) and keeps it; "
-        "it helps where sites differ, and cost ~3 points on alike (IID) sites here")
+        "(--personal-tuning; any fine-tuning with DP, within the same budget) and keeps it; it "
+        "helps where sites differ; on alike sites it cost ~3 points (README: Personal heads)")
     personal_epochs: int = setting(1, "epochs of that personal fine-tuning", valid=between(1, 1000))
     personal_tuning: str = setting(
         "auto", "how a site builds its own head: bias (DP fine-tuning of the head's output "
