@@ -90,20 +90,6 @@ def test_the_personal_head_moves_the_global_head_by_the_ridge_with_the_sites_ima
     assert not np.allclose(logits(weighted), logits(plain), atol=0.1)  # the weight moved it
 
 
-def test_totals_that_pass_the_checks_but_overflow_the_head_are_refused() -> None:
-    # Finite, the run's shapes, a plausible count: only the solved head shows the harm.
-    basis = public_basis(features(400)[0], K, "test")
-    own = OwnRelease([np.ones((K + 1, CLASSES))], 90.0, basis)
-    totals, count = protocol.check_one_shot_totals([np.full((K + 1, CLASSES), 1e300)], 240.0,
-                                                   SHAPES, own_count=90.0)
-    global_head = [np.zeros((D, CLASSES), np.float32), np.zeros(CLASSES, np.float32)]
-    with np.errstate(all="ignore"), pytest.raises(UpdateRejectedError, match="not finite"):
-        ridge_personal_head(global_head, totals, count, own, 0.5, 2.0)
-    sane = ridge_personal_head(global_head, [np.full((K + 1, CLASSES), 3.0)], count, own, 0.5,
-                               2.0)
-    assert all(np.all(np.isfinite(w)) for w in sane)
-
-
 def test_the_kept_release_reads_back_and_an_unreadable_one_is_named(tmp_path: Path) -> None:
     basis = public_basis(features(400)[0], K, "test")
     kept = OwnRelease([RNG.normal(size=(K + 1, CLASSES)).astype(np.float32)], 37.0, basis)
@@ -137,6 +123,20 @@ def test_the_servers_totals_are_checked_before_a_site_uses_them(arrays, count, r
     good, n = protocol.check_one_shot_totals([np.ones((K + 1, CLASSES), np.float32)], 50,
                                              SHAPES, own_count=50.0)
     assert good[0].dtype == np.float64 and n == 50.0
+
+
+def test_totals_that_pass_the_checks_but_overflow_the_head_are_refused() -> None:
+    # Finite, the run's shapes, a plausible count: only the solved head shows the harm.
+    basis = public_basis(features(400)[0], K, "test")
+    own = OwnRelease([np.ones((K + 1, CLASSES))], 90.0, basis)
+    totals, count = protocol.check_one_shot_totals([np.full((K + 1, CLASSES), 1e300)], 240.0,
+                                                   SHAPES, own_count=90.0)
+    global_head = [np.zeros((D, CLASSES), np.float32), np.zeros(CLASSES, np.float32)]
+    with np.errstate(all="ignore"), pytest.raises(UpdateRejectedError, match="not finite"):
+        ridge_personal_head(global_head, totals, count, own, 0.5, 2.0)
+    sane = ridge_personal_head(global_head, [np.full((K + 1, CLASSES), 3.0)], count, own, 0.5,
+                               2.0)
+    assert all(np.all(np.isfinite(w)) for w in sane)
 
 
 def test_a_local_release_is_kept_as_released(tmp_path: Path) -> None:
