@@ -134,14 +134,27 @@ def register_site(control: Control, key: Path, name: str, registry: SiteRegistry
 
 
 def register_sites(control: Control, sites: Path, registry: SiteRegistry,
-                   log: logging.Logger) -> dict[str, int]:
-    """Register every ``*.pub`` in ``sites`` (already registered keys are kept)."""
+                   log: logging.Logger, nodes: list[dict] | None = None) -> dict[str, int]:
+    """Register every ``*.pub`` in ``sites`` (already registered keys are kept).
+
+    ``nodes`` is the SuperLink's node list, if the caller has it: a key this registry
+    recorded under the same name, whose node is still registered there, is not sent again
+    (each `flwr supernode register` is a process start; a restart would pay one per site).
+    """
     registered: dict[str, int] = {}
     keys = sorted(Path(sites).glob("*.pub"))
     if not keys:
         log.warning(f"fedtl server: warning: {sites} holds no <site>.pub; no site can join "
                     "yet (add sites with `fedtl sites add`)")
+    live = {int(n["node-id"]) for n in nodes or () if n.get("status") != "unregistered"}
+    recorded = registry.sites()
     for key in keys:
+        earlier = recorded.get(key.stem)
+        if (earlier is not None and earlier.node_id in live
+                and earlier.fingerprint == key_fingerprint(key.read_bytes())):
+            log.info(f"fedtl server: site {key.stem} ({earlier.fingerprint}) was registered "
+                     "before")
+            continue
         site = register_site(control, key, key.stem, registry)
         if site is not None:
             registered[key.stem] = site.node_id
@@ -177,14 +190,14 @@ def relaunch_unfinished(control: Control, registry: RunRegistry, log: logging.Lo
                       f"(output {run.out}): {exc}")
 
 
-def _wait_for_control(control: Control, superlink: Supervised, timeout: float) -> None:
+def _wait_for_control(control: Control, superlink: Supervised, timeout: float) -> list[dict]:
+    """The SuperLink's node list, once its Control API answers."""
     deadline = time.monotonic() + timeout
     while True:
         if superlink.returncode is not None:
             raise FedtlError("the SuperLink exited while starting (see its log above)")
         try:
-            control.nodes()
-            return
+            return control.nodes()
         except FedtlError:
             if time.monotonic() > deadline:
                 raise
@@ -204,9 +217,9 @@ def serve(opts: ServerOptions, log: logging.Logger) -> int:
     stop_on_signals(superlink)
     try:
         with Control(opts.control) as control:
-            _wait_for_control(control, superlink, timeout=120)
+            nodes = _wait_for_control(control, superlink, timeout=120)
             if opts.sites is not None:
-                register_sites(control, Path(opts.sites), sites, log)
+                register_sites(control, Path(opts.sites), sites, log, nodes)
             relaunch_unfinished(control, RunRegistry(state), log)
             control_at = opts.control
             write_daemon_address(state, DaemonAddress(

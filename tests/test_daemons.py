@@ -232,6 +232,50 @@ def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tm
     assert "broken.json" in said and "damaged" in said
 
 
+def test_a_restarted_daemon_registers_only_keys_the_superlink_does_not_hold(
+        tmp_path: Path) -> None:
+    import io
+    from dataclasses import replace
+
+    from common.deploy.daemon_log import daemon_logger
+    from server.daemon import register_sites
+    from server.site_registry import RegisteredSite, SiteRegistry
+
+    sites, registry = tmp_path / "sites", SiteRegistry(tmp_path)
+    sites.mkdir()
+    for name in ("kept", "dropped", "new", "rekeyed"):
+        keys = make_site_keys(tmp_path / "keys", name)
+        (sites / f"{name}.pub").write_bytes(keys.public.read_bytes())
+    for node, name in ((1, "kept"), (2, "dropped"), (3, "rekeyed")):
+        registry.record(RegisteredSite(name=name, node_id=node, added="t", fingerprint=(
+            key_fingerprint((sites / f"{name}.pub").read_bytes()))))
+    registry.record(replace(registry.get("rekeyed"), fingerprint="SHA256:an-older-key"))
+
+    class FakeControl:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def register(self, public_key: Path, name: str) -> int:
+            self.sent.append(name)
+            return 10 + len(self.sent)
+
+    control, out = FakeControl(), io.StringIO()
+    nodes = [{"node-id": "1", "status": "offline"}, {"node-id": "2", "status": "unregistered"},
+             {"node-id": "3", "status": "online"}]
+    registered = register_sites(control, sites, registry,  # type: ignore[arg-type]
+                                daemon_logger("t", stream=out), nodes)
+    # The SuperLink still holds "kept" (offline is still registered); "dropped" was
+    # unregistered there, "new" never sent, and "rekeyed" holds another key than recorded.
+    assert sorted(control.sent) == ["dropped", "new", "rekeyed"]
+    assert set(registered) == {"dropped", "new", "rekeyed"}
+    assert "site kept" in out.getvalue() and "registered before" in out.getvalue()
+    assert registry.get("new").node_id in (11, 12, 13)
+    # Without the node list (or with an empty one) every key is sent, as before.
+    control = FakeControl()
+    register_sites(control, sites, registry, daemon_logger("t", stream=io.StringIO()))  # type: ignore[arg-type]
+    assert sorted(control.sent) == ["dropped", "kept", "new", "rekeyed"]
+
+
 def test_the_flower_log_words_the_daemons_look_for_are_still_flowers_words() -> None:
     # Where Flower states an event only in its log, the daemons match its words; if a Flower
     # release rewords them, this fails instead of the daemons going quietly blind.
