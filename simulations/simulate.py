@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from common.data.scenario import Scenario, build_scenario, site_folders
 from common.privacy.release import sums_noise
 from common.progress import ProgressCallback
 from common.site import base_spec, load_simulated_site, sgd_settings
+from simulations.ray_startup import (RAY_START_SECONDS, end_process, not_started_message,
+                                     watch_start)
 
 
 def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
@@ -133,13 +136,21 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
     # Keep Ray from touching accelerator visibility for CPU-only sites (and from warning
     # about its coming change of default on every start).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(
-        server_app=server_app,
-        client_app=make_client_app(cfg),
-        num_supernodes=cfg.clients,
-        backend_config=backend_config(cfg, verbose),
-        verbose_logging=verbose,
-    )
+    import ray
+
+    started_ray = threading.Event()
+    watch_start(ray.is_initialized, RAY_START_SECONDS, lambda: end_process(
+        not_started_message(cfg.ray_address, RAY_START_SECONDS)), started_ray)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=make_client_app(cfg),
+            num_supernodes=cfg.clients,
+            backend_config=backend_config(cfg, verbose),
+            verbose_logging=verbose,
+        )
+    finally:
+        started_ray.set()
     if failures:
         raise failures[0]
     report_path = out / "report.json"
