@@ -299,6 +299,9 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     finally:
         for proc in poison:
             proc.kill()
+        # Removed, not only killed: the SuperLink would count a killed node online until
+        # its heartbeat lapses (~60 s), and the next run would wait for it.
+        fedtl("sites", "remove", "--state", str(world.root / "server-state"), "poison")
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     assert "round | train loss" in done.stdout
     report = report_of(world, "run-a")
