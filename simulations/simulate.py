@@ -18,6 +18,7 @@ from common.errors import ConfigError, RunFailedError
 from common.features.extraction import LazyBase, site_features
 from common.features.model import predict_classes
 from common.report import Report
+from common.data.partition import holdout_split
 from common.data.scenario import Scenario, build_scenario, site_folders
 from common.privacy.release import sums_noise
 from common.progress import ProgressCallback
@@ -37,6 +38,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
         cfg = cfg.replace(clients=len(site_folders(cfg.dataset)) - bool(cfg.unseen_site))
     scenario = build_scenario(cfg)
     cfg = cfg.replace(classes=scenario.classes)
+    check_budget_before_extraction(cfg, scenario)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     seconds = 0.0
     for site in scenario.sites:
@@ -68,6 +70,24 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
               f"epsilon {cfg.target_epsilon}), {cfg.public_components} public components",
               file=sys.stderr, flush=True)
     return cfg, seconds, scenario
+
+
+def check_budget_before_extraction(cfg: RunConfig, scenario: Scenario) -> None:
+    """Raise if the budget cannot pay for the run, before any feature is extracted.
+
+    Without --skip-bad-images every image is read or the run stops, so each site's training
+    count is its listing's, less the held-out split `load_site` makes; a budget that fails
+    here would fail after extraction too (minutes on a large folder). With skipping, the
+    count is known only after extraction, where the same checks run again.
+    """
+    if not cfg.dp or cfg.skip_bad_images:
+        return
+    if cfg.one_shot:
+        sums_noise(cfg)
+    if cfg.sgd_rounds or cfg.personal_sgd:
+        for site in scenario.sites:
+            train, _ = holdout_split(len(site.listing), cfg.holdout, site.holdout_seed)
+            sgd_settings(cfg, len(train))
 
 
 def unseen_evaluator(cfg: RunConfig, scenario: Scenario

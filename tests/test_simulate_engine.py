@@ -41,3 +41,41 @@ def test_no_cache_leaves_simulated_sites_without_a_cache(tmp_path: Path) -> None
 
 def test_default_state_is_a_per_user_folder() -> None:
     assert Path(RunConfig().state) == Path("~/.cache/fedtl/sites").expanduser()
+
+
+def test_an_impossible_budget_fails_before_any_feature_is_extracted(tmp_path: Path) -> None:
+    import time
+
+    import pytest
+
+    from common.errors import ConfigError
+    from simulations.simulate import prepare_sites
+
+    impossible = ("--dataset", "digits", "--max-per-class", "20", "--clients", "2",
+                  "--target-epsilon", "1e-6", "--delta", "1e-12", "--state", str(tmp_path))
+    for head in ("sgd", "ridge+sgd", "ridge"):  # DP-SGD planned, the one-shot release, both
+        began = time.monotonic()
+        with pytest.raises(ConfigError, match="target epsilon"):
+            prepare_sites(_simulate_config(*impossible, "--head-method", head))
+        assert time.monotonic() - began < 30  # no VGG16 built, no image read
+    assert not list(tmp_path.rglob("*.npz"))  # no site's features were written
+
+
+def test_with_skipped_images_the_budget_is_checked_on_the_count_extraction_leaves(
+        monkeypatch, tmp_path: Path) -> None:
+    import simulations.simulate as simulate
+
+    calls: list[int] = []
+    monkeypatch.setattr(simulate, "sgd_settings", lambda cfg, n: calls.append(n))
+    scenario = simulate.build_scenario(_simulate_config("--dataset", "digits", "--clients", "2"))
+    simulate.check_budget_before_extraction(
+        _simulate_config("--dataset", "digits", "--clients", "2", "--head-method", "sgd"),
+        scenario)
+    # Each site's listing less the held-out 20 %: what load_site trains on when no image is
+    # skipped.
+    assert calls == [round(len(s.listing) * 0.8) for s in scenario.sites]
+    calls.clear()
+    simulate.check_budget_before_extraction(
+        _simulate_config("--dataset", "digits", "--clients", "2", "--head-method", "sgd",
+                         "--skip-bad-images"), scenario)
+    assert calls == []  # skipped images would change the count: checked after extraction
