@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common.config import (NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA,
                            NODE_NAME, NODE_POLICY, NODE_STATE)
-from common.deploy.control import flower_bin, flower_env
+from common.deploy.control import flower_env
 from common.deploy.credentials import key_fingerprint
 from common.data.images import list_dataset
 from common.errors import REFUSED_BY_SERVER, ConfigError
@@ -103,7 +103,8 @@ def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> l
         NODE_POLICY: _quote(str(opts.policy_file)),
         **({NODE_BASE_DTYPE: _quote(opts.base_dtype)} if opts.base_dtype else {}),
     }
-    cmd = [flower_bin("flower-supernode"), "--superlink", opts.server,
+    # Flower's SuperNode, with its idle poll shortened (`client.supernode`).
+    cmd = [sys.executable, "-m", "client.supernode", "--superlink", opts.server,
            "--host", "127.0.0.1", "--port", str(runtime_port),
            "--isolation", "process", "--superexec-auth-secret-file", str(secret),
            "--node-config", " ".join(f"{k}={v}" for k, v in node.items())]

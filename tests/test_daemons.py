@@ -162,6 +162,9 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
     opts = site(creds, policy=SitePolicy(max_run_epsilon=1.5, site_metrics="none"))
     write_policy(opts.policy, opts.policy_file)  # as `fedtl client` does before starting
     cmd = supernode_command(opts, runtime_port=9200, secret=creds / "secret")
+    import sys
+
+    assert cmd[:3] == [sys.executable, "-m", "client.supernode"]  # Flower's, polling faster
     assert cmd[cmd.index("--isolation") + 1] == "process"  # the site's worker runs its tasks
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.key)
     node_config = cmd[cmd.index("--node-config") + 1]
@@ -173,6 +176,44 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
     assert back.data == str((creds / "data").resolve())
     assert back.cache_dir == (creds / "state").resolve() / "features"
     assert back.policy == opts.policy  # the site's own, never the run's
+
+
+def test_flowers_supernode_loop_uses_its_clock_only_for_the_polling_sleeps_we_cap() -> None:
+    # `client.supernode` caps every sleep of this module; if a Flower release uses its clock
+    # for anything else (a deadline, a timestamp), this fails instead of that going wrong.
+    import re
+
+    from flwr.supernode import start_client_internal
+
+    source = Path(start_client_internal.__file__).read_text()
+    assert sorted(re.findall(r"\btime\.\w+\([^)]*\)", source)) == [
+        "time.sleep(0.5)", "time.sleep(0.5)", "time.sleep(3)"]
+
+
+def test_the_capped_clock_shortens_sleeps_and_is_time_otherwise() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from client.supernode import CappedClock, cap_polling
+
+    clock = CappedClock(0.01)
+    began = time.monotonic()
+    clock.sleep(3)
+    assert time.monotonic() - began < 1.0
+    assert clock.monotonic() >= began and clock.time() > 0  # everything else is `time`
+    module = SimpleNamespace(time=time)
+    cap_polling(module, 0.2)  # type: ignore[arg-type]
+    assert isinstance(module.time, CappedClock) and module.time.poll == 0.2
+
+
+def test_the_site_supernode_entry_point_is_flowers_supernode() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "client.supernode", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--superlink" in done.stdout and "--isolation" in done.stdout
 
 
 def test_a_site_started_without_a_policy_file_gets_the_safe_defaults() -> None:
