@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.supernode import MAX_POLL_SECONDS, MIN_POLL_SECONDS, POLL_SECONDS
 from common.config import (NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA,
                            NODE_NAME, NODE_POLICY, NODE_STATE)
 from common.deploy.control import flower_env
@@ -51,10 +52,14 @@ class ClientOptions:
     insecure: bool = False
     cache: bool = True
     max_wait: float | None = None
+    poll: float = POLL_SECONDS  # between the SuperNode's asks for work when idle
     policy: SitePolicy = SitePolicy()  # what this site grants any run (safe defaults)
     base_dtype: str = ""  # this site's arithmetic for the base ("": as the run says)
 
     def __post_init__(self) -> None:
+        if not MIN_POLL_SECONDS <= self.poll <= MAX_POLL_SECONDS:
+            raise ConfigError(f"--poll must be between {MIN_POLL_SECONDS} and "
+                              f"{MAX_POLL_SECONDS} seconds. Found {self.poll}.")
         if self.insecure and (self.key is not None or self.ca is not None):
             raise ConfigError("--insecure turns TLS and site authentication off; do not "
                               "combine it with --key or --ca")
@@ -104,7 +109,8 @@ def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> l
         **({NODE_BASE_DTYPE: _quote(opts.base_dtype)} if opts.base_dtype else {}),
     }
     # Flower's SuperNode, with its idle poll shortened (`client.supernode`).
-    cmd = [sys.executable, "-m", "client.supernode", "--superlink", opts.server,
+    cmd = [sys.executable, "-m", "client.supernode", "--poll", repr(float(opts.poll)),
+           "--superlink", opts.server,
            "--host", "127.0.0.1", "--port", str(runtime_port),
            "--isolation", "process", "--superexec-auth-secret-file", str(secret),
            "--node-config", " ".join(f"{k}={v}" for k, v in node.items())]

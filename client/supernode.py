@@ -9,7 +9,7 @@ uses `time` for its polling sleeps only (3 s idle, 0.5 s waiting for a reply or 
 arrays; `tests/test_daemons.py` pins that). Each pull is one small gRPC request; a site
 polling twice a second is a light load on the SuperLink for the tens of sites fedtl targets.
 
-    python -m client.supernode <flower-supernode arguments>
+    python -m client.supernode [--poll SECONDS] <flower-supernode arguments>
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 import time
 from types import ModuleType
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # `fedtl client --poll`
+MIN_POLL_SECONDS, MAX_POLL_SECONDS = 0.1, 3.0  # 3 s: Flower's own
 
 
 class CappedClock:
@@ -39,12 +40,20 @@ def cap_polling(module: ModuleType, poll: float = POLL_SECONDS) -> None:
     module.time = CappedClock(poll)  # type: ignore[attr-defined]
 
 
+def split_poll(args: list[str]) -> tuple[float, list[str]]:
+    """(the poll interval, Flower's own arguments) from ``[--poll SECONDS] <flower args>``."""
+    if args[:1] == ["--poll"] and len(args) >= 2:
+        return float(args[1]), args[2:]
+    return POLL_SECONDS, args
+
+
 def main() -> int:
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    cap_polling(start_client_internal)
-    sys.argv[0] = "flower-supernode"
+    poll, flower_args = split_poll(sys.argv[1:])
+    cap_polling(start_client_internal, poll)
+    sys.argv = ["flower-supernode", *flower_args]
     flower_supernode()
     return 0
 

@@ -164,7 +164,10 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
     cmd = supernode_command(opts, runtime_port=9200, secret=creds / "secret")
     import sys
 
-    assert cmd[:3] == [sys.executable, "-m", "client.supernode"]  # Flower's, polling faster
+    # Flower's SuperNode, asking for work every half second (Flower's own: every 3 s).
+    assert cmd[:5] == [sys.executable, "-m", "client.supernode", "--poll", "0.5"]
+    slower = supernode_command(site(creds, poll=2), runtime_port=9200, secret=creds / "s")
+    assert slower[3:5] == ["--poll", "2.0"]
     assert cmd[cmd.index("--isolation") + 1] == "process"  # the site's worker runs its tasks
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.key)
     node_config = cmd[cmd.index("--node-config") + 1]
@@ -206,11 +209,21 @@ def test_the_capped_clock_shortens_sleeps_and_is_time_otherwise() -> None:
     assert isinstance(module.time, CappedClock) and module.time.poll == 0.2
 
 
+def test_a_poll_outside_a_tenth_of_a_second_to_flowers_3_s_is_refused(creds: Path) -> None:
+    for poll in (0.01, 10.0):
+        with pytest.raises(ConfigError, match="--poll must be between 0.1 and 3.0"):
+            site(creds, poll=poll)
+    from client.supernode import split_poll
+
+    assert split_poll(["--poll", "1.5", "--superlink", "h:1"]) == (1.5, ["--superlink", "h:1"])
+    assert split_poll(["--superlink", "h:1"]) == (0.5, ["--superlink", "h:1"])
+
+
 def test_the_site_supernode_entry_point_is_flowers_supernode() -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "client.supernode", "--help"],
+    done = subprocess.run([sys.executable, "-m", "client.supernode", "--poll", "1.0", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--superlink" in done.stdout and "--isolation" in done.stdout

@@ -11,6 +11,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from client.supernode import POLL_SECONDS
 from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError, exit_codes_help
@@ -144,6 +145,10 @@ def _client_parser(sub: Any) -> None:
                    help="show TensorFlow's start-up messages from the site's worker")
     p.add_argument("--max-wait", type=float, default=None,
                    help="give up after this many seconds without the server (default: never)")
+    p.add_argument("--poll", type=float, default=POLL_SECONDS, metavar="SECONDS",
+                   help="how often the site asks the server for work when idle (Flower's own "
+                        "is 3 s; each ask is one small request, so a federation of hundreds "
+                        f"of sites may want more) (default: {POLL_SECONDS})")
     _log_format_option(p)
 
 
@@ -394,7 +399,7 @@ def _run_client(args: argparse.Namespace) -> int:
     opts = ClientOptions(server=args.server, data=Path(args.data), state=Path(args.state),
                          budget=SiteBudget(args.budget, args.delta), name=name, key=key,
                          ca=_path(args.ca), insecure=args.insecure, cache=args.cache,
-                         max_wait=args.max_wait, policy=_site_policy(args),
+                         max_wait=args.max_wait, poll=args.poll, policy=_site_policy(args),
                          base_dtype=args.base_dtype)
     return run_site(opts, _daemon_log("fedtl.client", args), verbose=args.verbose)
 
