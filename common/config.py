@@ -228,7 +228,7 @@ class RunConfig:
     personalize: bool = setting(
         False, "after the last round each site builds its own head from the global one "
         "(--personal-tuning; any fine-tuning with DP, within the same budget) and keeps it; it "
-        "helps where sites differ; on alike sites it cost ~3 points (README: Personal heads)")
+        "helps where sites differ; on alike sites it cost 3-4 points (README: Personal heads)")
     personal_epochs: int = setting(1, "epochs of that personal fine-tuning", valid=between(1, 1000))
     personal_tuning: str = setting(
         "auto", "how a site builds its own head: bias (DP fine-tuning of the head's output "
@@ -240,7 +240,7 @@ class RunConfig:
         "from it), or auto (ridge+bias with a one-shot head, bias with --head-method sgd)",
         choices=PERSONAL_TUNINGS)
     personal_ridge_weight: float = setting(
-        2.0, "with --personal-tuning ridge or ridge+bias: how many times more a site's own "
+        4.0, "with --personal-tuning ridge or ridge+bias: how many times more a site's own "
         "one-shot release counts in its personal head", valid=POSITIVE)
     personal_learning_rate: float = setting(
         6.0, "learning rate of the personal fine-tuning", valid=POSITIVE)
