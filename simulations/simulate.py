@@ -158,9 +158,9 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
-    started_ray = threading.Event()
+    stop_watching = threading.Event()
     watch_start(ray.is_initialized, RAY_START_SECONDS, lambda: end_process(
-        not_started_message(cfg.ray_address, RAY_START_SECONDS)), started_ray)
+        not_started_message(cfg.ray_address, RAY_START_SECONDS)), stop_watching)
     try:
         run_simulation(
             server_app=server_app,
@@ -170,7 +170,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
             verbose_logging=verbose,
         )
     finally:
-        started_ray.set()
+        stop_watching.set()
     if failures:
         raise failures[0]
     report_path = out / "report.json"
