@@ -16,25 +16,27 @@ import argparse
 import os
 from pathlib import Path
 
-from common.data.images import list_dataset
+from common.config import RunConfig
 from common.data.partition import holdout_split
+from common.data.scenario import build_scenario, site_folders
 
 
 def carve(source: Path, out: Path, holdout: float = 0.2, seed: int = 0) -> dict[str, int]:
     """Link each site folder's training images (the product's split) into ``out``; returns
     how many each site folder gave."""
+    cfg = RunConfig(dataset=str(source), partition="folders", holdout=holdout, seed=seed,
+                    clients=len(site_folders(str(source))))
     linked: dict[str, int] = {}
-    for site in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        listing = list_dataset(str(site), 0)
-        # The split `common.site.load_site` makes for a site folder (holdout seed (seed,)),
-        # assuming every image is readable (a skipped image would shift the positions).
-        train, _ = holdout_split(len(listing.labels), holdout, (seed,))
+    for site in build_scenario(cfg).sites:  # the product's sites, with their split seeds
+        # The split `common.site.load_site` makes, assuming every image is readable (a
+        # skipped image would shift the positions).
+        train, _ = holdout_split(len(site.listing), cfg.holdout, site.holdout_seed)
         for i in train:
-            relative = Path(listing.items[i])
+            relative = Path(site.listing.items[i])
             link = out / site.name / relative
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
-                os.symlink((site / relative).resolve(), link)
+                os.symlink((Path(site.listing.root) / relative).resolve(), link)
         linked[site.name] = len(train)
     return linked
 
