@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,55 @@ _PROTECTED = frozenset({"/flwr.proto.Runtime/AcquireTask", "/flwr.proto.Runtime/
                         "/flwr.proto.Runtime/ClaimTask"})
 POLL_SECONDS = 0.05  # between asks for a task when idle: loopback, cheap
 PULL_SECONDS = 20.0  # the most a message's arrays may take to reach the SuperNode
+TOKEN_REFUSED = 401  # the Runtime API's answer to a task token it no longer holds
+
+
+def task_retry_invoker() -> Any:
+    """Flower's retry policy for a task's Runtime API calls, except that a refused task token
+    fails the call. Flower's own policy then SIGINTs its process, the right end for a
+    one-task `flwr-clientapp`; here it would end the site's warm worker (a CI run once saw a
+    healthy site's worker started again mid-module, this being the one way found for that)."""
+    import httpx
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    invoker = make_simple_http_retry_invoker()
+    flowers = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) \
+                and exc.response.status_code == TOKEN_REFUSED:
+            return True
+        return bool(flowers(exc)) if flowers is not None else False
+
+    invoker.should_giveup = should_giveup
+    return invoker
+
+
+def task_heartbeat(client: Any, lost: threading.Event) -> Callable[[], bool]:
+    """Flower's task heartbeat (`make_task_heartbeat_fn_http`), except that a task the
+    SuperNode no longer holds sets ``lost`` instead of SIGINTing the process (see
+    `task_retry_invoker`). True: this beat needs no retry."""
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            answer = client.SendTaskHeartbeat(request)
+        except httpx.TransportError:
+            return False  # the SuperNode is busy or restarting: Flower retries
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE,
+                                            httpx.codes.GATEWAY_TIMEOUT):
+                return False
+            lost.set()
+            return True
+        if not answer.success:
+            lost.set()
+        return True
+
+    return beat
 
 
 class SiteWorker:
@@ -75,19 +125,11 @@ class SiteWorker:
     def _run_task(self, token: str) -> None:
         from flwr.app import Error, Message
         from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-        from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor,
-                                                 RuntimeVersionHttpInterceptor)
-        from flwr.supercore.retry import make_simple_http_retry_invoker
-        from flwr.supercore.runtime import RuntimeHttpClient
-        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+        from flwr.supercore.heartbeat import HeartbeatSender
 
-        client = RuntimeHttpClient.from_server_address(
-            server_address=self.runtime_address, insecure=True, root_certificates=None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                          RuntimeTokenHttpInterceptor(token)],
-            retry_invoker=make_simple_http_retry_invoker())
-        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        client = self._task_client(token)
+        lost = threading.Event()
+        heartbeat = HeartbeatSender(task_heartbeat(client, lost))
         heartbeat.start()
         message = context = reply = None
         status, details = SubStatus.FAILED, "the site's worker failed (its log says why)"
@@ -107,18 +149,34 @@ class SiteWorker:
                                              "log says why)"), reply_to=message)
         finally:
             try:
-                if reply is not None and context is not None:
-                    push_message(client, reply, context)
-                push_task_output(client, context, status, details)
+                delivered = deliver(client, reply, context, status, details, lost)
             finally:
-                heartbeat.stop()
+                if heartbeat.is_running:
+                    heartbeat.stop()
                 client.close()
         kind = message.metadata.message_type if message is not None else "?"
+        if not delivered:
+            print(f"fedtl worker (pid {os.getpid()}): {kind} message dropped: the SuperNode let "
+                  "go of its task before the reply was sent (its run ended or the task timed "
+                  "out); waiting for the next message", flush=True)
+            return
         done = time.perf_counter()
         handled = max(handled, pulled)
         print(f"fedtl worker (pid {os.getpid()}): {kind} message answered in "
               f"{done - started:.2f} s (pull {pulled - started:.2f}, work "
               f"{handled - pulled:.2f}, push {done - handled:.2f})", flush=True)
+
+    def _task_client(self, token: str) -> Any:
+        """A Runtime API client for one task, authenticated by its token."""
+        from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor,
+                                                 RuntimeVersionHttpInterceptor)
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.runtime_address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          RuntimeTokenHttpInterceptor(token)],
+            retry_invoker=task_retry_invoker())
 
     def serve(self, stop: threading.Event) -> None:
         """Run tasks until ``stop`` is set; a Runtime API that is not up yet is waited for."""
@@ -129,6 +187,26 @@ class SiteWorker:
             except Exception as exc:  # the SuperNode restarting: wait, then ask again
                 log.debug("no task: %s", exc)
                 stop.wait(1.0)
+
+
+def deliver(client: Any, reply: Any, context: Any, status: str, details: str,
+            lost: threading.Event) -> bool:
+    """Push a task's reply (if any) and its end, as Flower's `run_clientapp` does; False if
+    the SuperNode no longer holds the task, so there is nowhere to deliver them."""
+    import httpx
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    if lost.is_set():
+        return False
+    try:
+        if reply is not None and context is not None:
+            push_message(client, reply, context)
+        push_task_output(client, context, status, details)
+    except httpx.HTTPStatusError as err:
+        if err.response.status_code != TOKEN_REFUSED:
+            raise
+        return False
+    return True
 
 
 def pull_task_input(client: Any) -> tuple[Any, Any]:
