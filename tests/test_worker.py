@@ -25,7 +25,7 @@ def refused(status: int = 401) -> httpx.HTTPStatusError:
 
 
 @pytest.fixture
-def interrupts(monkeypatch):
+def interrupts():
     """SIGINTs this process receives while the test runs (instead of KeyboardInterrupt)."""
     seen: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: seen.append(number))
