@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 from common.config import RunConfig
-from common.data.partition import holdout_split
 from common.data.scenario import build_scenario, site_folders
 
 
@@ -28,9 +27,8 @@ def carve(source: Path, out: Path, holdout: float = 0.2, seed: int = 0) -> dict[
                     clients=len(site_folders(str(source))))
     linked: dict[str, int] = {}
     for site in build_scenario(cfg).sites:  # the product's sites, with their split seeds
-        # The split `common.site.load_site` makes, assuming every image is readable (a
-        # skipped image would shift the positions).
-        train, _ = holdout_split(len(site.listing), cfg.holdout, site.holdout_seed)
+        # A skipped (unreadable) image would shift the positions: every image must read.
+        train = site.training_images(cfg.holdout)
         for i in train:
             relative = Path(site.listing.items[i])
             link = out / site.name / relative

@@ -18,7 +18,6 @@ from common.errors import ConfigError, RunFailedError
 from common.features.extraction import LazyBase, site_features
 from common.features.model import predict_classes
 from common.report import Report
-from common.data.partition import holdout_split
 from common.data.scenario import Scenario, build_scenario, site_folders
 from common.privacy.release import sums_noise
 from common.progress import ProgressCallback
@@ -86,8 +85,7 @@ def check_budget_before_extraction(cfg: RunConfig, scenario: Scenario) -> None:
         sums_noise(cfg)
     if cfg.sgd_rounds or cfg.personal_sgd:
         for site in scenario.sites:
-            train, _ = holdout_split(len(site.listing), cfg.holdout, site.holdout_seed)
-            sgd_settings(cfg, len(train))
+            sgd_settings(cfg, len(site.training_images(cfg.holdout)))
 
 
 def unseen_evaluator(cfg: RunConfig, scenario: Scenario

@@ -15,7 +15,7 @@ import numpy as np
 from common.config import RunConfig
 from common.data.images import Listing, check_same_classes, list_dataset
 from common.errors import DataError
-from common.data.partition import PartitionSpec, partition
+from common.data.partition import PartitionSpec, holdout_split, partition
 from common.data.shift import Shift, site_shifts
 
 UNSEEN = "unseen-domain"
@@ -29,6 +29,11 @@ class SimulatedSite:
     listing: Listing
     shift: Shift | None
     holdout_seed: tuple[int, ...]
+
+    def training_images(self, holdout: float) -> np.ndarray:
+        """Positions in ``listing`` of the images the site trains on: the split
+        `common.site.load_site` makes when every image is readable."""
+        return holdout_split(len(self.listing), holdout, self.holdout_seed)[0]
 
     def describe(self) -> dict[str, Any]:
         """The site as the report shows it (no image names: counts only)."""
