@@ -29,14 +29,16 @@ from common.errors import (BudgetExhaustedError, DataError, FedtlError, PolicyRe
 from common.features.extraction import LazyBase
 from common.privacy.ledger import PrivacyLedger
 from common.features.model import full_model, head_shapes, save_model
+from common.privacy.centring import folded_head
 from common.personal import (MODEL_FILE, OwnRelease, load_head, load_own_release,
                              personal_dir, ridge_personal_head, save_head, save_own_release)
 from common.privacy.policy import REFUSED, admit
 from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
 from common.privacy.oneshot import PublicBasis, release_shapes
-from common.site import (RoundResult, SiteAccount, SiteData, base_spec, load_simulated_site,
-                         load_site, release_sums, released_accuracies, train_round)
+from common.site import (RoundResult, SiteAccount, SiteData, base_spec, centred,
+                         load_simulated_site, load_site, release_sums, released_accuracies,
+                         train_round)
 
 log = logging.getLogger("fedtl.site")
 DECLINED = "declined"  # the audit trail's word for a round the budget does not allow
@@ -355,8 +357,9 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
         base = LazyBase.shared(base_spec(cfg).for_saving,
                                at.site.state / "public-stats").get()
         folder.mkdir(parents=True, exist_ok=True)
-        save_model(full_model(base, weights, len(cfg.classes), cfg.head_width),
-                   folder / MODEL_FILE)
+        centre = centred(cfg, data, account).centre  # the saved model takes raw images
+        save_model(full_model(base, weights if centre is None else folded_head(weights, centre),
+                              len(cfg.classes), cfg.head_width), folder / MODEL_FILE)
         save_head(folder, weights)  # last: its presence means "done, both saved"
     accuracies, weight = released_accuracies(cfg, data, [weights, _head(at)], account,
                                              _rng(cfg))

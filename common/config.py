@@ -25,6 +25,7 @@ HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
 PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias")
 SECOND_MOMENTS = ("public", "private")
+FEATURE_CENTRINGS = ("public", "site")
 CLIENT_DP = ("off", "fixed", "adaptive")
 # VGG16 layers a head can attach to.
 POOL_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
@@ -175,6 +176,15 @@ class RunConfig:
         "public", "the one-shot head's Z^T Z: public (from --public's statistics) or private "
         "(each site releases its own with its sums, in the same Gaussian query: more noise, "
         "but right when the public images look unlike the sites')", choices=SECOND_MOMENTS)
+    feature_centring: str = setting(
+        "public", "public: every site's features as the base gives them; site: each site "
+        "first centres its features on its own mean (one noised release of their sum, "
+        "accounted, kept at the site), which removes a site's acquisition offset from what "
+        "the federation learns (helps where sites' images differ, costs where they are alike)",
+        choices=FEATURE_CENTRINGS)
+    centring_noise: float = setting(
+        8.0, "with --feature-centring site: noise multiplier of the site's feature-sum "
+        "release (higher: less of the budget, a noisier mean)", valid=POSITIVE)
     sums_noise: str = setting(
         "local", "local: each site's one-shot release carries all its noise; distributed: "
         "with --secure-aggregation, each site whose policy allows it (distributed-noise-sites "

@@ -19,15 +19,17 @@ from common.errors import BudgetExhaustedError, ConfigError, PolicyRefusedError
 from common.features.extraction import LazyBase, Progress, site_features
 from common.privacy.ledger import (LedgerBook, LedgerEvent, PrivacyLedger, RunEntry, RunHeader,
                            SiteBudget)
+from common.personal import run_dir
 from common.privacy.policy import SitePolicy
 from common.privacy.sgd import SgdSettings
 from common.features.model import BaseSpec, compute_dtype, predict_classes
 from common.data.partition import holdout_split
 from common.privacy.oneshot import (PublicBasis, class_sums, embed, noised, noised_moment,
                                     second_moment)
-from common.privacy.release import (count_mechanism, figure_mode, held_out_weight,
-                                    metric_mechanism, noisy_accuracy, public_count, releases,
-                                    sums_noise)
+from common.privacy.centring import load_mean, noised_mean, save_mean
+from common.privacy.release import (centring_mechanism, count_mechanism, figure_mode,
+                                    held_out_weight, metric_mechanism, noisy_accuracy,
+                                    public_count, releases, sums_noise)
 
 log = logging.getLogger("fedtl.site")
 
@@ -45,6 +47,13 @@ class SiteData:
     extraction_seconds: float
     cache_hit: bool
     train_views: np.ndarray | None = None  # K augmented views of train_x (K x n x d)
+    # The mean the features were centred on (--feature-centring site); None: as extracted.
+    centre: np.ndarray | None = None
+
+    @property
+    def extracted_train_x(self) -> np.ndarray:
+        """The training features as extracted, before any centring."""
+        return self.train_x if self.centre is None else self.train_x + self.centre
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,8 @@ def plan_noise(cfg: RunConfig, num_train: int, account: SiteAccount, prior: list
 
 
 def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
-           rng: np.random.Generator, personal: bool = False) -> tuple[SgdSettings, RunEntry]:
+           rng: np.random.Generator, personal: bool = False,
+           features: np.ndarray | None = None) -> tuple[SgdSettings, RunEntry]:
     """Settings for the next round (or the personal fine-tuning), charged to the ledger.
 
     Under the ledger's lock: the first round of a run releases the site's count
@@ -194,7 +204,8 @@ def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
     round appends the mechanism it is about to run, with the sampling rate and noise it
     really uses. Raises `BudgetExhaustedError` (and records nothing) if that would take the
     run past its target or the site past its budget over all runs; `PolicyRefusedError` if
-    the sampling rate exceeds the site's policy.
+    the sampling rate exceeds the site's policy. With ``--feature-centring site`` the first
+    round also charges and keeps the site's mean of ``features`` (`join_centring`).
     """
     kind = "personal" if personal else "dp-sgd"
     with account.ledger.transaction() as book:
@@ -205,11 +216,14 @@ def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
             header = entry.header if entry else RunHeader(
                 cfg.target_epsilon, cfg.delta, cfg.accountant, num_train, 0.0)
             event = LedgerEvent("non-private", settings.sampling_rate, 0.0, settings.steps)
+            if entry is None:
+                join_centring(cfg, account, features, num_train, [], rng)
             return settings, book.append(account.run_key, [event], header)
         prior = book.prior(account.run_key)
         new: list[LedgerEvent] = []
         if entry is None:
             count, new = _released_count(cfg, num_train, rng)
+            new += centring_events(cfg, account.policy)
             settings = plan_noise(cfg, count, account, prior, personal=personal)
             header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count,
                                settings.noise_multiplier)
@@ -228,6 +242,8 @@ def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
         what = "personal fine-tuning" if personal else "another round"
         _check_fits(name, header, [*(entry.mechanisms if entry else []),
                                    *(e.mechanism for e in new)], prior, account.budget, what)
+        if entry is None:
+            join_centring(cfg, account, features, count, new, rng)
         return settings, book.append(account.run_key, new, header)
 
 
@@ -287,6 +303,7 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
                 "once per run (a second, differently noised copy would average the noise down)")
         prior = book.prior(account.run_key)
         count, new = _released_count(cfg, n, rng)
+        new += centring_events(cfg, account.policy)
         sgd_noise = 0.0
         if cfg.dp and (cfg.sgd_rounds or cfg.personal_sgd):  # fixed now for the later rounds
             sgd_noise = plan_noise(cfg, count, account, prior).noise_multiplier
@@ -303,7 +320,9 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
                         "releasing its class sums")
         else:
             new = [LedgerEvent("non-private", 1.0, 0.0, 1)]
+        join_centring(cfg, account, data.extracted_train_x, count if cfg.dp else n, new, rng)
         entry = book.append(account.run_key, new, header)
+    data = centred(cfg, data, account)
     x = data.train_x if data.train_views is None else np.mean(
         [data.train_x, *data.train_views], axis=0)
     z = embed(x, basis)
@@ -321,6 +340,55 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
     return SumsResult(sums.astype(np.float32), entry.public_count if cfg.dp else n,
                       entry.epsilon if cfg.dp else 0.0, sigma,
                       moment.astype(np.float32) if moment is not None else None, own)
+
+
+def centring_dir(state: Path, run_key: str) -> Path:
+    """Where a site keeps its feature mean of run ``run_key``."""
+    return run_dir(state, run_key, "centring")
+
+
+def centring_events(cfg: RunConfig, policy: SitePolicy) -> list[LedgerEvent]:
+    """The ledger event of the site's feature-sum release when it joins a run (none without
+    ``--feature-centring site``), at the run's noise or the policy's floor."""
+    mechanism = centring_mechanism(cfg)
+    if mechanism is None:
+        return []
+    sigma = _at_least_floor(mechanism.noise_multiplier, policy, "feature-sum release")
+    return [_event("centring", Mechanism(1.0, sigma, 1))]
+
+
+def join_centring(cfg: RunConfig, account: SiteAccount, features: np.ndarray | None,
+                  count: int, events: list[LedgerEvent], rng: np.random.Generator) -> None:
+    """When a site joins a run with ``--feature-centring site``: its mean of ``features``
+    (noised as ``events`` charge it; exact in a non-private run) over its released
+    ``count``, kept before the ledger is written and before anything computed from it
+    leaves. Without centring, nothing."""
+    if cfg.feature_centring != "site":
+        return
+    if features is None:
+        raise ValueError("the site's first round of a centred run needs its features")
+    sigma = next((e.noise_multiplier for e in events if e.kind == "centring"), 0.0)
+    save_mean(centring_dir(account.ledger.folder, account.run_key),
+              noised_mean(features, count, sigma, rng))
+
+
+def centred(cfg: RunConfig, data: SiteData, account: SiteAccount) -> SiteData:
+    """``data`` centred on the site's kept mean of the run (`join_centring`); as it is
+    without ``--feature-centring site``, when already centred, or before the site joined."""
+    if cfg.feature_centring != "site" or data.centre is not None:
+        return data
+    mean = load_mean(centring_dir(account.ledger.folder, account.run_key),
+                     data.test_x.shape[1])
+    if mean is None:
+        if account.ledger.get(account.run_key) is not None:
+            raise ConfigError(
+                f"site {data.name} joined run {account.run_key} but keeps no feature mean "
+                "for it (the run was not centred when the site joined, or the file was "
+                "removed); this run cannot go on at this site")
+        return data
+    views = None if data.train_views is None else data.train_views - mean
+    return dataclasses.replace(data, train_x=data.train_x - mean, test_x=data.test_x - mean,
+                               train_views=views, centre=mean)
 
 
 def _released_count(cfg: RunConfig, n: int, rng: np.random.Generator
@@ -383,7 +451,9 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
     `BudgetExhaustedError` (and trains nothing) if the budget does not allow it.
     """
     n = len(data.train_y)
-    settings, entry = charge(cfg, data.name, n, account, rng, personal)
+    settings, entry = charge(cfg, data.name, n, account, rng, personal,
+                             features=data.extracted_train_x)
+    data = centred(cfg, data, account)
     settings = dataclasses.replace(settings, proximal_mu=proximal_mu)
     from common.privacy.dp import train_head  # TensorFlow only once the site trains
 
@@ -415,6 +485,7 @@ def released_accuracies(cfg: RunConfig, data: SiteData, heads: list[list[np.ndar
     mode = figure_mode(cfg)
     if mode == "none":
         return [], weight
+    data = centred(cfg, data, account)
     if mode == "exact":
         return [evaluate(cfg, data, w) for w in heads], weight
     charge_releases(cfg, data.name, account, len(heads))

@@ -93,6 +93,8 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
     """Accuracy of a head on the scenario's unseen-domain site (all its images), if it has one.
 
     It runs in the simulation's server process: a simulated evaluation site, not a real one.
+    With ``--feature-centring site`` its features are centred on their own mean, as a new
+    site would centre its own images before using the head (nothing of it is released).
     """
     unseen = scenario.unseen
     if unseen is None:
@@ -107,8 +109,12 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
           f"(unseen site), features {'cached' if feats.cache_hit else 'extracted'}",
           file=sys.stderr, flush=True)
 
+    features = feats.features
+    if cfg.feature_centring == "site":
+        features = features - features.mean(axis=0)
+
     def accuracy(weights: list[np.ndarray]) -> float:
-        predicted = predict_classes(feats.features, weights, num_classes=len(cfg.classes),
+        predicted = predict_classes(features, weights, num_classes=len(cfg.classes),
                                     head_width=cfg.head_width)
         return float(np.mean(predicted == feats.labels))
 

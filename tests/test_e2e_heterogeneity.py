@@ -1,8 +1,9 @@
 """End to end: a domain-shift scenario compared with its pooled reference, with personal heads.
 
 Real ImageNet weights, Flower's simulation engine, the bundled digits seen by each site
-through its own acquisition shift, with label skew; the personal heads are built from each
-site's one-shot release (``--personal-tuning ridge``; the DP fine-tuning ones run in the
+through its own acquisition shift, with label skew, each centring its features on its own
+noised mean (``--feature-centring site``); the personal heads are built from each site's
+one-shot release (``--personal-tuning ridge``; the DP fine-tuning ones run in the
 deployment test).
 """
 
@@ -32,6 +33,7 @@ def comparison(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
          "pooled,fedprox+personalize", "--dataset", "digits", "--clients", "3",
          "--partition", "domain", "--alpha", "0.5", "--rounds", str(ROUNDS),
          "--target-epsilon", "4", "--batch-size", "128", "--personal-tuning", "ridge",
+         "--feature-centring", "site",
          "--out", str(out),
          "--state", str(state)],
         capture_output=True, text=True, timeout=1500)
@@ -94,6 +96,11 @@ def test_personal_heads_are_kept_at_each_site_within_the_same_budget(comparison)
         assert all(r["epsilon"] <= 4.0 + 1e-6 for r in ledger["runs"].values())
         assert all(e["kind"] != "personal" for r in ledger["runs"].values()
                    for e in r["events"])
+        # One feature-sum release per run, charged, and its mean kept for every request.
+        (entry,) = ledger["runs"].values()
+        assert [e["kind"] for e in entry["events"]].count("centring") == 1
+        (means,) = list((run_dir / "sites" / site / "centring").iterdir())
+        assert np.load(means / "mean.npy").shape == (512,)
         heads = list((run_dir / "sites" / site / "personal").iterdir())
         assert len(heads) == 1 and (heads[0] / "model.keras").stat().st_size > 0
         assert (heads[0] / "own_release.npz").is_file()

@@ -140,3 +140,27 @@ def test_a_damaged_statistics_file_is_recomputed(tmp_path: Path) -> None:
     (tmp_path / f"{'f' * 64}.npz").write_bytes(b"junk")
     mean, variance = public_statistics("f" * 64, tmp_path, compute)
     assert len(calls) == 2 and variance.shape == (4,)
+
+
+@pytest.mark.parametrize("width", [0, 8])
+def test_models_of_a_centred_run_score_features_centred_as_their_head_was_trained(
+        base, tmp_path: Path, width: int) -> None:
+    from common.features.evaluation import centred_probabilities
+    from common.features.model import head_logits
+    from common.privacy.centring import folded_head
+
+    rng = np.random.default_rng(4)
+    head = [rng.normal(size=s).astype(np.float32) for s in head_shapes(256, 3, width)]
+    images = rng.integers(0, 256, (70, 32, 32, 3)).astype(np.float32)  # two batches of 64
+    features = base.model(images).numpy()
+    # The global model on a new folder: centred on that folder's own mean.
+    save_model(full_model(base, head, num_classes=3, head_width=width), tmp_path / "g.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "g.keras")
+    expected = tf.nn.softmax(head_logits(features - features.mean(axis=0), head)).numpy()
+    np.testing.assert_allclose(centred_probabilities(loaded, images), expected, atol=1e-4)
+    # A site's own model: its kept mean folded into the head, raw images in.
+    centre = features[:10].mean(axis=0)
+    site_model = full_model(base, folded_head(head, centre), num_classes=3, head_width=width)
+    np.testing.assert_allclose(
+        site_model.predict(images, verbose=0),
+        tf.nn.softmax(head_logits(features - centre, head)).numpy(), atol=1e-4)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from common.data.dicom import parse_window
 from common.data.images import check_same_classes, list_dataset, load_images
 from common.errors import DataError
+from common.features.model import head_logits
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ def predict_folder(model: tf.keras.Model, model_path: Path, data: str, *,
     the model's outputs and, if beside it, its run's report)."""
     listing = list_dataset(data)
     report = Path(model_path).parent / "report.json"
+    centring = False
     if report.exists():
         settings = json.loads(report.read_text())["settings"]
+        centring = settings.get("feature-centring") == "site"
         trained = settings.get("classes", "")
         check_same_classes(tuple(trained.split(",")), listing.classes, f"folder {data}")
         dicom_window = dicom_window or settings.get("dicom-window", "")
@@ -94,7 +97,22 @@ def predict_folder(model: tf.keras.Model, model_path: Path, data: str, *,
     size = int(model.get_layer("resize").get_config()["height"])
     images = load_images(listing, size, skip_bad=skip_bad,
                          dicom_window=parse_window(dicom_window))
-    probabilities = model.predict(images.pixels.astype(np.float32), batch_size=64, verbose=0)
+    pixels = images.pixels.astype(np.float32)
+    probabilities = centred_probabilities(model, pixels) if centring else model.predict(
+        pixels, batch_size=64, verbose=0)
     return Scored(probabilities=np.asarray(probabilities, dtype=np.float64),
                   labels=np.asarray(images.labels), skipped=len(images.skipped),
                   classes=listing.classes)
+
+
+def centred_probabilities(model: tf.keras.Model, pixels: np.ndarray) -> np.ndarray:
+    """The global model of a ``--feature-centring site`` run, whose head takes features
+    centred on a site's own mean: the folder's own mean stands in for it, as a new site
+    would centre its images (each site's personal model has its mean folded in instead)."""
+    resize, base = model.get_layer("resize"), model.get_layer("frozen_base")
+    features = np.concatenate([base(resize(pixels[i:i + 64]), training=False).numpy()
+                               for i in range(0, len(pixels), 64)])
+    head = [w for layer in model.layers if layer.name.startswith("head_")
+            for w in layer.get_weights()]
+    logits = head_logits(features - features.mean(axis=0), head)
+    return tf.nn.softmax(logits).numpy()

@@ -21,12 +21,18 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
     if not cfg.public:
         features = base.get().model.predict(public_crops(cfg.image_size).astype(np.float32),
                                             batch_size=64, verbose=0)
-        return public_basis(features, cfg.public_components, RECIPE)
-    listing = list_dataset(cfg.public)
-    cache = Path(cfg.state).expanduser() / "public-features" if cfg.cache else None
-    feats = site_features(base, listing, cache, skip_bad=cfg.skip_bad_images,
-                          dicom_window=cfg.window)
-    if len(feats.labels) < 2:
-        raise DataError(f"public folder {cfg.public} has fewer than two readable images")
-    return public_basis(feats.features, cfg.public_components,
-                        f"folder:{Path(cfg.public).name}|images={len(feats.labels)}")
+        recipe = RECIPE
+    else:
+        listing = list_dataset(cfg.public)
+        cache = Path(cfg.state).expanduser() / "public-features" if cfg.cache else None
+        feats = site_features(base, listing, cache, skip_bad=cfg.skip_bad_images,
+                              dicom_window=cfg.window)
+        if len(feats.labels) < 2:
+            raise DataError(f"public folder {cfg.public} has fewer than two readable images")
+        features = feats.features
+        recipe = f"folder:{Path(cfg.public).name}|images={len(feats.labels)}"
+    if cfg.feature_centring == "site":  # the public images centred on their own mean too,
+        # as every site's are: the basis is then about the classes, not where a cloud sits
+        features = features - features.mean(axis=0)
+        recipe += "|centred"
+    return public_basis(features, cfg.public_components, recipe)

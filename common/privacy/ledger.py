@@ -33,7 +33,7 @@ FORMAT = 2
 # ``count``: the noised example count; ``figures``: noised (correct, total) releases;
 # ``sums``: the one-shot per-class feature sums (one Gaussian query, sampling rate 1);
 # ``non-private``: training without noise, allowed by the site's policy (epsilon infinite).
-KINDS = ("dp-sgd", "personal", "count", "figures", "sums", "non-private")
+KINDS = ("dp-sgd", "personal", "count", "figures", "sums", "centring", "non-private")
 TRAINING = ("dp-sgd", "personal", "non-private")
 
 

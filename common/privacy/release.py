@@ -1,4 +1,5 @@
-"""What a site releases besides its DP head: its example count and its per-round figures.
+"""What a site releases besides its DP head: its example count, its per-round figures and
+(``--feature-centring site``) the feature sum it centres its features with.
 
 DP-SGD protects the head; everything else a site sends is computed from the same private
 images and needs its own treatment. Counts are released once per run, exactly, rounded or
@@ -41,6 +42,13 @@ def public_count(n: int, *, mode: str, noise: float, rounding: int,
 def count_mechanism(mode: str, noise: float) -> Mechanism | None:
     """The accounted mechanism of a noised count release (one Gaussian query per run)."""
     return Mechanism(1.0, noise, 1) if mode == "noised" else None
+
+
+def centring_mechanism(cfg: RunConfig) -> Mechanism | None:
+    """The accounted release of a site's feature sum for ``--feature-centring site`` (one
+    Gaussian query per run; its noise multiplier is over the clip norm)."""
+    return Mechanism(1.0, cfg.centring_noise, 1) \
+        if cfg.dp and cfg.feature_centring == "site" else None
 
 
 def metric_mechanism(noise: float, releases: int) -> Mechanism | None:
@@ -94,7 +102,8 @@ def sums_noise(cfg: RunConfig) -> float:
     else:
         target = cfg.target_epsilon
         prior = [m for m in (count_mechanism(cfg.example_counts, cfg.count_noise),
-                             metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)))
+                             metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)),
+                             centring_mechanism(cfg))
                  if m is not None]
     return noise_for_budget(target_epsilon=target, delta=cfg.delta, sampling_rate=1.0,
                             steps=1, accountant=cfg.accountant, prior=prior)
@@ -116,7 +125,8 @@ def one_shot_split(cfg: RunConfig) -> dict[str, float | str] | None:
             "planned_share": alone / cfg.target_epsilon, "noise": cfg.sums_noise,
             "rest_for": ", ".join(["dp-sgd rounds"] * bool(cfg.sgd_rounds)
                                   + ["personal fine-tuning"] * cfg.personal_sgd
-                                  + ["count and figure releases"])}
+                                  + ["count and figure releases"]
+                                  + ["feature sum (centring)"] * (cfg.feature_centring == "site"))}
 
 
 @dataclass(frozen=True)
@@ -142,11 +152,14 @@ def releases(cfg: RunConfig) -> Releases:
         return Releases((), (), ())
     mechanisms = [count_mechanism(cfg.example_counts, cfg.count_noise),
                   metric_mechanism(cfg.metric_noise, planned_figure_releases(cfg)),
-                  sums_mechanism(cfg)]
+                  centring_mechanism(cfg), sums_mechanism(cfg)]
     covered = ([SUMS_DISTRIBUTED if cfg.sums_noise == "distributed" else SUMS_LOCAL]
                if cfg.one_shot else [])
     if cfg.private_moment:
         covered.append("noised second moment of the features (one-shot head, same query)")
+    if cfg.feature_centring == "site":
+        covered.append("noised feature sum centring the site's features (kept at the site; "
+                       "everything it sends is computed from centred features)")
     covered += ["head updates"] if cfg.sgd_rounds or cfg.personal_sgd else []
     outside: list[str] = []
     if cfg.example_counts == "noised":
