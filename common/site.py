@@ -377,15 +377,17 @@ def centred(cfg: RunConfig, data: SiteData, account: SiteAccount) -> SiteData:
     without ``--feature-centring site``, when already centred, or before the site joined."""
     if cfg.feature_centring != "site" or data.centre is not None:
         return data
+    entry = account.ledger.get(account.run_key)
+    if entry is None:  # not joined: nothing charged, so no mean to centre with (a file left
+        return data    # by a join whose ledger write failed was never charged: unused)
+    charged = not cfg.dp or any(e.kind == "centring" for e in entry.events)
     mean = load_mean(centring_dir(account.ledger.folder, account.run_key),
-                     data.test_x.shape[1])
+                     data.test_x.shape[1]) if charged else None
     if mean is None:
-        if account.ledger.get(account.run_key) is not None:
-            raise ConfigError(
-                f"site {data.name} joined run {account.run_key} but keeps no feature mean "
-                "for it (the run was not centred when the site joined, or the file was "
-                "removed); this run cannot go on at this site")
-        return data
+        raise ConfigError(
+            f"site {data.name} joined run {account.run_key} but keeps no charged feature "
+            "mean for it (the run was not centred when the site joined, or the file was "
+            "removed); this run cannot go on at this site")
     views = None if data.train_views is None else data.train_views - mean
     return dataclasses.replace(data, train_x=data.train_x - mean, test_x=data.test_x - mean,
                                train_views=views, centre=mean)
@@ -451,9 +453,10 @@ def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],
     `BudgetExhaustedError` (and trains nothing) if the budget does not allow it.
     """
     n = len(data.train_y)
+    data = centred(cfg, data, account)  # a site that lost its kept mean refuses uncharged
     settings, entry = charge(cfg, data.name, n, account, rng, personal,
                              features=data.extracted_train_x)
-    data = centred(cfg, data, account)
+    data = centred(cfg, data, account)  # a site that has just joined
     settings = dataclasses.replace(settings, proximal_mu=proximal_mu)
     from common.privacy.dp import train_head  # TensorFlow only once the site trains
 

@@ -100,8 +100,10 @@ def test_a_site_that_lost_its_kept_mean_refuses_to_go_on(tmp_path: Path) -> None
     data, acc = site(), account(tmp_path)
     weights = train_round(CFG, data, initial_head_weights(D, 3, 0, seed=0), acc, RNG).weights
     (centring_dir(tmp_path, "run-1") / "mean.npy").unlink()
-    with pytest.raises(ConfigError, match="keeps no feature mean"):
+    before = acc.ledger.get("run-1").events
+    with pytest.raises(ConfigError, match="keeps no charged feature mean"):
         train_round(CFG, data, weights, acc, RNG)
+    assert acc.ledger.get("run-1").events == before
     (centring_dir(tmp_path, "run-1") / "mean.npy").write_bytes(b"not an array")
     with pytest.raises(ConfigError, match="unreadable"):
         train_round(CFG, data, weights, acc, RNG)
@@ -136,3 +138,24 @@ def test_the_mean_release_is_planned_so_a_ridge_head_alone_spends_exactly_the_ta
                                                                       rel=1e-3)
     assert sums_noise(cfg) > sums_noise(cfg.replace(feature_centring="public"))
     assert any("feature sum" in c for c in releases(cfg).covered)
+
+
+def test_a_mean_whose_charge_never_reached_the_ledger_is_not_used(tmp_path: Path) -> None:
+    data, acc = site(offset=0.3), account(tmp_path)
+    folder = centring_dir(tmp_path, "run-1")
+    folder.mkdir(parents=True)
+    np.save(folder / "mean.npy", np.ones(D, np.float32))  # a join that crashed before its charge
+    assert centred(CFG, data, acc) is data
+    train_round(CFG, data, initial_head_weights(D, 3, 0, seed=0), acc, RNG)
+    assert not np.allclose(np.load(folder / "mean.npy"), 1.0)  # drawn again, and charged
+    assert "centring" in [e.kind for e in acc.ledger.get("run-1").events]
+
+
+def test_a_run_joined_without_centring_cannot_be_centred_later(tmp_path: Path) -> None:
+    data, acc = site(), account(tmp_path)
+    weights = train_round(CFG.replace(feature_centring="public"), data,
+                          initial_head_weights(D, 3, 0, seed=0), acc, RNG).weights
+    before = acc.ledger.get("run-1").events
+    with pytest.raises(ConfigError, match="keeps no charged feature mean"):
+        train_round(CFG, data, weights, acc, RNG)
+    assert acc.ledger.get("run-1").events == before  # refused before anything was charged
