@@ -31,6 +31,9 @@ def model_card(report: Report) -> dict[str, Any]:
                             + (str(report.settings.get("dicom-window") or "")
                                or "from each file (else its full range)")
                             + ", to 8-bit grey as RGB")},
+        # --feature-centring site: the head was trained on each site's features centred on
+        # that site's own mean; a user must centre theirs on their own images' mean.
+        "centred_features": report.settings.get("feature-centring") == "site",
         "base": {"weights": report.base.weights, "fingerprint": report.base.fingerprint,
                  "layer": report.base.base_layer, "preprocessing": report.base.preprocessing},
         "head": {"hidden_units": report.settings.get("head-width", 0),
@@ -79,6 +82,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Base: ImageNet VGG16 up to {card['base']['layer']} ({card['base']['weights']}), "
         f"fingerprint {card['base']['fingerprint']}; preprocessing "
         f"`{card['base']['preprocessing']}`",
+        *([("- Features: the head expects features centred on the images' own mean "
+            "(each site trained on its own centred features); `fedtl evaluate` centres a "
+            "folder on its own mean, the saved model alone does not")]
+          if card.get("centred_features") else []),
         f"- Head: {card['head']['hidden_units'] or 'linear'}"
         f"{' hidden units' if card['head']['hidden_units'] else ''}, "
         f"federated with {card['head']['strategy']}",

@@ -47,6 +47,19 @@ def test_a_model_without_dp_says_so_on_its_card() -> None:
     assert "**not private**" in card_markdown(model_card(a_report(private=False)))
 
 
+def test_a_centred_runs_card_says_its_head_expects_centred_features() -> None:
+    import dataclasses
+
+    from common.model_card import model_card
+
+    plain = model_card(a_report())
+    centred = model_card(dataclasses.replace(
+        a_report(), settings={**a_report().settings, "feature-centring": "site"}))
+    assert not plain["centred_features"] and centred["centred_features"]
+    assert "centred on the images' own mean" in card_markdown(centred)
+    assert "centred" not in card_markdown(plain)
+
+
 def test_no_card_or_a_damaged_one_is_none(tmp_path: Path) -> None:
     assert read_model_card(tmp_path / "model.keras") is None
     (tmp_path / JSON_FILE).write_text("{broken")
