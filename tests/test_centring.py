@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import BudgetExhaustedError, ConfigError
 from common.features.model import head_logits
 from common.privacy.accounting import composed_epsilon
 from common.privacy.centring import CLIP_NORM, folded_head, noised_mean
@@ -159,3 +159,26 @@ def test_a_run_joined_without_centring_cannot_be_centred_later(tmp_path: Path) -
     with pytest.raises(ConfigError, match="keeps no charged feature mean"):
         train_round(CFG, data, weights, acc, RNG)
     assert acc.ledger.get("run-1").events == before  # refused before anything was charged
+
+
+def test_a_tiny_centring_noise_is_refused_before_anything_is_charged_or_kept(
+        tmp_path: Path) -> None:
+    cfg = CFG.replace(centring_noise=0.05)  # alone an epsilon far past the target
+    data, acc = site(), account(tmp_path, cfg=cfg)
+    with pytest.raises((BudgetExhaustedError, ConfigError)):
+        train_round(cfg, data, initial_head_weights(D, 3, 0, seed=0), acc, RNG)
+    assert acc.ledger.get("run-1") is None
+    assert not centring_dir(tmp_path, "run-1").exists()
+
+
+def test_the_sites_noise_floor_applies_to_the_mean_release(tmp_path: Path) -> None:
+    import dataclasses
+
+    from common.privacy.policy import SitePolicy
+
+    policy = dataclasses.replace(SitePolicy.unrestricted(), min_noise_multiplier=12.0)
+    acc = dataclasses.replace(account(tmp_path), policy=policy)
+    train_round(CFG.replace(noise_multiplier=12.0), site(), initial_head_weights(D, 3, 0, seed=0),
+                acc, RNG)
+    (event,) = [e for e in acc.ledger.get("run-1").events if e.kind == "centring"]
+    assert event.noise_multiplier == 12.0  # raised from the run's 8
