@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -290,6 +291,9 @@ class RunConfig:
             choices, valid = f.metadata.get("choices"), f.metadata.get("valid")
             if choices is not None and value not in choices:
                 raise ConfigError(f"{name} must be one of {choices}. Found {value!r}.")
+            # "inf" parses as a float and passes a "positive" check; no setting means it.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number. Found {value}.")
             if valid is not None and not valid.admits(value):
                 raise ConfigError(f"{name} must be {valid.text}. Found {value}.")
         for ok, message in self._combinations():

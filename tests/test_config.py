@@ -38,6 +38,9 @@ def test_flower_values_are_coerced_from_strings() -> None:
     ("rounds", "many", "'rounds' must be a int"),
     ("dp", "maybe", "'dp' must be a bool"),
     ("colour", "red", "unknown setting 'colour'"),
+    ("clip-norm", "inf", "clip-norm must be a finite number"),
+    ("centring-noise", float("inf"), "centring-noise must be a finite number"),
+    ("target-epsilon", "1e400", "target-epsilon must be a finite number"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(key: str, value: object,
                                                      message: str) -> None:
