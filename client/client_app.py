@@ -357,9 +357,12 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
         base = LazyBase.shared(base_spec(cfg).for_saving,
                                at.site.state / "public-stats").get()
         folder.mkdir(parents=True, exist_ok=True)
-        centre = centred(cfg, data, account).centre  # the saved model takes raw images
-        save_model(full_model(base, weights if centre is None else folded_head(weights, centre),
-                              len(cfg.classes), cfg.head_width), folder / MODEL_FILE)
+        # Centred once here for both the saved model (which takes raw images: the mean is
+        # folded in) and the figures below.
+        data = centred(cfg, data, account)
+        head = weights if data.centre is None else folded_head(weights, data.centre)
+        save_model(full_model(base, head, len(cfg.classes), cfg.head_width),
+                   folder / MODEL_FILE)
         save_head(folder, weights)  # last: its presence means "done, both saved"
     accuracies, weight = released_accuracies(cfg, data, [weights, _head(at)], account,
                                              _rng(cfg))

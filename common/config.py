@@ -405,6 +405,11 @@ class RunConfig:
         return self.personal_tuning
 
     @property
+    def site_centred(self) -> bool:
+        """Each site centres its features on its own noised mean (``--feature-centring site``)."""
+        return self.feature_centring == "site"
+
+    @property
     def private_moment(self) -> bool:
         """The one-shot release carries each site's own second moment."""
         return self.one_shot and self.second_moment == "private"

@@ -363,7 +363,7 @@ def join_centring(cfg: RunConfig, account: SiteAccount, features: np.ndarray | N
     (noised as ``events`` charge it; exact in a non-private run) over its released
     ``count``, kept before the ledger is written and before anything computed from it
     leaves. Without centring, nothing."""
-    if cfg.feature_centring != "site":
+    if not cfg.site_centred:
         return
     if features is None:
         raise ValueError("the site's first round of a centred run needs its features")
@@ -375,7 +375,7 @@ def join_centring(cfg: RunConfig, account: SiteAccount, features: np.ndarray | N
 def centred(cfg: RunConfig, data: SiteData, account: SiteAccount) -> SiteData:
     """``data`` centred on the site's kept mean of the run (`join_centring`); as it is
     without ``--feature-centring site``, when already centred, or before the site joined."""
-    if cfg.feature_centring != "site" or data.centre is not None:
+    if not cfg.site_centred or data.centre is not None:
         return data
     entry = account.ledger.get(account.run_key)
     if entry is None:  # not joined: nothing charged, so no mean to centre with (a file left

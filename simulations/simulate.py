@@ -110,7 +110,7 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
           file=sys.stderr, flush=True)
 
     features = feats.features
-    if cfg.feature_centring == "site":
+    if cfg.site_centred:
         features = features - features.mean(axis=0)
 
     def accuracy(weights: list[np.ndarray]) -> float:

@@ -160,7 +160,7 @@ def test_the_budget_split_never_exceeds_the_target_and_is_stated_as_charged(
     if cfg.personal_sgd:  # a ridge personal head is built from the release: no charge
         charge(cfg, data.name, len(data.train_y), acc, RNG, personal=True)
     entry = acc.ledger.get("run-1")
-    first = ["count", "centring", "sums"] if cfg.feature_centring == "site" else ["count", "sums"]
+    first = ["count", "centring", "sums"] if cfg.site_centred else ["count", "sums"]
     assert [e.kind for e in entry.events][:len(first)] == first
     assert entry.epsilon <= cfg.target_epsilon * (1 + 1e-6)
     if cfg.site_metrics == "exact":  # every planned release made: the target is spent

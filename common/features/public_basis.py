@@ -31,7 +31,7 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
             raise DataError(f"public folder {cfg.public} has fewer than two readable images")
         features = feats.features
         recipe = f"folder:{Path(cfg.public).name}|images={len(feats.labels)}"
-    if cfg.feature_centring == "site":  # the public images centred on their own mean too,
+    if cfg.site_centred:  # the public images centred on their own mean too,
         # as every site's are: the basis is then about the classes, not where a cloud sits
         features = features - features.mean(axis=0)
         recipe += "|centred"

@@ -48,7 +48,7 @@ def centring_mechanism(cfg: RunConfig) -> Mechanism | None:
     """The accounted release of a site's feature sum for ``--feature-centring site`` (one
     Gaussian query per run; its noise multiplier is over the clip norm)."""
     return Mechanism(1.0, cfg.centring_noise, 1) \
-        if cfg.dp and cfg.feature_centring == "site" else None
+        if cfg.dp and cfg.site_centred else None
 
 
 def metric_mechanism(noise: float, releases: int) -> Mechanism | None:
@@ -126,7 +126,7 @@ def one_shot_split(cfg: RunConfig) -> dict[str, float | str] | None:
             "rest_for": ", ".join(["dp-sgd rounds"] * bool(cfg.sgd_rounds)
                                   + ["personal fine-tuning"] * cfg.personal_sgd
                                   + ["count and figure releases"]
-                                  + ["feature sum (centring)"] * (cfg.feature_centring == "site"))}
+                                  + ["feature sum (centring)"] * cfg.site_centred)}
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def releases(cfg: RunConfig) -> Releases:
                if cfg.one_shot else [])
     if cfg.private_moment:
         covered.append("noised second moment of the features (one-shot head, same query)")
-    if cfg.feature_centring == "site":
+    if cfg.site_centred:
         covered.append("noised feature sum centring the site's features (kept at the site; "
                        "everything it sends is computed from centred features)")
     covered += ["head updates"] if cfg.sgd_rounds or cfg.personal_sgd else []
