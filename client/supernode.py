@@ -9,6 +9,8 @@ uses `time` for its polling sleeps only (3 s idle, 0.5 s waiting for a reply or 
 arrays; `tests/test_daemons.py` pins that). Each pull is one small gRPC request; a site
 polling twice a second is a light load on the SuperLink for the tens of sites fedtl targets.
 
+It also keeps the SuperNode's replies in step with its messages (`answer_in_step`).
+
     python -m client.supernode [--poll SECONDS] <flower-supernode arguments>
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from types import ModuleType
+from typing import Any
 
 POLL_SECONDS = 0.5  # `fedtl client --poll`
 MIN_POLL_SECONDS, MAX_POLL_SECONDS = 0.1, 3.0  # 3 s: Flower's own
@@ -40,6 +43,43 @@ def cap_polling(module: ModuleType, poll: float = POLL_SECONDS) -> None:
     module.time = CappedClock(poll)  # type: ignore[attr-defined]
 
 
+def answer_in_step(module: ModuleType) -> None:
+    """Make the push stage of Flower's SuperNode loop (``module``) return only once the
+    message its pull stage just stored is answered.
+
+    Flower 1.39's loop pulls one message, then pushes every reply it holds, waiting only until
+    there is at least one. When the SuperLink restarts while a site confirms a message of the
+    run it was serving, Flower drops that run (`RunNotRunningException`) after the site's
+    worker has answered: the stale reply stays behind. The next message's push then sends
+    that stale reply at once and returns, and from then on every reply waits for the next
+    message, long after the server gave up on it (a CI run lost a site for the rest of a
+    resumed run). Waiting for the pulled message's own reply ends the lag after one message.
+    """
+    pull, push = module._pull_and_store_message, module._push_messages
+    pulled: set[str] = set()
+
+    def pull_and_store(*, state: Any, **kwargs: Any) -> int | None:
+        before = _message_ids(state)
+        run_id = pull(state=state, **kwargs)
+        pulled.clear()
+        pulled.update(_message_ids(state) - before)
+        return run_id
+
+    def push_until_answered(*, state: Any, **kwargs: Any) -> None:
+        push(state=state, **kwargs)  # a reply is pushed with the message it answers deleted
+        while pulled & _message_ids(state):
+            push(state=state, **kwargs)
+
+    module._pull_and_store_message = pull_and_store  # type: ignore[attr-defined]
+    module._push_messages = push_until_answered  # type: ignore[attr-defined]
+
+
+def _message_ids(state: Any) -> set[str]:
+    """The ids of the messages and replies ``state`` (Flower's in-memory NodeState) holds."""
+    with state.lock_msg_store:
+        return set(state.msg_store)
+
+
 def split_poll(args: list[str]) -> tuple[float, list[str]]:
     """(the poll interval, Flower's own arguments) from ``[--poll SECONDS] <flower args>``."""
     if args[:1] == ["--poll"] and len(args) >= 2:
@@ -53,6 +93,7 @@ def main() -> int:
 
     poll, flower_args = split_poll(sys.argv[1:])
     cap_polling(start_client_internal, poll)
+    answer_in_step(start_client_internal)
     sys.argv = ["flower-supernode", *flower_args]
     flower_supernode()
     return 0

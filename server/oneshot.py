@@ -54,8 +54,8 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         book.accept(update)
         accepted.append(update)
     if len(accepted) < (cfg.min_sites or 1):
-        log.warning("round 1: only %d site(s) released class sums; the head stays as it was",
-                    len(accepted))
+        book.fail_round(f"only {len(accepted)} site(s) released class sums, fewer than the "
+                        f"{cfg.min_sites or 1} required (--min-sites)")
         book.close_training(None)
     else:
         # A site's count weighs at most max-weight-ratio times the others' median, as in

@@ -86,9 +86,8 @@ class Validated(Strategy):
             book.accept(update)
             accepted.append((msg, update))
         if len(accepted) < self.min_train_nodes:
-            log.warning("round %d: only %d accepted update(s), fewer than the %d required; "
-                        "the global head stays as it was", book.current.round, len(accepted),
-                        self.min_train_nodes)
+            book.fail_round(f"only {len(accepted)} accepted update(s), fewer than the "
+                            f"{self.min_train_nodes} required (--min-sites)")
             book.close_training(None)
             return None, None
         weights = self._weights([update.num_examples for _, update in accepted])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -374,3 +376,66 @@ def test_a_child_that_says_it_ended_but_hangs_is_ended_without_counting_as_asked
     while quick.process is None:
         time.sleep(0.05)
     assert quick.reap(30.0) is False and quick.wait() == 0
+
+
+def test_a_stale_reply_left_by_a_server_restart_does_not_put_a_sites_replies_one_behind() -> None:
+    # Flower's own loop, its own push and node state; only the SuperLink (`send`) is faked.
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from flwr.app import Message, RecordDict
+    from flwr.common import Metadata
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode import start_client_internal as flower
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    from client.supernode import answer_in_step
+
+    def message(run: int) -> Message:
+        return Message(RecordDict(), metadata=Metadata(
+            run_id=run, message_id="", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+            group_id="", created_at=time.time(), ttl=60.0, message_type="train"))
+
+    def world() -> tuple[Any, Any, list[str], Callable[..., int], Message]:
+        store = ObjectStoreFactory().store()
+        state = InMemoryNodeState(store)
+        stale = message(run=1)
+        flower._insert_message(stale, state, store)  # the old run's message, answered
+        state.get_messages(is_reply=False)  # by the worker
+        flower._insert_message(Message(RecordDict(), reply_to=stale), state, store)
+        fresh = message(run=2)
+        sent: list[str] = []
+
+        def pull(**_: Any) -> int:
+            flower._insert_message(fresh, state, store)
+            return 2
+
+        return state, store, sent, pull, fresh
+
+    def push_in_background(module: Any, state: Any, store: Any, sent: list[str]) -> Any:
+        def send(message: Message, *_: Any) -> tuple[set[str], str]:
+            sent.append(message.metadata.reply_to_message_id)
+            return set(), "session"
+
+        module._pull_and_store_message(state=state)
+        pusher = threading.Thread(target=module._push_messages, kwargs=dict(
+            state=state, object_store=store, send=send, push_object=lambda *_: None))
+        pusher.start()
+        pusher.join(1.5)
+        return pusher
+
+    # Flower alone: the push sends the stale reply and returns before the fresh message's.
+    state, store, sent, pull, fresh = world()
+    module = SimpleNamespace(_pull_and_store_message=pull, _push_messages=flower._push_messages)
+    assert not push_in_background(module, state, store, sent).is_alive() and len(sent) == 1
+
+    state, store, sent, pull, fresh = world()
+    module = SimpleNamespace(_pull_and_store_message=pull, _push_messages=flower._push_messages)
+    answer_in_step(module)  # type: ignore[arg-type]
+    pusher = push_in_background(module, state, store, sent)
+    assert pusher.is_alive() and len(sent) == 1  # still waiting for the fresh reply
+    state.get_messages(is_reply=False)
+    flower._insert_message(Message(RecordDict(), reply_to=fresh), state, store)
+    pusher.join(5)
+    assert not pusher.is_alive() and sent[1] == fresh.metadata.message_id

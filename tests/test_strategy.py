@@ -168,6 +168,9 @@ def test_fewer_accepted_updates_than_required_sites_keep_the_global_head() -> No
     assert s.aggregate_train(1, [reply(1, full(1.0), 10), reply(2, full(1e9), 10)]) == (None, None)
     assert s.book.current.sites_trained == ["site-1"] and s.book.current.rejected == ["node 2"]
     np.testing.assert_array_equal(s.book.head[0], GLOBAL[0])  # the round's head stands
+    # The round says so: a site that trained is not evidence that the head moved.
+    assert s.book.current.failure == ("only 1 accepted update(s), fewer than the 2 required "
+                                      "(--min-sites)")
 
 
 def test_a_site_is_known_by_its_node_not_by_the_name_it_asserts() -> None:
