@@ -80,7 +80,10 @@ def test_the_attack_beats_an_overfit_model_and_not_the_dp_model_on_the_same_data
     assert over["members"] == dp["members"] == n and over["nonmembers"] == n
     assert over["member_accuracy"] > 0.95  # it memorised its members
     assert over["auc"] > 0.75 and over["advantage"] > 0.35
-    assert dp["auc"] < 0.6
+    # The audit's AUC is the best of its attacks, each estimated on 600 images, and the DP
+    # noise is drawn afresh: with this recipe eight DP models scored 0.51-0.56 (one CI run
+    # saw 0.6006), and the same recipe without clipping or noise 0.69-0.70 (2026-12-01).
+    assert dp["auc"] < 0.62
     assert over["auc"] - dp["auc"] > 0.2
     # No attack may beat what (epsilon, delta)-DP allows: advantage <= (e^eps - 1 + 2 delta)
     # / (e^eps + 1) (Humphries et al., arXiv 2002.12062).
