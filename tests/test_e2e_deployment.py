@@ -314,7 +314,10 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     final = report["final"]
     assert set(GOOD) <= set(final["epsilon"]) and "spent" not in final["epsilon"]
     assert all(2.9 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
-    assert final["accuracy"] > 0.5  # ten digits: chance is 0.1
+    # The good sites' exact figures (ten digits: chance is 0.1). The run's average also holds
+    # the poisoned site's DP-noised figure of ~120 images, which swung 0.17-0.91 in one run.
+    good = [final["per_site_global_accuracy"][site] for site in GOOD]
+    assert sum(good) / len(good) > 0.5, final["per_site_global_accuracy"]
     assert (world.root / "run-a" / "model.keras").stat().st_size > 0
     # FedProx over gRPC, then each site fine-tuned and kept its own head (with DP-SGD alone
     # the default tunes its bias; the spent site declined that too); the report has both
