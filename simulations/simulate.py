@@ -17,6 +17,7 @@ from common.config import RunConfig
 from common.errors import ConfigError, RunFailedError
 from common.features.extraction import LazyBase, site_features
 from common.features.model import predict_classes
+from common.privacy.centring import centred_on_own_mean
 from common.report import Report
 from common.data.scenario import Scenario, build_scenario, site_folders
 from common.privacy.release import sums_noise
@@ -109,9 +110,7 @@ def unseen_evaluator(cfg: RunConfig, scenario: Scenario
           f"(unseen site), features {'cached' if feats.cache_hit else 'extracted'}",
           file=sys.stderr, flush=True)
 
-    features = feats.features
-    if cfg.site_centred:
-        features = features - features.mean(axis=0)
+    features = centred_on_own_mean(feats.features) if cfg.site_centred else feats.features
 
     def accuracy(weights: list[np.ndarray]) -> float:
         predicted = predict_classes(features, weights, num_classes=len(cfg.classes),

@@ -14,6 +14,7 @@ from common.data.dicom import parse_window
 from common.data.images import check_same_classes, list_dataset, load_images
 from common.errors import DataError
 from common.features.model import head_logits
+from common.privacy.centring import centred_on_own_mean
 
 
 @dataclass(frozen=True)
@@ -114,5 +115,5 @@ def centred_probabilities(model: tf.keras.Model, pixels: np.ndarray) -> np.ndarr
                                for i in range(0, len(pixels), 64)])
     head = [w for layer in model.layers if layer.name.startswith("head_")
             for w in layer.get_weights()]
-    logits = head_logits(features - features.mean(axis=0), head)
+    logits = head_logits(centred_on_own_mean(features), head)
     return tf.nn.softmax(logits).numpy()

@@ -11,6 +11,7 @@ from common.data.images import list_dataset
 from common.errors import DataError
 from common.features.extraction import LazyBase, site_features
 from common.features.public_stats import RECIPE, public_crops
+from common.privacy.centring import centred_on_own_mean
 from common.privacy.oneshot import PublicBasis, public_basis
 
 
@@ -33,6 +34,6 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
         recipe = f"folder:{Path(cfg.public).name}|images={len(feats.labels)}"
     if cfg.site_centred:  # the public images centred on their own mean too,
         # as every site's are: the basis is then about the classes, not where a cloud sits
-        features = features - features.mean(axis=0)
+        features = centred_on_own_mean(features)
         recipe += "|centred"
     return public_basis(features, cfg.public_components, recipe)

@@ -45,6 +45,14 @@ def noised_mean(features: np.ndarray, count: int, noise_multiplier: float,
     return (total / max(int(count), 1)).astype(np.float32)
 
 
+def centred_on_own_mean(features: np.ndarray) -> np.ndarray:
+    """``features`` centred on their own exact mean: how images that are not a training site's
+    (the public folder, an unseen domain, a folder `fedtl evaluate` scores) meet a head of a
+    ``--feature-centring site`` run, as a new site would centre its own. Nothing of them is
+    released, so the mean needs no noise."""
+    return features - features.mean(axis=0)
+
+
 def save_mean(folder: Path, mean: np.ndarray) -> None:
     """Kept atomically, readable by the site only."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,8 @@ FORMAT = 2
 # What an event records. ``dp-sgd`` and ``personal``: Poisson-subsampled Gaussian steps;
 # ``count``: the noised example count; ``figures``: noised (correct, total) releases;
 # ``sums``: the one-shot per-class feature sums (one Gaussian query, sampling rate 1);
+# ``centring``: the noised feature sum a site centres its features on (--feature-centring
+# site; one Gaussian query per run, kept at the site);
 # ``non-private``: training without noise, allowed by the site's policy (epsilon infinite).
 KINDS = ("dp-sgd", "personal", "count", "figures", "sums", "centring", "non-private")
 TRAINING = ("dp-sgd", "personal", "non-private")
