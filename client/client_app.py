@@ -30,8 +30,10 @@ from common.features.extraction import LazyBase
 from common.privacy.ledger import PrivacyLedger
 from common.features.model import full_model, head_shapes, save_model
 from common.privacy.centring import folded_head
-from common.personal import (MODEL_FILE, OwnRelease, load_head, load_own_release,
-                             personal_dir, ridge_personal_head, save_head, save_own_release)
+from common.personal import (MODEL_FILE, OwnRelease, exact_release, load_head,
+                             load_own_release, logistic_toward, personal_dir,
+                             ridge_personal_head, save_head, save_joint_note,
+                             save_own_release)
 from common.privacy.policy import REFUSED, admit
 from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
@@ -352,6 +354,9 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
     weights = load_head(folder, shapes)  # a repeated request spends nothing again
     if weights is None:
         weights = _ridge_personal(at, msg, folder) if cfg.personal_from_release else _head(at)
+        if cfg.personal_joint:  # the site's own images, exact: this head never leaves it
+            own = centred(cfg, data, account)
+            weights = logistic_toward(weights, own.train_x, own.train_y, cfg.personal_strength)
         if cfg.personal_sgd:
             weights = train_round(cfg, data, weights, account, _rng(cfg), personal=True).weights
         base = LazyBase.shared(base_spec(cfg).for_saving,
@@ -363,9 +368,12 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
         head = weights if data.centre is None else folded_head(weights, data.centre)
         save_model(full_model(base, head, len(cfg.classes), cfg.head_width),
                    folder / MODEL_FILE)
+        if cfg.personal_joint:
+            save_joint_note(folder)
         save_head(folder, weights)  # last: its presence means "done, both saved"
-    accuracies, weight = released_accuracies(cfg, data, [weights, _head(at)], account,
-                                             _rng(cfg))
+    # A joint head's accuracy is not a DP release: with noised figures neither leaves.
+    heads = [] if cfg.personal_joint and figure_mode(cfg) == "noised" else [weights, _head(at)]
+    accuracies, weight = released_accuracies(cfg, data, heads, account, _rng(cfg))
     spent = account.ledger.get(at.run_key)
     figures = {protocol.NUM_EXAMPLES: weight,
                protocol.EPSILON: spent.epsilon if spent and cfg.dp else 0.0,
@@ -393,6 +401,10 @@ def _ridge_personal(at: _Opened, msg: Message, folder: Path) -> list[np.ndarray]
         totals, count = protocol.check_one_shot_totals(
             record.to_numpy_ndarrays(), _config(msg).get(protocol.ONE_SHOT_COUNT), shapes,
             own.count)
+        if at.cfg.personal_joint:  # the site's own statistics in place of their noised copy
+            data = centred(at.cfg, at.data, at.account)
+            own = exact_release(data.train_x, data.train_y, len(at.cfg.classes), own.basis,
+                                at.cfg.private_moment)
         return ridge_personal_head(_head(at), totals, count, own, at.cfg.ridge_lambda,
                                    at.cfg.personal_ridge_weight)
     except UpdateRejectedError as exc:

@@ -24,7 +24,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
-PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias")
+PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias", "joint")
 SECOND_MOMENTS = ("public", "private")
 FEATURE_CENTRINGS = ("public", "site")
 CLIENT_DP = ("off", "fixed", "adaptive")
@@ -248,11 +248,19 @@ class RunConfig:
         "no fine-tuning and no budget; the site solves the one-shot head again with its own "
         "release counted --personal-ridge-weight times more beside the run's summed release "
         "and moves the final global head by the difference), ridge+bias (ridge, then bias "
-        "from it), or auto (ridge+bias with a one-shot head, bias with --head-method sgd)",
+        "from it), joint (ridge with the site's own statistics exact, then a logistic fit to "
+        "its own images pulled towards that head by --personal-strength: the head is not DP "
+        "with respect to the site's own images, which it never leaves; joint DP, README: "
+        "Joint personal heads), or auto (ridge+bias with a one-shot head, bias with "
+        "--head-method sgd)",
         choices=PERSONAL_TUNINGS)
     personal_ridge_weight: float = setting(
         4.0, "with --personal-tuning ridge or ridge+bias: how many times more a site's own "
         "one-shot release counts in its personal head", valid=POSITIVE)
+    personal_strength: float = setting(
+        1e-4, "with --personal-tuning joint: how strongly the site's own logistic fit is "
+        "pulled towards the federation's head (L2 on the kernel's distance from it)",
+        valid=POSITIVE)
     personal_learning_rate: float = setting(
         6.0, "learning rate of the personal fine-tuning", valid=POSITIVE)
     run_id: str = setting(
@@ -387,13 +395,21 @@ class RunConfig:
         """The run ends with a DP-SGD personal fine-tuning (planned into the budget);
         ``--personal-tuning ridge`` builds the personal head from the one-shot release
         instead, post-processing that spends nothing."""
-        return self.personalize and self.personal_method != "ridge"
+        return self.personalize and self.personal_method not in ("ridge", "joint")
 
     @property
     def personal_from_release(self) -> bool:
         """Personal heads start from the site's own one-shot release (``ridge``, and
-        ``ridge+bias`` which then fine-tunes their bias with DP)."""
-        return self.personalize and self.personal_method.startswith("ridge")
+        ``ridge+bias`` which then fine-tunes their bias with DP; ``joint`` from the same
+        statistics without noise)."""
+        return self.personalize and (self.personal_method.startswith("ridge")
+                                     or self.personal_method == "joint")
+
+    @property
+    def personal_joint(self) -> bool:
+        """Personal heads use the site's own images without noise (``joint``): only the
+        site holds them, so no figure about them can be a DP release."""
+        return self.personalize and self.personal_method == "joint"
 
     @property
     def personal_method(self) -> str:

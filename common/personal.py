@@ -16,12 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, UpdateRejectedError
-from common.privacy.oneshot import PublicBasis, release_head
+from common.privacy.oneshot import (PublicBasis, class_sums, embed, release_head,
+                                     second_moment)
 from common.storage import write_atomically
 
 HEAD_FILE = "head.npz"
 MODEL_FILE = "model.keras"
 OWN_RELEASE_FILE = "own_release.npz"
+JOINT_NOTE_FILE = "NOT-DP-FOR-THIS-SITE.txt"
+JOINT_NOTE = (
+    "This personal head (model.keras, head.npz) was fitted to this site's own images without\n"
+    "noise (--personal-tuning joint). What left the site in the run was DP; this model is\n"
+    "not DP with respect to this site's images. Keep it inside the site: sharing it would\n"
+    "release what its images taught it, with no guarantee.\n")
 
 
 def personal_dir(state: Path, run_key: str) -> Path:
@@ -45,6 +52,12 @@ def run_dir(state: Path, run_key: str, kind: str = "runs") -> Path:
 def save_head(folder: Path, weights: list[np.ndarray]) -> None:
     """The head's arrays, written atomically, readable by the site only."""
     write_atomically(folder / HEAD_FILE, lambda handle: np.savez(handle, *weights))
+
+
+def save_joint_note(folder: Path) -> None:
+    """Beside a joint personal head: what it is not, for whoever finds the model file."""
+    note = JOINT_NOTE.encode()
+    write_atomically(folder / JOINT_NOTE_FILE, lambda handle: handle.write(note), mode=0o644)
 
 
 def load_head(folder: Path, shapes: list[tuple[int, ...]]) -> list[np.ndarray] | None:
@@ -118,4 +131,48 @@ def ridge_personal_head(global_head: Sequence[np.ndarray], totals: Sequence[np.n
         raise UpdateRejectedError(
             "the personal head built from the server's one-shot totals is not finite (totals "
             "far outside any real release?); refused, nothing saved")
+    return head
+
+
+def exact_release(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                  basis: PublicBasis, moment: bool) -> OwnRelease:
+    """The site's own statistics as its release would hold them, without noise: what a
+    ``joint`` personal head counts in place of its noised copy (they never leave the site)."""
+    z = embed(features, basis)
+    arrays = [class_sums(z, labels, num_classes)] + ([second_moment(z)] if moment else [])
+    return OwnRelease(arrays, float(len(labels)), basis)
+
+
+def logistic_toward(start: Sequence[np.ndarray], features: np.ndarray, labels: np.ndarray,
+                    strength: float, max_iter: int = 300) -> list[np.ndarray]:
+    """The linear head minimising the mean cross-entropy on ``features`` plus ``strength / 2
+    * ||kernel - start kernel||^2``: a logistic regression fitted to the site's own images
+    with ``start`` (what the federation knows) as its prior. Written here because
+    scikit-learn's LogisticRegression penalises towards zero only."""
+    from scipy.optimize import minimize  # scikit-learn's dependency; loaded only when used
+
+    kernel0 = np.asarray(start[0], np.float64)
+    bias0 = np.asarray(start[1], np.float64)
+    x = np.asarray(features, np.float64)
+    n, (d, c) = len(labels), kernel0.shape
+    onehot = np.eye(c)[labels]
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        kernel, bias = params[:d * c].reshape(d, c), params[d * c:]
+        logits = x @ kernel + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        shift = kernel - kernel0
+        value = (-np.mean(np.log(probs[np.arange(n), labels] + 1e-12))
+                 + strength / 2 * float(np.sum(shift * shift)))
+        grad = (probs - onehot) / n
+        return value, np.concatenate([(x.T @ grad + strength * shift).ravel(), grad.sum(0)])
+
+    fitted = minimize(loss, np.concatenate([kernel0.ravel(), bias0]), jac=True,
+                      method="L-BFGS-B", options={"maxiter": max_iter}).x
+    head = [fitted[:d * c].reshape(d, c).astype(np.float32), fitted[d * c:].astype(np.float32)]
+    if not all(np.all(np.isfinite(w)) for w in head):
+        raise UpdateRejectedError("the site's own logistic fit from the federation's head is "
+                                  "not finite; refused, nothing saved")
     return head

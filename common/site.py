@@ -486,7 +486,7 @@ def released_accuracies(cfg: RunConfig, data: SiteData, heads: list[list[np.ndar
         entry = account.ledger.get(account.run_key)
         weight = held_out_weight(entry.public_count, cfg.holdout) if entry else 1
     mode = figure_mode(cfg)
-    if mode == "none":
+    if mode == "none" or not heads:
         return [], weight
     data = centred(cfg, data, account)
     if mode == "exact":

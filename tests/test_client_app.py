@@ -14,6 +14,7 @@ from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, 
 from client.client_app import make_client_app
 from common import protocol
 from common.config import RunConfig
+from common.personal import JOINT_NOTE_FILE
 from common.features.model import base_fingerprint, initial_head_weights
 from common.site import base_spec
 
@@ -368,12 +369,13 @@ def test_a_release_the_server_did_not_mask_carries_all_its_noise_whatever_the_ru
     assert entry.epsilon_on_its_own is None
 
 
+@pytest.mark.parametrize("tuning", ["ridge", "joint"])
 def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_nothing(
-        cfg: RunConfig, tmp_path: Path) -> None:
+        cfg: RunConfig, tmp_path: Path, tuning: str) -> None:
     from common.privacy.oneshot import public_basis
 
     run = cfg.replace(head_method="ridge", rounds=1, personalize=True,
-                      personal_tuning="ridge", public_components=8)
+                      personal_tuning=tuning, public_components=8, site_metrics="noised")
     basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
                          8, "test")
     fingerprint = base_fingerprint(base_spec(run))
@@ -405,14 +407,20 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
     reply = app(ask(True), site)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     figures = reply.content[protocol.METRICS]
-    assert 0.0 <= figures[protocol.ACCURACY] <= 1.0
-    assert 0.0 <= figures[protocol.GLOBAL_ACCURACY] <= 1.0
-    # Post-processing of the release: no fine-tuning charged; only the accuracy figures the
-    # run planned (noised by this site's policy) were added.
     before, after = (json.loads(text)["runs"]["run-p"]["events"]
                      for text in (spent, ledger.read_text()))
     assert after[:len(before)] == before
-    assert {e["kind"] for e in after[len(before):]} <= {"figures"}
+    if tuning == "ridge":
+        assert 0.0 <= figures[protocol.ACCURACY] <= 1.0
+        assert 0.0 <= figures[protocol.GLOBAL_ACCURACY] <= 1.0
+        # Post-processing of the release: no fine-tuning charged; only the accuracy figures
+        # the run planned (noised) were added.
+        assert {e["kind"] for e in after[len(before):]} <= {"figures"}
+        assert not (personal / JOINT_NOTE_FILE).exists()
+    else:  # fitted to the site's images without noise: no figure about it can be DP
+        assert protocol.ACCURACY not in figures and protocol.GLOBAL_ACCURACY not in figures
+        assert after == before
+        assert "not DP" in (personal / JOINT_NOTE_FILE).read_text()
     assert json.loads(ledger.read_text())["runs"]["run-p"]["epsilon"] <= 10.0
     assert (personal / "head.npz").is_file() and (personal / "model.keras").is_file()
     stranger = real_site(tmp_path / "other", budget=10.0)  # never released in this run

@@ -14,13 +14,14 @@ from flwr.app import Message
 from common import protocol
 from common.config import RunConfig
 from common.errors import ConfigError, UpdateRejectedError
-from common.personal import (OWN_RELEASE_FILE, OwnRelease, load_own_release,
-                             ridge_personal_head, save_own_release)
+from common.personal import (OWN_RELEASE_FILE, OwnRelease, exact_release, load_own_release,
+                             logistic_toward, ridge_personal_head, save_own_release)
 from common.privacy.ledger import PrivacyLedger, SiteBudget
 from common.privacy.oneshot import (LOGIT_SCALE, class_sums, embed, public_basis,
                                     release_shapes, second_moment)
 from common.privacy.policy import SitePolicy
-from common.privacy.release import one_shot_split, sums_noise
+from common.privacy.release import (one_shot_split, planned_figure_releases, releases,
+                                    sums_noise)
 from common.site import SiteAccount, planned_steps, release_sums
 from server.federation import personalize
 from server.runbook import RunBook
@@ -234,3 +235,56 @@ def test_the_summed_release_survives_a_checkpoint(tmp_path: Path) -> None:
     assert again.one_shot is not None and again.one_shot[1] == 99.0
     assert all(np.array_equal(a, b) for a, b in zip(again.one_shot[0], book.one_shot[0],
                                                     strict=True))
+
+
+def test_joint_tuning_fits_without_noise_and_releases_no_figure_about_it() -> None:
+    joint = RunConfig(personalize=True, personal_tuning="joint", site_metrics="noised")
+    assert joint.personal_joint and joint.personal_from_release and not joint.personal_sgd
+    bias = joint.replace(personal_tuning="ridge+bias")
+    assert planned_figure_releases(joint) == planned_figure_releases(bias) - 2
+    assert any("not DP with respect to that site's images" in o for o in releases(joint).outside)
+    assert not any("joint" in o for o in releases(bias).outside)
+    with pytest.raises(ConfigError, match="--personal-tuning joint"):
+        RunConfig(head_method="sgd", personalize=True, personal_tuning="joint")
+
+
+def test_the_joint_logistic_fit_from_a_zero_head_is_scikit_learns_l2_logistic_regression(
+        ) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = features(300)
+    x = x / 4.0
+    strength = 0.05
+    start = [np.zeros((D, CLASSES), np.float32), np.zeros(CLASSES, np.float32)]
+    kernel, bias = logistic_toward(start, x, y, strength, max_iter=2000)
+    # sklearn minimises ||W||^2 / 2 + C * sum(cross-entropy); ours is that divided by C * n.
+    ref = LogisticRegression(C=1.0 / (strength * len(y)), tol=1e-10, max_iter=5000).fit(x, y)
+    np.testing.assert_allclose(kernel, ref.coef_.T, atol=2e-3)
+    # The intercept is unpenalised in both, so defined only up to a shared constant.
+    np.testing.assert_allclose(bias - bias.mean(), ref.intercept_ - ref.intercept_.mean(),
+                               atol=2e-3)
+
+
+def test_a_strong_pull_keeps_the_federations_kernel_and_a_weak_one_fits_the_sites_images(
+        ) -> None:
+    x, y = features(300)
+    start = [RNG.normal(size=(D, CLASSES)).astype(np.float32), np.zeros(CLASSES, np.float32)]
+    held = logistic_toward(start, x, y, strength=1e6)
+    np.testing.assert_allclose(held[0], start[0], atol=1e-3)
+    free = logistic_toward(start, x, y, strength=1e-4)
+
+    def accuracy(head: list[np.ndarray]) -> float:
+        return float(np.mean(np.argmax(x @ head[0] + head[1], axis=1) == y))
+
+    assert accuracy(free) > max(accuracy(start), accuracy(held)) and accuracy(free) > 0.9
+
+
+def test_the_joint_release_is_the_sites_exact_statistics_in_the_runs_basis() -> None:
+    x, y = features(120)
+    b = public_basis(features(400)[0], K, "test")
+    own = exact_release(x, y, CLASSES, b, moment=True)
+    z = embed(x, b)
+    np.testing.assert_allclose(own.arrays[0], class_sums(z, y, CLASSES))
+    np.testing.assert_allclose(own.arrays[1], second_moment(z))
+    assert own.count == 120 and own.basis is b
+    assert len(exact_release(x, y, CLASSES, b, moment=False).arrays) == 1

@@ -85,10 +85,12 @@ def figure_mode(cfg: RunConfig) -> str:
 
 def planned_figure_releases(cfg: RunConfig) -> int:
     """Noised (correct, total) releases a site makes in the run: one evaluation per round,
-    and its own and the global head's accuracy after personalization."""
+    and its own and the global head's accuracy after personalization (not with a joint
+    personal head)."""
     if not cfg.dp or cfg.site_metrics != "noised":
         return 0
-    return cfg.run_rounds + (2 if cfg.personalize else 0)
+    # A joint personal head's figures are not DP releases: none leaves (client_app).
+    return cfg.run_rounds + (2 if cfg.personalize and not cfg.personal_joint else 0)
 
 
 def sums_noise(cfg: RunConfig) -> float:
@@ -171,6 +173,10 @@ def releases(cfg: RunConfig) -> Releases:
     elif cfg.site_metrics == "exact":
         outside += ["held-out accuracy", "train loss", "skipped-image counts",
                     "feature-extraction seconds"]
+    if cfg.personal_joint:  # nothing leaves, but whoever reads the report should know
+        outside.append("nothing of the personal heads (--personal-tuning joint), which are "
+                       "fitted to each site's own images without noise and stay at the site: "
+                       "not DP with respect to that site's images")
     return Releases(tuple(m for m in mechanisms if m is not None), tuple(covered),
                     tuple(outside))
 
