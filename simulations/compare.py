@@ -24,12 +24,14 @@ from simulations.simulate import simulate
 PERSONALIZE_SUFFIX = "+personalize"
 NON_PRIVATE = "nodp"  # a variant's tag: the same federation trained without DP
 POOLED = "pooled"  # the non-private model of all sites' training images in one place
+LOCAL = "local"  # each site's own non-private model of its own training images alone
+REFERENCES = (POOLED, LOCAL)
 
 
 @dataclass(frozen=True)
 class Variant:
     """One arm of a comparison: a server strategy and head method (the run's own when
-    empty), private or not, with or without personal heads; or the pooled reference."""
+    empty), private or not, with or without personal heads; or a non-private reference."""
 
     strategy: str
     personalize: bool = False
@@ -38,8 +40,8 @@ class Variant:
 
     @property
     def name(self) -> str:
-        if self.strategy == POOLED:
-            return POOLED
+        if self.strategy in REFERENCES:
+            return self.strategy
         return (self.strategy + (f":{self.head}" if self.head else "")
                 + ("" if self.private else f":{NON_PRIVATE}")
                 + (PERSONALIZE_SUFFIX if self.personalize else ""))
@@ -55,14 +57,14 @@ class Variant:
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """``"fedavg,fedavg:ridge,fedavg:ridge:nodp,pooled,fedavg+personalize"`` -> variants,
-    checked."""
+    """``"fedavg,fedavg:ridge,fedavg:ridge:nodp,pooled,local,fedavg+personalize"`` ->
+    variants, checked."""
     variants = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
-        if item == POOLED:
-            variants.append(Variant(POOLED))
+        if item in REFERENCES:
+            variants.append(Variant(item))
             continue
         strategy, *tags = item.removesuffix(PERSONALIZE_SUFFIX).split(":")
         heads = [t for t in tags if t in HEAD_METHODS]
@@ -71,7 +73,8 @@ def parse_variants(text: str) -> list[Variant]:
             raise ConfigError(
                 f"unknown variant {item!r}: use a strategy {STRATEGIES}, optionally with "
                 f"':<head>' ({', '.join(HEAD_METHODS)}), ':{NON_PRIVATE}' (without DP) and "
-                f"{PERSONALIZE_SUFFIX!r}, or {POOLED!r}")
+                f"{PERSONALIZE_SUFFIX!r}, or {POOLED!r} or {LOCAL!r} (non-private "
+                "references)")
         variants.append(Variant(strategy, item.endswith(PERSONALIZE_SUFFIX),
                                 heads[0] if heads else "", NON_PRIVATE not in tags))
     if not variants or len({v.name for v in variants}) != len(variants):
@@ -143,9 +146,11 @@ def compare(cfg: RunConfig, variants: list[Variant], *, repeats: int = 1,
     scenario: dict[str, Any] = {}
     for variant in variants:
         runs = []
-        if variant.strategy == POOLED:
-            print(f"[compare] {POOLED}: fitting the non-private pooled reference", flush=True)
-            results[POOLED] = combine([pooled_reference(cfg)])  # deterministic: one fit
+        if variant.strategy in REFERENCES:
+            print(f"[compare] {variant.strategy}: fitting the non-private reference",
+                  flush=True)
+            results[variant.strategy] = combine(  # deterministic: one fit
+                [pooled_reference(cfg, local=variant.strategy == LOCAL)])
             continue
         for k in range(repeats):
             folder = out / variant.name / (f"run-{k + 1}" if repeats > 1 else "")

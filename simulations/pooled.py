@@ -1,5 +1,7 @@
-"""The non-private pooled reference of a comparison: every site's training images in one
-place, one head fitted without DP, scored on each site's own held-out split."""
+"""The non-private references of a comparison, each scored on every site's own held-out
+split: ``pooled`` (every site's training images in one place, one head fitted without DP)
+and ``local`` (each site alone: a head fitted without DP to its own training images only,
+what a site gets without joining any federation)."""
 
 from __future__ import annotations
 
@@ -37,22 +39,27 @@ def pooled_head(features: np.ndarray, labels: np.ndarray,
     return [kernel, bias]
 
 
-def pooled_reference(cfg: RunConfig) -> dict[str, Any]:
-    """The pooled model's figures, in the form `simulations.compare.summarize` gives a run's."""
+def pooled_reference(cfg: RunConfig, local: bool = False) -> dict[str, Any]:
+    """The pooled model's figures (``local``: each site's own model's), in the form
+    `simulations.compare.summarize` gives a run's."""
     started = time.time()
     cfg, _, scenario = prepare_sites(cfg)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     sites = [load_simulated_site(cfg, s, base) for s in scenario.sites]
-    head = pooled_head(np.concatenate([s.train_x for s in sites]),
-                       np.concatenate([s.train_y for s in sites]), len(cfg.classes))
+    classes = len(cfg.classes)
+    pooled = pooled_head(np.concatenate([s.train_x for s in sites]),
+                         np.concatenate([s.train_y for s in sites]), classes)
+    heads = {s.name: pooled_head(s.train_x, s.train_y, classes) if local else pooled
+             for s in sites}
     per_site = {s.name: float(np.mean(predict_classes(
-        s.test_x, head, num_classes=len(cfg.classes), head_width=0) == s.test_y))
+        s.test_x, heads[s.name], num_classes=classes, head_width=0) == s.test_y))
         for s in sites}
     held_out = {s.name: len(s.test_y) for s in sites}
     unseen = unseen_evaluator(cfg, scenario)
     return {**site_summary(per_site),
             "weighted_accuracy": sum(per_site[n] * held_out[n] for n in per_site)
             / sum(held_out.values()),
-            "unseen_domain_accuracy": unseen(head) if unseen is not None else None,
+            # A new domain has no model of its own: the pooled one is what it would get.
+            "unseen_domain_accuracy": unseen(pooled) if unseen is not None else None,
             "per_site_accuracy": per_site, "per_site_global_accuracy": per_site,
             "max_epsilon": None, "rounds": [], "total_seconds": time.time() - started}

@@ -29,7 +29,8 @@ def test_variants_parse_with_personalization_and_bad_ones_are_named() -> None:
         parse_variants("fedavg,fedavg")
 
 
-def test_variants_name_a_head_method_privacy_and_the_pooled_reference() -> None:
+def test_variants_name_a_head_method_privacy_and_the_non_private_references() -> None:
+    assert [v.name for v in parse_variants("local,pooled")] == ["local", "pooled"]
     variants = parse_variants("pooled,fedavg:ridge,fedavg:ridge+sgd+personalize,"
                               "fedprox:nodp,fedavg:ridge:nodp")
     assert variants == [Variant("pooled"), Variant("fedavg", head="ridge"),

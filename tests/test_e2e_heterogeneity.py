@@ -27,10 +27,10 @@ def comparison(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("compare") / "domain"
     state = tmp_path_factory.mktemp("state")
     done = subprocess.run(
-        # pooled: the non-private reference, no second federation (CI time; FedAdam's
-        # server step is tests/test_strategy.py's).
+        # pooled and local: the non-private references, no second federation (CI time;
+        # FedAdam's server step is tests/test_strategy.py's).
         [sys.executable, "-m", "common.cli", "compare", "--variants",
-         "pooled,fedprox+personalize", "--dataset", "digits", "--clients", "3",
+         "pooled,local,fedprox+personalize", "--dataset", "digits", "--clients", "3",
          "--partition", "domain", "--alpha", "0.5", "--rounds", str(ROUNDS),
          "--target-epsilon", "4", "--batch-size", "128", "--personal-tuning", "ridge",
          "--feature-centring", "site",
@@ -45,7 +45,7 @@ def test_the_comparison_report_has_every_variant_with_per_site_figures_and_plots
     out, done = comparison
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert set(report["variants"]) == {"pooled", "fedprox+personalize"}
+    assert set(report["variants"]) == {"pooled", "local", "fedprox+personalize"}
     for name, variant in report["variants"].items():
         assert set(variant["per_site_accuracy"]) == {"site-0", "site-1", "site-2"}, name
         assert variant["worst_site_accuracy"] == min(variant["per_site_accuracy"].values())
@@ -56,7 +56,11 @@ def test_the_comparison_report_has_every_variant_with_per_site_figures_and_plots
     private = report["variants"]["fedprox+personalize"]
     assert private["max_epsilon"] <= 4.0 + 1e-6
     assert [r["round"] for r in private["rounds"]] == list(range(1, ROUNDS + 1))
-    assert report["variants"]["pooled"]["max_epsilon"] is None  # the non-private reference
+    pooled, local = report["variants"]["pooled"], report["variants"]["local"]
+    assert pooled["max_epsilon"] is None and local["max_epsilon"] is None  # non-private
+    # Each site's own model of its own label mix, not the pooled one scored three times.
+    assert local["per_site_accuracy"] != pooled["per_site_accuracy"]
+    assert local["unseen_domain_accuracy"] == pooled["unseen_domain_accuracy"]
     for plot in ("accuracy.png", "sites.png", "epsilon.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     assert "worst site" in done.stdout

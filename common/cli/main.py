@@ -37,7 +37,8 @@ def _compare_parser(sub: Any) -> None:
                    "ridge, ridge+sgd), ':nodp' (the same federation without DP) and "
                    "'+personalize', e.g. fedavg:ridge:nodp; or 'pooled' (all sites' training "
                    "images in one place, a non-private logistic-regression head: the "
-                   "reference)")
+                   "reference) or 'local' (each site's own such head of its own images "
+                   "alone: what a site gets without any federation)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs per variant (fresh DP noise each); figures are their mean ± sd")
     _simulation_options(p)
