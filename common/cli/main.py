@@ -289,7 +289,9 @@ def _print_summary(report: Report, out: str) -> None:
     else:
         print(f"final held-out accuracy (mean over sites): {final.accuracy:.4f}")
     if final.worst_site_accuracy is not None:
-        which = "own heads" if final.personalized else "global head"
+        which = ("own heads" if final.per_site_personal_accuracy
+                 else "global head; no site released its own head's figures"
+                 if final.personalized else "global head")
         print(f"per site ({which}): worst {final.worst_site_accuracy:.4f}, mean "
               f"{final.mean_site_accuracy:.4f}, spread (std) {final.site_accuracy_std:.4f}")
     if final.unseen_domain_accuracy is not None:

@@ -1,0 +1,25 @@
+"""The summary a run prints says which head its per-site figures are of."""
+
+import dataclasses
+
+import pytest
+
+from common.cli.main import _print_summary
+
+from .test_model_card import a_report
+
+
+@pytest.mark.parametrize("personalized, personal, says", [
+    (False, None, "per site (global head)"),
+    (True, {"a": 0.9}, "per site (own heads)"),
+    # Joint personal heads with noised figures: the sites released none about them.
+    (True, None, "per site (global head; no site released its own head's figures)"),
+])
+def test_the_per_site_line_names_the_heads_its_figures_are_of(
+        capsys: pytest.CaptureFixture[str], personalized: bool,
+        personal: dict[str, float] | None, says: str) -> None:
+    report = a_report()
+    final = dataclasses.replace(report.final, personalized=personalized,
+                                per_site_personal_accuracy=personal)
+    _print_summary(dataclasses.replace(report, final=final), "out")
+    assert says in capsys.readouterr().out
