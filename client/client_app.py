@@ -30,17 +30,18 @@ from common.features.extraction import LazyBase
 from common.privacy.ledger import PrivacyLedger
 from common.features.model import full_model, head_shapes, save_model
 from common.privacy.centring import folded_head
-from common.personal import (MODEL_FILE, OwnRelease, exact_release, load_head,
+from common.personal import (ACCURACY_FILE, MODEL_FILE, OwnRelease, exact_release, load_head,
                              load_own_release, logistic_toward, personal_dir,
                              ridge_personal_head, save_head, save_joint_note,
                              save_own_release)
 from common.privacy.policy import REFUSED, admit
+from common.storage import write_json_atomically
 from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
 from common.privacy.oneshot import PublicBasis, release_shapes
 from common.site import (RoundResult, SiteAccount, SiteData, base_spec, centred,
-                         load_simulated_site, load_site, release_sums, released_accuracies,
-                         train_round)
+                         evaluate, load_simulated_site, load_site, release_sums,
+                         released_accuracies, train_round)
 
 log = logging.getLogger("fedtl.site")
 DECLINED = "declined"  # the audit trail's word for a round the budget does not allow
@@ -370,6 +371,11 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
                    folder / MODEL_FILE)
         if cfg.personal_joint:
             save_joint_note(folder)
+        # For the site's operator, exact and never sent (what leaves is decided below).
+        write_json_atomically(folder / ACCURACY_FILE, {
+            "held_out_images": len(data.test_y),
+            "personal_head": evaluate(cfg, data, weights),
+            "global_head": evaluate(cfg, data, _head(at))})
         save_head(folder, weights)  # last: its presence means "done, both saved"
     # A joint head's accuracy is not a DP release: with noised figures neither leaves.
     heads = [] if cfg.personal_joint and figure_mode(cfg) == "noised" else [weights, _head(at)]

@@ -22,6 +22,7 @@ from common.storage import write_atomically
 
 HEAD_FILE = "head.npz"
 MODEL_FILE = "model.keras"
+ACCURACY_FILE = "held_out_accuracy.json"  # exact, for the site's operator; never sent
 OWN_RELEASE_FILE = "own_release.npz"
 JOINT_NOTE_FILE = "NOT-DP-FOR-THIS-SITE.txt"
 JOINT_NOTE = (

@@ -14,7 +14,7 @@ from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, 
 from client.client_app import make_client_app
 from common import protocol
 from common.config import RunConfig
-from common.personal import JOINT_NOTE_FILE
+from common.personal import ACCURACY_FILE, JOINT_NOTE_FILE
 from common.features.model import base_fingerprint, initial_head_weights
 from common.site import base_spec
 
@@ -421,6 +421,10 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
         assert protocol.ACCURACY not in figures and protocol.GLOBAL_ACCURACY not in figures
         assert after == before
         assert "not DP" in (personal / JOINT_NOTE_FILE).read_text()
+    # The site's operator reads both heads' exact held-out accuracy; it was not sent.
+    kept = json.loads((personal / ACCURACY_FILE).read_text())
+    assert 0.0 <= kept["personal_head"] <= 1.0 and 0.0 <= kept["global_head"] <= 1.0
+    assert kept["held_out_images"] > 0
     assert json.loads(ledger.read_text())["runs"]["run-p"]["epsilon"] <= 10.0
     assert (personal / "head.npz").is_file() and (personal / "model.keras").is_file()
     stranger = real_site(tmp_path / "other", budget=10.0)  # never released in this run
