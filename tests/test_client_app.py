@@ -369,9 +369,13 @@ def test_a_release_the_server_did_not_mask_carries_all_its_noise_whatever_the_ru
     assert entry.epsilon_on_its_own is None
 
 
-@pytest.mark.parametrize("tuning", ["ridge", "joint"])
+@pytest.mark.parametrize(("tuning", "policy", "played"), [
+    ("ridge", None, "ridge"),
+    ("joint", "allow-joint-personal-heads = true\n", "joint"),
+    # A server cannot make a site hold a head that is not DP for its images: it gets ridge.
+    ("joint", None, "ridge")])
 def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_nothing(
-        cfg: RunConfig, tmp_path: Path, tuning: str) -> None:
+        cfg: RunConfig, tmp_path: Path, tuning: str, policy: str | None, played: str) -> None:
     from common.privacy.oneshot import public_basis
 
     run = cfg.replace(head_method="ridge", rounds=1, personalize=True,
@@ -385,7 +389,7 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
     sums = Message(content=RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
                                        protocol.CONFIG: ConfigRecord(config)}),
                    metadata=sums.metadata)
-    site, app = real_site(tmp_path, budget=10.0), make_client_app(run)
+    site, app = real_site(tmp_path, budget=10.0, policy=policy), make_client_app(run)
     released = app(sums, site)
     assert not released.has_error(), released.error.reason if released.has_error() else ""
     personal = tmp_path / "state" / "personal" / "run-p"
@@ -410,7 +414,7 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
     before, after = (json.loads(text)["runs"]["run-p"]["events"]
                      for text in (spent, ledger.read_text()))
     assert after[:len(before)] == before
-    if tuning == "ridge":
+    if played == "ridge":
         assert 0.0 <= figures[protocol.ACCURACY] <= 1.0
         assert 0.0 <= figures[protocol.GLOBAL_ACCURACY] <= 1.0
         # Post-processing of the release: no fine-tuning charged; only the accuracy figures

@@ -130,10 +130,11 @@ def test_command_line_flags_override_the_policy_file(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text('site-metrics = "none"\nmax-run-epsilon = 1.0\n')
     args = build_parser().parse_args([
         "client", "--server", "s:1", "--data", "d", "--state", "st", "--budget", "3",
-        "--policy", str(tmp_path / "p.toml"), "--max-run-epsilon", "2.5", "--allow-no-dp"])
+        "--policy", str(tmp_path / "p.toml"), "--max-run-epsilon", "2.5", "--allow-no-dp",
+        "--allow-joint-personal-heads"])
     policy = _site_policy(args)
-    assert (policy.site_metrics, policy.max_run_epsilon, policy.allow_no_dp) == \
-        ("none", 2.5, True)
+    assert (policy.site_metrics, policy.max_run_epsilon, policy.allow_no_dp,
+            policy.allow_joint_personal_heads) == ("none", 2.5, True, True)
     bare = _site_policy(build_parser().parse_args(
         ["client", "--server", "s:1", "--data", "d", "--state", "st", "--budget", "3"]))
     assert bare == SitePolicy()
@@ -162,3 +163,16 @@ def test_the_readme_hospital_policy_parses_as_written(tmp_path: Path) -> None:
     policy = SitePolicy.load(tmp_path / "hospital.toml")
     assert policy.require_approval and policy.site_metrics == "none"
     assert policy.approves("cardiology-2027-01") and not policy.approves("other")
+
+
+def test_a_joint_personal_head_needs_the_sites_leave_and_gets_the_dp_one_without() -> None:
+    asked = RunConfig(personalize=True, personal_tuning="joint", site_metrics="noised")
+    decision = decide(asked)
+    assert decision.decision == TIGHTENED
+    assert decision.changes == ("personal-tuning joint -> ridge",)
+    played = decision.cfg
+    assert not played.personal_joint and played.personal_from_release
+    assert not played.personal_sgd  # no new DP step: the same budget plan, post-processing
+    assert decide(asked, SitePolicy(allow_joint_personal_heads=True)).cfg == asked
+    assert decide(asked, SitePolicy.unrestricted()).decision == ADMITTED
+    assert decide(asked, SitePolicy(on_violation="refuse")).decision == REFUSED

@@ -12,6 +12,7 @@ from .test_model_card import a_report
 @pytest.mark.parametrize("personalized, personal, says", [
     (False, None, "per site (global head)"),
     (True, {"a": 0.9}, "per site (own heads)"),
+    (True, {"a": 0.9}, "per site (own heads where released (1 of 2), else global)"),
     # Joint personal heads with noised figures: the sites released none about them.
     (True, None, "per site (global head; no site released its own head's figures)"),
 ])
@@ -19,7 +20,8 @@ def test_the_per_site_line_names_the_heads_its_figures_are_of(
         capsys: pytest.CaptureFixture[str], personalized: bool,
         personal: dict[str, float] | None, says: str) -> None:
     report = a_report()
+    sites = {"a": 0.9, "b": 0.7} if "1 of 2" in says else {"a": 0.9}
     final = dataclasses.replace(report.final, personalized=personalized,
-                                per_site_personal_accuracy=personal)
+                                per_site_personal_accuracy=personal, per_site_accuracy=sites)
     _print_summary(dataclasses.replace(report, final=final), "out")
     assert says in capsys.readouterr().out

@@ -128,6 +128,11 @@ def _client_parser(sub: Any) -> None:
                    help="N >= 2: under secure aggregation over at least N sites, add 1/N of "
                         "the one-shot release's noise variance, trusting the others to add "
                         "theirs (default 0: all of it here)")
+    g.add_argument("--allow-joint-personal-heads", action="store_true", default=None,
+                   help="let a run build this site's personal head from its images without "
+                        "noise (--personal-tuning joint: nothing about it leaves, but the "
+                        "model file here is not DP for them); default: such runs get the "
+                        "DP `ridge` personal head")
     g.add_argument("--on-violation", choices=ACTIONS, default=None,
                    help="a run asking for less privacy: tighten it to the policy, or refuse "
                         f"it (default {_P.on_violation})")
@@ -289,9 +294,11 @@ def _print_summary(report: Report, out: str) -> None:
     else:
         print(f"final held-out accuracy (mean over sites): {final.accuracy:.4f}")
     if final.worst_site_accuracy is not None:
-        which = ("own heads" if final.per_site_personal_accuracy
-                 else "global head; no site released its own head's figures"
-                 if final.personalized else "global head")
+        own, sites = final.per_site_personal_accuracy or {}, final.per_site_accuracy
+        which = ("global head" if not final.personalized
+                 else "global head; no site released its own head's figures" if not own
+                 else "own heads" if set(own) >= set(sites)
+                 else f"own heads where released ({len(own)} of {len(sites)}), else global")
         print(f"per site ({which}): worst {final.worst_site_accuracy:.4f}, mean "
               f"{final.mean_site_accuracy:.4f}, spread (std) {final.site_accuracy_std:.4f}")
     if final.unseen_domain_accuracy is not None:

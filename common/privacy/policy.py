@@ -47,6 +47,10 @@ class SitePolicy:
     # trusts the others to add theirs (a weaker guarantee on its own: README, "Distributed
     # noise").
     distributed_noise_sites: int = 0
+    # A personal head fitted to this site's images without noise (--personal-tuning joint)
+    # releases nothing, but is a model file here that is not DP for these images; without
+    # this, such a run plays the DP-released `ridge` personal head instead.
+    allow_joint_personal_heads: bool = False
     on_violation: str = "tighten"  # a run asking for less privacy: tighten it, or refuse it
     require_approval: bool = False  # admit only runs approved with `fedtl approve`
     approved_runs: tuple[str, ...] = ()  # run-id patterns approved in advance (fnmatch)
@@ -98,7 +102,7 @@ class SitePolicy:
                    example_counts="exact", site_metrics="exact", max_image_size=1 << 30,
                    max_head_width=1 << 30, max_rounds=1 << 30, max_local_epochs=1 << 30,
                    max_personal_epochs=1 << 30, max_batch_size=1 << 30,
-                   max_augment_views=1 << 30)
+                   max_augment_views=1 << 30, allow_joint_personal_heads=True)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], where: str = "site policy") -> SitePolicy:
@@ -199,6 +203,8 @@ def admit(run: RunConfig, policy: SitePolicy, budget: SiteBudget, *, run_id: str
         wanted["site_metrics"] = policy.site_metrics
     if run.sums_noise == "distributed" and policy.distributed_noise_sites < 2:
         wanted["sums_noise"] = "local"
+    if run.personal_joint and not policy.allow_joint_personal_heads:
+        wanted["personal_tuning"] = "ridge"  # the same start, from the noised release
     return _tightened(run, wanted, policy)
 
 
