@@ -143,6 +143,8 @@ def describe(policy: SitePolicy) -> str:
     if policy.distributed_noise_sites:
         parts.append(f"one-shot release: 1/{policy.distributed_noise_sites} of its noise under "
                      f"secure aggregation over >= {policy.distributed_noise_sites} sites")
+    if policy.allow_joint_personal_heads:
+        parts.append("personal heads may be fitted here without noise (joint; never sent)")
     if policy.require_approval:
         parts.append("runs need approval (`fedtl approve`)"
                      + (f" or match {list(policy.approved_runs)}" if policy.approved_runs else ""))

@@ -176,3 +176,11 @@ def test_a_joint_personal_head_needs_the_sites_leave_and_gets_the_dp_one_without
     assert decide(asked, SitePolicy(allow_joint_personal_heads=True)).cfg == asked
     assert decide(asked, SitePolicy.unrestricted()).decision == ADMITTED
     assert decide(asked, SitePolicy(on_violation="refuse")).decision == REFUSED
+
+
+def test_the_start_up_line_says_when_joint_personal_heads_are_allowed() -> None:
+    from client.daemon import describe
+
+    assert "without noise" not in describe(SitePolicy())
+    assert "personal heads may be fitted here without noise" in describe(
+        SitePolicy(allow_joint_personal_heads=True))
