@@ -24,7 +24,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
-PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias", "ridge+head", "joint")
+PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias", "joint")
 SECOND_MOMENTS = ("public", "private")
 FEATURE_CENTRINGS = ("public", "site")
 CLIENT_DP = ("off", "fixed", "adaptive")
@@ -248,7 +248,7 @@ class RunConfig:
         "no fine-tuning and no budget; the site solves the one-shot head again with its own "
         "release counted --personal-ridge-weight times more beside the run's summed release "
         "and moves the final global head by the difference), ridge+bias (ridge, then bias "
-        "from it), ridge+head (ridge, then every weight from it), joint (ridge with the site's own statistics exact, then a logistic fit to "
+        "from it), joint (ridge with the site's own statistics exact, then a logistic fit to "
         "its own images pulled towards that head by --personal-strength: the head is not DP "
         "with respect to the site's own images, which it never leaves; joint DP, README: "
         "Joint personal heads), or auto (ridge+bias with a one-shot head, bias with "

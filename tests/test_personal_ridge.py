@@ -41,8 +41,6 @@ def test_auto_tuning_starts_from_the_release_with_a_one_shot_head_and_tunes_the_
     assert sgd.personal_method == "bias" and not sgd.personal_from_release
     assert RunConfig(personalize=True, personal_tuning="ridge").personal_sgd is False
     assert RunConfig(personalize=True, personal_tuning="ridge+bias").personal_sgd is True
-    head = RunConfig(personalize=True, personal_tuning="ridge+head")
-    assert head.personal_from_release and head.personal_sgd
 
 
 def test_ridge_tuning_needs_a_one_shot_head() -> None:
