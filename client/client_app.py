@@ -354,18 +354,19 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
     shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
     weights = load_head(folder, shapes)  # a repeated request spends nothing again
     if weights is None:
-        weights = _ridge_personal(at, msg, folder) if cfg.personal_from_release else _head(at)
+        # Centred once here (as it is without --feature-centring site) for the joint fit,
+        # the saved model (which takes raw images: the mean is folded in) and the figures.
+        data = centred(cfg, data, account)
+        weights = (_ridge_personal(at, msg, folder, data) if cfg.personal_from_release
+                   else _head(at))
         if cfg.personal_joint:  # the site's own images, exact: this head never leaves it
-            own = centred(cfg, data, account)
-            weights = logistic_toward(weights, own.train_x, own.train_y, cfg.personal_strength)
+            weights = logistic_toward(weights, data.train_x, data.train_y,
+                                      cfg.personal_strength)
         if cfg.personal_sgd:
             weights = train_round(cfg, data, weights, account, _rng(cfg), personal=True).weights
         base = LazyBase.shared(base_spec(cfg).for_saving,
                                at.site.state / "public-stats").get()
         folder.mkdir(parents=True, exist_ok=True)
-        # Centred once here for both the saved model (which takes raw images: the mean is
-        # folded in) and the figures below.
-        data = centred(cfg, data, account)
         head = weights if data.centre is None else folded_head(weights, data.centre)
         save_model(full_model(base, head, len(cfg.classes), cfg.head_width),
                    folder / MODEL_FILE)
@@ -390,9 +391,11 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
                        protocol.SITE: at.site_record()})
 
 
-def _ridge_personal(at: _Opened, msg: Message, folder: Path) -> list[np.ndarray]:
-    """The global head moved by this site's own kept release (`ridge_personal_head`); the
-    server's totals are checked like any input from it."""
+def _ridge_personal(at: _Opened, msg: Message, folder: Path,
+                    data: SiteData) -> list[np.ndarray]:
+    """The global head moved by this site's own kept release (`ridge_personal_head`; with
+    joint tuning, by its exact statistics of ``data``, centred as the run is); the server's
+    totals are checked like any input from it."""
     own = load_own_release(folder, at.data.test_x.shape[1])
     if own is None:
         raise FedtlError(f"site {at.site.name} kept no one-shot release of run {at.run_key} "
@@ -408,9 +411,8 @@ def _ridge_personal(at: _Opened, msg: Message, folder: Path) -> list[np.ndarray]
             record.to_numpy_ndarrays(), _config(msg).get(protocol.ONE_SHOT_COUNT), shapes,
             own.count)
         if at.cfg.personal_joint:  # the site's own statistics in place of their noised copy
-            data = centred(at.cfg, at.data, at.account)
-            own = exact_release(data.train_x, data.train_y, len(at.cfg.classes), own.basis,
-                                at.cfg.private_moment)
+            own = exact_release(data.averaged_train_x, data.train_y, len(at.cfg.classes),
+                                own.basis, at.cfg.private_moment)
         return ridge_personal_head(_head(at), totals, count, own, at.cfg.ridge_lambda,
                                    at.cfg.personal_ridge_weight)
     except UpdateRejectedError as exc:

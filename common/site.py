@@ -51,6 +51,14 @@ class SiteData:
     centre: np.ndarray | None = None
 
     @property
+    def averaged_train_x(self) -> np.ndarray:
+        """The training features averaged over each image's augmented views (free in
+        privacy): what the one-shot release sums."""
+        if self.train_views is None:
+            return self.train_x
+        return np.mean([self.train_x, *self.train_views], axis=0)
+
+    @property
     def extracted_train_x(self) -> np.ndarray:
         """The training features as extracted, before any centring."""
         return self.train_x if self.centre is None else self.train_x + self.centre
@@ -323,9 +331,7 @@ def release_sums(cfg: RunConfig, data: SiteData, basis: PublicBasis, account: Si
         join_centring(cfg, account, data.extracted_train_x, count if cfg.dp else n, new, rng)
         entry = book.append(account.run_key, new, header)
     data = centred(cfg, data, account)
-    x = data.train_x if data.train_views is None else np.mean(
-        [data.train_x, *data.train_views], axis=0)
-    z = embed(x, basis)
+    z = embed(data.averaged_train_x, basis)
     sums = class_sums(z, data.train_y, len(cfg.classes))
     moment = second_moment(z) if cfg.private_moment else None
     if cfg.dp:  # one Gaussian query: its sensitivity covers the moment when it is released
