@@ -347,8 +347,9 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
 
 def _personalize(at: _Opened, msg: Message) -> RecordDict:
     """Build this site's own head from the global one (DP fine-tuning on the same budget,
-    or, with --personal-tuning ridge, the site's own one-shot release: no budget); report
-    both accuracies. The personal head stays here, with a Keras model of it."""
+    or, with --personal-tuning ridge, the site's own one-shot release: no budget; joint:
+    its own images without noise, if its policy allowed it); report both accuracies (not a
+    joint head's under noised figures). The head stays here, with a Keras model of it."""
     cfg, data, account = at.cfg, at.data, at.account
     folder = personal_dir(at.site.state, at.run_key)
     shapes = head_shapes(data.test_x.shape[1], len(cfg.classes), cfg.head_width)
