@@ -47,19 +47,21 @@ def pooled_reference(cfg: RunConfig, local: bool = False) -> dict[str, Any]:
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     sites = [load_simulated_site(cfg, s, base) for s in scenario.sites]
     classes = len(cfg.classes)
-    pooled = pooled_head(np.concatenate([s.train_x for s in sites]),
-                         np.concatenate([s.train_y for s in sites]), classes)
+    unseen = unseen_evaluator(cfg, scenario)
+    # A new domain has no model of its own: the pooled one is what it would get, so the
+    # local reference fits it only to score an unseen site.
+    pooled = (pooled_head(np.concatenate([s.train_x for s in sites]),
+                          np.concatenate([s.train_y for s in sites]), classes)
+              if not local or unseen is not None else None)
     heads = {s.name: pooled_head(s.train_x, s.train_y, classes) if local else pooled
              for s in sites}
     per_site = {s.name: float(np.mean(predict_classes(
         s.test_x, heads[s.name], num_classes=classes, head_width=0) == s.test_y))
         for s in sites}
     held_out = {s.name: len(s.test_y) for s in sites}
-    unseen = unseen_evaluator(cfg, scenario)
     return {**site_summary(per_site),
             "weighted_accuracy": sum(per_site[n] * held_out[n] for n in per_site)
             / sum(held_out.values()),
-            # A new domain has no model of its own: the pooled one is what it would get.
             "unseen_domain_accuracy": unseen(pooled) if unseen is not None else None,
             "per_site_accuracy": per_site, "per_site_global_accuracy": per_site,
             "max_epsilon": None, "rounds": [], "total_seconds": time.time() - started}
