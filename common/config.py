@@ -239,7 +239,7 @@ class RunConfig:
     personalize: bool = setting(
         False, "after the last round each site builds its own head from the global one "
         "(--personal-tuning; any fine-tuning with DP, within the same budget) and keeps it; it "
-        "helps where sites differ; on alike sites it cost 3-4 points (README: Personal heads)")
+        "helps where sites differ; on alike sites it cost 3-4 points (docs/private-accuracy.md)")
     personal_epochs: int = setting(1, "epochs of that personal fine-tuning", valid=between(1, 1000))
     personal_tuning: str = setting(
         "auto", "how a site builds its own head: bias (DP fine-tuning of the head's output "
@@ -250,7 +250,7 @@ class RunConfig:
         "and moves the final global head by the difference), ridge+bias (ridge, then bias "
         "from it), joint (ridge with the site's own statistics exact, then a logistic fit to "
         "its own images pulled towards that head by --personal-strength: the head is not DP "
-        "with respect to the site's own images, which it never leaves; joint DP, README: "
+        "with respect to the site's own images, which it never leaves; joint DP, docs/private-accuracy.md: "
         "Joint personal heads), or auto (ridge+bias with a one-shot head, bias with "
         "--head-method sgd)",
         choices=PERSONAL_TUNINGS)

@@ -44,8 +44,8 @@ class SitePolicy:
     require_secure_aggregation: bool = False
     # 0: the one-shot release carries all its noise here. N >= 2: under secure aggregation
     # whose every sum needs at least N sites, the site adds 1/N of the noise variance and
-    # trusts the others to add theirs (a weaker guarantee on its own: README, "Distributed
-    # noise").
+    # trusts the others to add theirs (a weaker guarantee on its own: docs/private-accuracy.md,
+    # "Distributed noise").
     distributed_noise_sites: int = 0
     # A personal head fitted to this site's images without noise (--personal-tuning joint)
     # releases nothing, but is a model file here that is not DP for these images; without
