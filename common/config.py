@@ -250,9 +250,9 @@ class RunConfig:
         "and moves the final global head by the difference), ridge+bias (ridge, then bias "
         "from it), joint (ridge with the site's own statistics exact, then a logistic fit to "
         "its own images pulled towards that head by --personal-strength: the head is not DP "
-        "with respect to the site's own images, which it never leaves; joint DP, docs/private-accuracy.md: "
-        "Joint personal heads), or auto (ridge+bias with a one-shot head, bias with "
-        "--head-method sgd)",
+        "with respect to the site's own images, which it never leaves; joint DP, "
+        "docs/private-accuracy.md: Joint personal heads), or auto (ridge+bias with a "
+        "one-shot head, bias with --head-method sgd)",
         choices=PERSONAL_TUNINGS)
     personal_ridge_weight: float = setting(
         4.0, "with --personal-tuning ridge or ridge+bias: how many times more a site's own "
