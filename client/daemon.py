@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.supernode import MAX_POLL_SECONDS, MIN_POLL_SECONDS, POLL_SECONDS
-from common.config import (NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE, NODE_DATA, NODE_DELTA,
-                           NODE_NAME, NODE_POLICY, NODE_STATE)
+from common.config import (NODE_ACCOUNTANT, NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE,
+                           NODE_DATA, NODE_DELTA, NODE_NAME, NODE_POLICY, NODE_STATE)
 from common.deploy.control import flower_env
 from common.deploy.credentials import key_fingerprint
 from common.data.images import list_dataset
@@ -104,6 +104,7 @@ def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> l
         NODE_NAME: _quote(opts.name),
         NODE_BUDGET: repr(float(opts.budget.epsilon)),
         NODE_DELTA: repr(float(opts.budget.delta)),
+        NODE_ACCOUNTANT: _quote(opts.budget.accountant),
         NODE_CACHE: "true" if opts.cache else "false",
         NODE_POLICY: _quote(str(opts.policy_file)),
         **({NODE_BASE_DTYPE: _quote(opts.base_dtype)} if opts.base_dtype else {}),
@@ -203,7 +204,8 @@ def run_site(opts: ClientOptions, log: logging.Logger, verbose: bool = False) ->
     summary = ledger.summary()
     log.info(f"fedtl client: site {opts.name}: {len(listing)} images in {len(listing.classes)} "
           f"classes; privacy budget epsilon {opts.budget.epsilon} at delta "
-          f"{opts.budget.delta}, {summary.spent:.3f} spent so far")
+          f"{opts.budget.delta} ({opts.budget.accountant}, all runs composed), "
+          f"{summary.spent:.3f} spent so far")
     log.info(f"fedtl client: site policy ({opts.policy_file}): {describe(opts.policy)}")
     if opts.insecure:
         log.warning(INSECURE_WARNING)

@@ -490,6 +490,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 # Keys of a real site's Flower node config (set by `fedtl client`, read once by the ClientApp).
 NODE_DATA, NODE_STATE, NODE_NAME = "data", "state", "site-name"
 NODE_BUDGET, NODE_DELTA, NODE_CACHE = "budget", "delta", "cache"
+NODE_ACCOUNTANT = "accountant"  # how the site composes its own budget over all runs
 NODE_POLICY = "policy"  # path of the site's policy file (TOML), written by `fedtl client`
 NODE_BASE_DTYPE = "base-dtype"  # the site's own choice of arithmetic for the base
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -538,7 +539,8 @@ class SiteConfig:
                 "--node-config \"data='<image folder>' state='<state folder>' budget=3.0\")")
         state = Path(str(node[NODE_STATE])).expanduser()
         try:
-            budget = SiteBudget(float(node[NODE_BUDGET]), float(node.get(NODE_DELTA, 1e-5)))
+            budget = SiteBudget(float(node[NODE_BUDGET]), float(node.get(NODE_DELTA, 1e-5)),
+                                str(node.get(NODE_ACCOUNTANT, "rdp")))
             cache = _coerce("cache", node.get(NODE_CACHE, True), "bool")
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"this site's node config is malformed: {exc}") from exc

@@ -194,9 +194,11 @@ def plan_noise(cfg: RunConfig, num_train: int, account: SiteAccount, prior: list
             sampling_rate=settings.sampling_rate, steps=planned, accountant=budget.accountant,
             prior=[*prior, *release_plan(cfg)])
     except ConfigError as exc:
+        before = [*prior, *release_plan(cfg)]
         raise BudgetExhaustedError(
             f"this site's budget of epsilon {budget.epsilon} (delta {budget.delta}) leaves "
-            f"no room for this run: {exc}") from exc
+            f"no room for this run: {exc}{_accountant_hint(cfg.accountant, before, budget)}"
+        ) from exc
     sigma = _at_least_floor(max(settings.noise_multiplier, site_sigma), account.policy,
                             "DP-SGD")
     return dataclasses.replace(settings, noise_multiplier=sigma)
@@ -445,8 +447,23 @@ def _check_fits(name: str, header: RunHeader, run: list[Mechanism], prior: list[
     if total > budget.epsilon * (1 + 1e-6):
         raise BudgetExhaustedError(
             f"site {name}: {what} would raise the site's total epsilon over all runs to "
-            f"{total:.3f}, past its budget of {budget.epsilon} (delta {budget.delta}); "
-            "it declines")
+            f"{total:.3f}, past its budget of {budget.epsilon} (delta {budget.delta})"
+            f"{_accountant_hint(header.accountant, [*prior, *run], budget)}; it declines")
+
+
+def _accountant_hint(run_accountant: str, mechanisms: list[Mechanism],
+                     budget: SiteBudget) -> str:
+    """Why a budget refuses what the run's own accountant fits: the same mechanisms cost
+    more under a looser one. Without it an operator sees a run of epsilon 3 refused by a
+    budget of 3 and no reason."""
+    if run_accountant == budget.accountant:
+        return ""
+    theirs = composed_epsilon(mechanisms, delta=budget.delta, accountant=run_accountant)
+    if theirs > budget.epsilon * (1 + 1e-6):
+        return ""
+    return (f" under this site's accountant, {budget.accountant}; under the run's, "
+            f"{run_accountant}, the same releases spend {theirs:.3f} (`fedtl client "
+            f"--accountant {run_accountant}` lets the site compose its budget with it)")
 
 
 def train_round(cfg: RunConfig, data: SiteData, weights: list[np.ndarray],

@@ -161,7 +161,8 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
     from client.daemon import write_policy
     from common.privacy.policy import SitePolicy
 
-    opts = site(creds, policy=SitePolicy(max_run_epsilon=1.5, site_metrics="none"))
+    opts = site(creds, policy=SitePolicy(max_run_epsilon=1.5, site_metrics="none"),
+                budget=SiteBudget(2.0, 1e-5, "pld"))
     write_policy(opts.policy, opts.policy_file)  # as `fedtl client` does before starting
     cmd = supernode_command(opts, runtime_port=9200, secret=creds / "secret")
     import sys
@@ -177,7 +178,7 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
 
     parsed = parse_config_args([node_config])
     back = SiteConfig.from_node_config(parsed, node_id=5)
-    assert back.name == "clinic" and back.budget == SiteBudget(2.0, 1e-5)
+    assert back.name == "clinic" and back.budget == SiteBudget(2.0, 1e-5, "pld")
     assert back.data == str((creds / "data").resolve())
     assert back.cache_dir == (creds / "state").resolve() / "features"
     assert back.policy == opts.policy  # the site's own, never the run's
@@ -238,6 +239,13 @@ def test_a_site_started_without_a_policy_file_gets_the_safe_defaults() -> None:
 
     back = SiteConfig.from_node_config({"data": "/d", "state": "/s", "budget": 1.0}, node_id=1)
     assert back.policy == SitePolicy() and not back.policy.allow_no_dp
+
+
+def test_a_site_composes_its_budget_with_rdp_unless_its_node_config_says_otherwise() -> None:
+    node = {"data": "/d", "state": "/s", "budget": 3.0}
+    assert SiteConfig.from_node_config(node, node_id=1).budget.accountant == "rdp"
+    with pytest.raises(ConfigError, match="accountant must be one of"):
+        SiteConfig.from_node_config({**node, "accountant": "moments"}, node_id=1)
 
 
 def test_a_node_config_without_budget_is_refused_naming_the_command() -> None:

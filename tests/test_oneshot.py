@@ -1,6 +1,7 @@
 """The one-shot DP head: the ridge solve, the release's noise and accounting, the bound on
 features, the budget split, and the server's check of a sums reply."""
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, 
 
 from common import protocol
 from common.config import RunConfig
-from common.errors import PolicyRefusedError, UpdateRejectedError
+from common.errors import BudgetExhaustedError, PolicyRefusedError, UpdateRejectedError
 from common.privacy.accounting import Mechanism, composed_epsilon
 from common.privacy.ledger import PrivacyLedger, SiteBudget
 from common.privacy.oneshot import (COUNT_RATIO, LOGIT_SCALE, PublicBasis, bounded,
@@ -179,6 +180,21 @@ def test_a_run_releases_its_class_sums_once(tmp_path: Path) -> None:
     with pytest.raises(PolicyRefusedError, match="once per run"):
         release_sums(CFG, data, basis(), acc, RNG)
     assert [e.kind for e in acc.ledger.get("run-1").events] == ["count", "sums"]
+
+
+def test_a_release_calibrated_with_pld_fits_a_budget_of_its_target_only_under_pld(
+        tmp_path: Path) -> None:
+    cfg = dataclasses.replace(CFG, head_method="ridge", accountant="pld")
+    data = site()
+    strict = SiteAccount(PrivacyLedger(tmp_path / "rdp"), "run-1", SiteBudget(3.0, 1e-5, "rdp"))
+    with pytest.raises(BudgetExhaustedError, match=r"to 3\.2\d\d, past its budget of 3\.0.*"
+                       r"under the run's, pld, the same releases spend 3\.000.*--accountant pld"):
+        release_sums(cfg, data, basis(), strict, RNG)
+    assert strict.ledger.get("run-1") is None  # declined before anything was charged
+    same = SiteAccount(PrivacyLedger(tmp_path / "pld"), "run-1", SiteBudget(3.0, 1e-5, "pld"))
+    release_sums(cfg, data, basis(), same, RNG)
+    spent = [e.mechanism for e in same.ledger.get("run-1").events]
+    assert composed_epsilon(spent, delta=1e-5, accountant="pld") == pytest.approx(3.0, abs=1e-3)
 
 
 RULES = ReplyRules(fingerprint="f" * 64, max_update_norm=100.0, batch_size=40, private=True,

@@ -135,9 +135,12 @@ def test_command_line_flags_override_the_policy_file(tmp_path: Path) -> None:
     policy = _site_policy(args)
     assert (policy.site_metrics, policy.max_run_epsilon, policy.allow_no_dp,
             policy.allow_joint_personal_heads) == ("none", 2.5, True, True)
-    bare = _site_policy(build_parser().parse_args(
-        ["client", "--server", "s:1", "--data", "d", "--state", "st", "--budget", "3"]))
-    assert bare == SitePolicy()
+    bare_args = build_parser().parse_args(
+        ["client", "--server", "s:1", "--data", "d", "--state", "st", "--budget", "3"])
+    assert _site_policy(bare_args) == SitePolicy() and bare_args.accountant == "rdp"
+    assert build_parser().parse_args(
+        ["client", "--server", "s:1", "--data", "d", "--state", "st", "--budget", "3",
+         "--accountant", "pld"]).accountant == "pld"
 
 
 def test_the_report_states_what_each_site_released_as_it_played_the_run() -> None:

@@ -15,6 +15,7 @@ from client.supernode import POLL_SECONDS
 from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError, exit_codes_help
+from common.privacy.accounting import ACCOUNTANTS
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
 from common.privacy.release import COUNT_MODES, METRIC_MODES
@@ -106,6 +107,10 @@ def _client_parser(sub: Any) -> None:
     p.add_argument("--budget", type=float, required=True,
                    help="the most epsilon this site will ever spend, over all runs")
     p.add_argument("--delta", type=float, default=1e-5, help="delta of the site's budget")
+    p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp",
+                   help="how this site composes its budget over all runs, whatever a run was "
+                   "calibrated with: rdp, or pld (tighter: a run calibrated with pld fits a "
+                   "budget equal to its target only under pld)")
     p.add_argument("--name", default=None, help="site name in reports (default: key file name)")
     g = p.add_argument_group(
         "site policy", "what this site grants any run, whatever the server asks; a --policy "
@@ -407,8 +412,9 @@ def _run_client(args: argparse.Namespace) -> int:
     key = _path(args.key)
     name = args.name or (key.stem if key else Path(args.data).name)
     opts = ClientOptions(server=args.server, data=Path(args.data), state=Path(args.state),
-                         budget=SiteBudget(args.budget, args.delta), name=name, key=key,
-                         ca=_path(args.ca), insecure=args.insecure, cache=args.cache,
+                         budget=SiteBudget(args.budget, args.delta, args.accountant),
+                         name=name, key=key, ca=_path(args.ca), insecure=args.insecure,
+                         cache=args.cache,
                          max_wait=args.max_wait, poll=args.poll, policy=_site_policy(args),
                          base_dtype=args.base_dtype)
     return run_site(opts, _daemon_log("fedtl.client", args), verbose=args.verbose)
