@@ -188,13 +188,13 @@ def plan_noise(cfg: RunConfig, num_train: int, account: SiteAccount, prior: list
     settings = sgd_settings(cfg, num_train, personal=personal)
     budget = account.budget
     planned = planned_steps(cfg, settings.sampling_rate)
+    before = [*prior, *release_plan(cfg)]  # a PLD plan calibrates: build it once
     try:
         site_sigma = noise_for_budget(
             target_epsilon=budget.epsilon, delta=budget.delta,
             sampling_rate=settings.sampling_rate, steps=planned, accountant=budget.accountant,
-            prior=[*prior, *release_plan(cfg)])
+            prior=before)
     except ConfigError as exc:
-        before = [*prior, *release_plan(cfg)]
         raise BudgetExhaustedError(
             f"this site's budget of epsilon {budget.epsilon} (delta {budget.delta}) leaves "
             f"no room for this run: {exc}{_accountant_hint(cfg.accountant, before, budget)}"

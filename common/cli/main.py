@@ -414,9 +414,8 @@ def _run_client(args: argparse.Namespace) -> int:
     opts = ClientOptions(server=args.server, data=Path(args.data), state=Path(args.state),
                          budget=SiteBudget(args.budget, args.delta, args.accountant),
                          name=name, key=key, ca=_path(args.ca), insecure=args.insecure,
-                         cache=args.cache,
-                         max_wait=args.max_wait, poll=args.poll, policy=_site_policy(args),
-                         base_dtype=args.base_dtype)
+                         cache=args.cache, max_wait=args.max_wait, poll=args.poll,
+                         policy=_site_policy(args), base_dtype=args.base_dtype)
     return run_site(opts, _daemon_log("fedtl.client", args), verbose=args.verbose)
 
 
