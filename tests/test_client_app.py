@@ -434,3 +434,71 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
     stranger = real_site(tmp_path / "other", budget=10.0)  # never released in this run
     never = app(ask(True), stranger)
     assert never.has_error() and "kept no one-shot release" in never.error.reason
+
+
+
+def test_a_repeated_personalization_gets_the_figures_it_was_sent_free(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    from common.privacy.oneshot import public_basis
+
+    # Noised figures (the site's default policy), in a run planned to spend its target: a
+    # second draw would not fit, and would be a second release of the same accuracy.
+    run = cfg.replace(head_method="ridge", rounds=1, personalize=True, personal_tuning="ridge",
+                      public_components=8, feature_centring="site")
+    basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
+                         8, "test")
+    fingerprint = base_fingerprint(base_spec(run))
+    config = {protocol.FINGERPRINT: fingerprint, protocol.CLASSES: list(DIGITS),
+              protocol.RUN_ID: "run-c", protocol.PUBLIC_RECIPE: basis.recipe}
+    sums = message(f"{MessageType.TRAIN}.{protocol.CLASS_SUMS}", "")
+    sums = Message(content=RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
+                                       protocol.CONFIG: ConfigRecord(config)}),
+                   metadata=sums.metadata)
+    site, app = real_site(tmp_path, budget=10.0), make_client_app(run)
+    released = app(sums, site)
+    assert not released.has_error(), released.error.reason if released.has_error() else ""
+    msg = message(f"{MessageType.TRAIN}.{protocol.PERSONALIZE}", fingerprint)
+    msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-c"
+    msg.content[protocol.ONE_SHOT_TOTALS] = released.content[protocol.ARRAYS]
+    msg.content[protocol.CONFIG][protocol.ONE_SHOT_COUNT] = float(
+        released.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+    ledger = tmp_path / "state" / "privacy-ledger.json"
+
+    first = app(msg, site)
+    spent = ledger.read_text()
+    again = app(msg, site)  # the first reply was lost on the way
+    assert not first.has_error(), first.error.reason if first.has_error() else ""
+    assert not again.has_error(), again.error.reason if again.has_error() else ""
+    assert "figures" in spent and ledger.read_text() == spent
+    assert protocol.ACCURACY in first.content[protocol.METRICS]
+    assert dict(again.content[protocol.METRICS]) == dict(first.content[protocol.METRICS])
+
+
+def test_an_evaluation_asked_again_about_the_same_head_is_answered_the_same_free(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    fingerprint = base_fingerprint(base_spec(cfg))
+    site, app = real_site(tmp_path, budget=3.0), make_client_app(cfg)
+    trained = message(MessageType.TRAIN, fingerprint)
+    update = app(trained, site)
+    assert not update.has_error(), update.error.reason if update.has_error() else ""
+    ledger = tmp_path / "state" / "privacy-ledger.json"
+    asked = message(MessageType.EVALUATE, fingerprint)
+
+    first = app(asked, site)
+    spent = ledger.read_text()
+    again = app(asked, site)
+    assert not first.has_error() and not again.has_error()
+    assert ledger.read_text() == spent
+    assert set(first.content[protocol.METRICS]) == {protocol.NUM_EXAMPLES, protocol.ACCURACY}
+    assert dict(again.content[protocol.METRICS]) == dict(first.content[protocol.METRICS])
+    # The update it trained is still the one a lost train reply gets again, free.
+    resent = app(trained, site)
+    assert ledger.read_text() == spent
+    assert [a.tobytes() for a in resent.content[protocol.ARRAYS].to_numpy_ndarrays()] == \
+        [a.tobytes() for a in update.content[protocol.ARRAYS].to_numpy_ndarrays()]
+
+    other = message(MessageType.EVALUATE, fingerprint)  # another head: a new release, charged
+    other.content[protocol.ARRAYS] = ArrayRecord(update.content[protocol.ARRAYS]
+                                                 .to_numpy_ndarrays())
+    assert not app(other, site).has_error()
+    assert ledger.read_text() != spent

@@ -42,3 +42,21 @@ def test_a_damaged_kept_update_means_train_again_not_a_crash(tmp_path: Path) -> 
 def test_a_run_key_cannot_lead_out_of_the_state_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a plain name"):
         resend.keep(tmp_path, "../x", "k", resend.KeptUpdate(HEAD, {}))
+
+
+def test_figures_are_kept_apart_from_the_update_and_recalled_only_as_their_kind(
+        tmp_path: Path) -> None:
+    key = resend.request_key(HEAD, 0.0)  # an evaluation of the head a round trained from
+    update = resend.KeptUpdate([w + 1 for w in HEAD], {"num-examples": 120})
+    resend.keep(tmp_path, "run-1", key, update)
+    resend.keep(tmp_path, "run-1", key, resend.KeptUpdate([], {"accuracy": 0.5}),
+                kind="evaluate")
+    kept = resend.recall(tmp_path, "run-1", key)
+    assert kept is not None and kept.figures == {"num-examples": 120}
+    figures = resend.recall(tmp_path, "run-1", key, kind="evaluate")
+    assert figures is not None and figures.weights == [] and figures.figures == {"accuracy": 0.5}
+    assert resend.recall(tmp_path, "run-1", key, kind="personalize") is None
+    # A kept file read as another kind (say, one copied over another) is not answered from.
+    run = tmp_path / "runs" / "run-1"
+    (run / resend.KINDS["personalize"]).write_bytes((run / resend.FILE).read_bytes())
+    assert resend.recall(tmp_path, "run-1", key, kind="personalize") is None
