@@ -46,6 +46,7 @@ from common.site import (RoundResult, SiteAccount, SiteData, base_spec, centred,
 log = logging.getLogger("fedtl.site")
 DECLINED = "declined"  # the audit trail's word for a round the budget does not allow
 MALFORMED = "(malformed)"  # the audit trail's run id for a request whose id was refused
+Figures = dict[str, int | float]  # a reply's metrics, as Flower's MetricRecord takes them
 
 
 def _federation_config(cfg: RunConfig, msg: Message, context: Context) -> RunConfig:
@@ -379,22 +380,21 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
             "personal_head": evaluate(cfg, data, weights),
             "global_head": evaluate(cfg, data, _head(at))})
         save_head(folder, weights)  # last: its presence means "done, both saved"
-    key = resend.request_key(_head(at), 0.0)  # the global head this reply is about
-    kept = _recalled(at, key, "personalize")
-    if kept is None:
+
+    def figures() -> Figures:
         # A joint head's accuracy is not a DP release: with noised figures neither leaves.
         heads = ([] if cfg.personal_joint and figure_mode(cfg) == "noised"
                  else [weights, _head(at)])
         accuracies, weight = released_accuracies(cfg, data, heads, account, _rng(cfg))
         spent = account.ledger.get(at.run_key)
-        figures = {protocol.NUM_EXAMPLES: weight,
-                   protocol.EPSILON: spent.epsilon if spent and cfg.dp else 0.0,
-                   protocol.STEPS: spent.steps if spent else 0}
+        made = {protocol.NUM_EXAMPLES: weight,
+                protocol.EPSILON: spent.epsilon if spent and cfg.dp else 0.0,
+                protocol.STEPS: spent.steps if spent else 0}
         if accuracies:
-            figures[protocol.ACCURACY], figures[protocol.GLOBAL_ACCURACY] = accuracies
-        kept = resend.KeptUpdate([], figures)
-        resend.keep(at.site.state, at.run_key, key, kept, kind="personalize")
-    return RecordDict({protocol.METRICS: MetricRecord(kept.figures),
+            made[protocol.ACCURACY], made[protocol.GLOBAL_ACCURACY] = accuracies
+        return made
+
+    return RecordDict({protocol.METRICS: MetricRecord(_released_once(at, "personalize", figures)),
                        protocol.SITE: at.site_record()})
 
 
@@ -427,31 +427,31 @@ def _ridge_personal(at: _Opened, msg: Message, folder: Path,
 
 
 def _evaluate(at: _Opened) -> RecordDict:
-    key = resend.request_key(_head(at), 0.0)
-    kept = _recalled(at, key, "evaluate")
-    if kept is None:
+    def figures() -> Figures:
         accuracies, weight = released_accuracies(at.cfg, at.data, [_head(at)], at.account,
                                                  _rng(at.cfg))
         if not accuracies:
             raise _Withheld(f"site {at.data.name} releases no held-out figures "
                             "(site-metrics none)")
-        kept = resend.KeptUpdate([], {protocol.NUM_EXAMPLES: weight,
-                                      protocol.ACCURACY: accuracies[0]})
-        resend.keep(at.site.state, at.run_key, key, kept, kind="evaluate")
-    return RecordDict({
-        protocol.METRICS: MetricRecord(kept.figures),
-        protocol.SITE: at.site_record(),
-    })
+        return {protocol.NUM_EXAMPLES: weight, protocol.ACCURACY: accuracies[0]}
+
+    return RecordDict({protocol.METRICS: MetricRecord(_released_once(at, "evaluate", figures)),
+                       protocol.SITE: at.site_record()})
 
 
-def _recalled(at: _Opened, key: str, kind: str) -> resend.KeptUpdate | None:
-    """The figures this site already released for the same request, if the server asks again
-    (the same noised answer is free; a fresh draw would be a second release)."""
+def _released_once(at: _Opened, kind: str, figures: Callable[[], Figures]) -> Figures:
+    """The figures of this ``kind`` about the server's head: those already sent if the
+    server asks again about the same head (the same noised answer is free; a fresh draw would
+    be a second release), else ``figures()``, kept before they leave."""
+    key = resend.request_key(_head(at), 0.0)
     kept = resend.recall(at.site.state, at.run_key, key, kind=kind)
     if kept is not None:
         log.info("site %s: the server asked again for the %s figures of a head it was already "
                  "sent; the same figures go again, charging nothing", at.site.name, kind)
-    return kept
+        return kept.figures
+    made = figures()
+    resend.keep(at.site.state, at.run_key, key, resend.KeptUpdate([], made), kind=kind)
+    return made
 
 
 class _Withheld(Exception):
