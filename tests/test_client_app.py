@@ -369,6 +369,37 @@ def test_a_release_the_server_did_not_mask_carries_all_its_noise_whatever_the_ru
     assert entry.epsilon_on_its_own is None
 
 
+def released_sums(run: RunConfig, site: Context, run_id: str) -> Message:
+    """A site's one-shot release in ``run`` (8 public components of a random basis)."""
+    from common.privacy.oneshot import public_basis
+
+    basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
+                         8, "test")
+    config = {protocol.FINGERPRINT: base_fingerprint(base_spec(run)),
+              protocol.CLASSES: list(DIGITS), protocol.RUN_ID: run_id,
+              protocol.PUBLIC_RECIPE: basis.recipe}
+    sums = message(f"{MessageType.TRAIN}.{protocol.CLASS_SUMS}", "")
+    sums = Message(content=RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
+                                       protocol.CONFIG: ConfigRecord(config)}),
+                   metadata=sums.metadata)
+    released = make_client_app(run)(sums, site)
+    assert not released.has_error(), released.error.reason if released.has_error() else ""
+    return released
+
+
+def personalization(run: RunConfig, run_id: str, released: Message | None) -> Message:
+    """The server's personalization request; with ``released``, its totals are that release
+    alone (a federation of this one site)."""
+    msg = message(f"{MessageType.TRAIN}.{protocol.PERSONALIZE}",
+                  base_fingerprint(base_spec(run)))
+    msg.content[protocol.CONFIG][protocol.RUN_ID] = run_id
+    if released is not None:
+        msg.content[protocol.ONE_SHOT_TOTALS] = released.content[protocol.ARRAYS]
+        msg.content[protocol.CONFIG][protocol.ONE_SHOT_COUNT] = float(
+            released.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+    return msg
+
+
 @pytest.mark.parametrize(("tuning", "policy", "played"), [
     ("ridge", None, "ridge"),
     ("joint", "allow-joint-personal-heads = true\n", "joint"),
@@ -376,35 +407,17 @@ def test_a_release_the_server_did_not_mask_carries_all_its_noise_whatever_the_ru
     ("joint", None, "ridge")])
 def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_nothing(
         cfg: RunConfig, tmp_path: Path, tuning: str, policy: str | None, played: str) -> None:
-    from common.privacy.oneshot import public_basis
-
     run = cfg.replace(head_method="ridge", rounds=1, personalize=True,
                       personal_tuning=tuning, public_components=8, site_metrics="noised")
-    basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
-                         8, "test")
-    fingerprint = base_fingerprint(base_spec(run))
-    config = {protocol.FINGERPRINT: fingerprint, protocol.CLASSES: list(DIGITS),
-              protocol.RUN_ID: "run-p", protocol.PUBLIC_RECIPE: basis.recipe}
-    sums = message(f"{MessageType.TRAIN}.{protocol.CLASS_SUMS}", "")
-    sums = Message(content=RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
-                                       protocol.CONFIG: ConfigRecord(config)}),
-                   metadata=sums.metadata)
     site, app = real_site(tmp_path, budget=10.0, policy=policy), make_client_app(run)
-    released = app(sums, site)
-    assert not released.has_error(), released.error.reason if released.has_error() else ""
+    released = released_sums(run, site, "run-p")
     personal = tmp_path / "state" / "personal" / "run-p"
     assert (personal / "own_release.npz").is_file()  # kept before the release left
     ledger = tmp_path / "state" / "privacy-ledger.json"
     spent = ledger.read_text()
 
     def ask(with_totals: bool) -> Message:
-        msg = message(f"{MessageType.TRAIN}.{protocol.PERSONALIZE}", fingerprint)
-        msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-p"
-        if with_totals:  # a federation of this site alone: its release is the total
-            msg.content[protocol.ONE_SHOT_TOTALS] = released.content[protocol.ARRAYS]
-            msg.content[protocol.CONFIG][protocol.ONE_SHOT_COUNT] = float(
-                released.content[protocol.METRICS][protocol.NUM_EXAMPLES])
-        return msg
+        return personalization(run, "run-p", released if with_totals else None)
 
     refused = app(ask(False), site)
     assert refused.has_error() and "one-shot totals" in refused.error.reason
@@ -439,29 +452,12 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
 
 def test_a_repeated_personalization_gets_the_figures_it_was_sent_free(
         cfg: RunConfig, tmp_path: Path) -> None:
-    from common.privacy.oneshot import public_basis
-
     # Noised figures (the site's default policy), in a run planned to spend its target: a
     # second draw would not fit, and would be a second release of the same accuracy.
     run = cfg.replace(head_method="ridge", rounds=1, personalize=True, personal_tuning="ridge",
                       public_components=8, feature_centring="site")
-    basis = public_basis(np.random.default_rng(0).normal(size=(200, 512)).astype(np.float32),
-                         8, "test")
-    fingerprint = base_fingerprint(base_spec(run))
-    config = {protocol.FINGERPRINT: fingerprint, protocol.CLASSES: list(DIGITS),
-              protocol.RUN_ID: "run-c", protocol.PUBLIC_RECIPE: basis.recipe}
-    sums = message(f"{MessageType.TRAIN}.{protocol.CLASS_SUMS}", "")
-    sums = Message(content=RecordDict({protocol.PUBLIC: ArrayRecord(basis.arrays()),
-                                       protocol.CONFIG: ConfigRecord(config)}),
-                   metadata=sums.metadata)
     site, app = real_site(tmp_path, budget=10.0), make_client_app(run)
-    released = app(sums, site)
-    assert not released.has_error(), released.error.reason if released.has_error() else ""
-    msg = message(f"{MessageType.TRAIN}.{protocol.PERSONALIZE}", fingerprint)
-    msg.content[protocol.CONFIG][protocol.RUN_ID] = "run-c"
-    msg.content[protocol.ONE_SHOT_TOTALS] = released.content[protocol.ARRAYS]
-    msg.content[protocol.CONFIG][protocol.ONE_SHOT_COUNT] = float(
-        released.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+    msg = personalization(run, "run-c", released_sums(run, site, "run-c"))
     ledger = tmp_path / "state" / "privacy-ledger.json"
 
     first = app(msg, site)
