@@ -68,9 +68,10 @@ class PersonalResult:
 
 class RoundTable:
     """Prints one table row per round as the run goes; on a terminal, a live line below the
-    rows shows the rounds done with the last accuracy and epsilon."""
+    rows shows the rounds done with the last accuracy and epsilon. Accuracy is the global
+    head's on the sites' held-out splits, each site counting once (as `fedtl compare`)."""
 
-    HEADER = (f"{'round':>5} | {'train loss':>10} | {'accuracy':>8} | {'worst':>6} | "
+    HEADER = (f"{'round':>5} | {'train loss':>10} | {'mean site':>9} | {'worst':>6} | "
               f"{'unseen':>6} | {'max eps':>8} | sites")
 
     def __init__(self, rounds: int, stream: TextIO = sys.stdout,
@@ -95,14 +96,15 @@ class RoundTable:
             note += f", {len(r.rejected)} rejected"
         if r.failure:
             note += "; aggregation failed, head kept"
-        row = (f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | {fmt(r.accuracy, '8.4f')} | "
+        row = (f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | "
+               f"{fmt(r.mean_site_accuracy, '9.4f')} | "
                f"{fmt(r.worst_site_accuracy, '6.3f')} | {fmt(r.unseen_accuracy, '6.3f')} | "
                f"{fmt(r.epsilon_max, '8.3f')} | {note}")
         if self._line is None:
             print(row, file=self.stream, flush=True)
             return
         self._line.say(row)
-        self._line.update(r.round, f"last accuracy {fmt(r.accuracy, '.3f')}, max epsilon "
+        self._line.update(r.round, f"mean site {fmt(r.mean_site_accuracy, '.3f')}, max epsilon "
                                    f"{fmt(r.epsilon_max, '.2f')}")
 
     def close(self) -> None:

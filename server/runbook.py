@@ -159,6 +159,7 @@ class RunBook:
         record.seconds = time.monotonic() - self._round_started
         record.accuracy = accuracy
         summary = site_summary(record.site_accuracy)
+        record.mean_site_accuracy = summary["mean_site_accuracy"]
         record.worst_site_accuracy = summary["worst_site_accuracy"]
         record.site_accuracy_std = summary["site_accuracy_std"]
         if self.on_round is not None:

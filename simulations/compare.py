@@ -94,7 +94,8 @@ def summarize(report: Report) -> dict[str, Any]:
         "per_site_accuracy": final.per_site_accuracy,
         "per_site_global_accuracy": final.per_site_global_accuracy,
         "max_epsilon": report.max_epsilon,
-        "rounds": [{"round": r.round, "accuracy": r.accuracy,
+        "rounds": [{"round": r.round, "mean_site_accuracy": r.mean_site_accuracy,
+                    "weighted_accuracy": r.accuracy,
                     "worst_site_accuracy": r.worst_site_accuracy,
                     "site_accuracy_std": r.site_accuracy_std,
                     "unseen_accuracy": r.unseen_accuracy, "epsilon_max": r.epsilon_max}
@@ -250,7 +251,7 @@ def _plots(out: Path, comparison: dict[str, Any], cfg: RunConfig) -> None:
     for name, r in results.items():
         if name.endswith(PERSONALIZE_SUFFIX) or not r["rounds"]:
             continue  # the same global head as its strategy's; the pooled model has no rounds
-        series[f"{name}: mean site"] = padded(r, "accuracy")
+        series[f"{name}: mean site"] = padded(r, "mean_site_accuracy")
         series[f"{name}: worst site"] = padded(r, "worst_site_accuracy")
         dashed.append(f"{name}: worst site")
     plot_series(out / "accuracy.png", rounds, series, "accuracy",

@@ -80,6 +80,8 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
 
     curves = read_scalars(out / "tensorboard")
     assert curves["accuracy/mean_site"] == {
+        r["round"]: pytest.approx(r["mean_site_accuracy"]) for r in report["rounds"]}
+    assert curves["accuracy/weighted"] == {
         r["round"]: pytest.approx(r["accuracy"]) for r in report["rounds"]}
     assert set(curves["site_epsilon/site-0"]) == {1, 2, 3, 4}
     # The same run in MLflow: its settings, its curves, its files.
@@ -91,7 +93,7 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
     assert run.data.params["target-epsilon"] == "3.0" and run.data.params["clients"] == "3"
     history = client.get_metric_history(run.info.run_id, "accuracy/mean_site")
     assert {m.step: m.value for m in history} == {
-        r["round"]: pytest.approx(r["accuracy"]) for r in report["rounds"]}
+        r["round"]: pytest.approx(r["mean_site_accuracy"]) for r in report["rounds"]}
     assert {"report.json", "model.keras", "model_card.md", "accuracy.png"} <= {
         a.path for a in client.list_artifacts(run.info.run_id)}
 

@@ -36,9 +36,10 @@ def test_settings_rounds_and_files_land_in_one_mlflow_run_beside_the_store(
     out = tmp_path / "runs" / "r1"
     log = MlflowLog(uri, "fedtl-test", out, "run-abc",
                     {"target-epsilon": 3.0, "classes": "a,b", "strategy": "fedavg"})
-    log.round(RoundRecord(round=1, accuracy=0.5, epsilon_max=1.0,
+    log.round(RoundRecord(round=1, accuracy=0.55, mean_site_accuracy=0.5, epsilon_max=1.0,
                           site_accuracy={"clinic (A)": 0.4}), {"clinic (A)": 1.0})
-    log.round(RoundRecord(round=2, accuracy=0.75, epsilon_max=2.0), {"clinic (A)": 2.0})
+    log.round(RoundRecord(round=2, accuracy=0.7, mean_site_accuracy=0.75, epsilon_max=2.0),
+              {"clinic (A)": 2.0})
     for name in ("report.json", "model.keras", "accuracy.png", "checkpoint.npz"):
         (out / name).write_bytes(b"x")
     log.finish()

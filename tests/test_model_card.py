@@ -1,10 +1,13 @@
 """The model card beside a saved model says what it is, what it expects and what privacy it
 carries, read from the run's report."""
 
+import dataclasses
 from pathlib import Path
 
-from common.model_card import (JSON_FILE, MARKDOWN_FILE, card_markdown, read_model_card,
-                               write_model_card)
+import pytest
+
+from common.model_card import (JSON_FILE, MARKDOWN_FILE, card_markdown, model_card,
+                               read_model_card, write_model_card)
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel,
                            Report, Timing)
 
@@ -42,16 +45,10 @@ def test_the_card_names_classes_input_base_privacy_and_data(tmp_path: Path) -> N
 
 
 def test_a_model_without_dp_says_so_on_its_card() -> None:
-    from common.model_card import model_card
-
     assert "**not private**" in card_markdown(model_card(a_report(private=False)))
 
 
 def test_a_centred_runs_card_says_its_head_expects_centred_features() -> None:
-    import dataclasses
-
-    from common.model_card import model_card
-
     plain = model_card(a_report())
     centred = model_card(dataclasses.replace(
         a_report(), settings={**a_report().settings, "feature-centring": "site"}))
@@ -64,3 +61,17 @@ def test_no_card_or_a_damaged_one_is_none(tmp_path: Path) -> None:
     assert read_model_card(tmp_path / "model.keras") is None
     (tmp_path / JSON_FILE).write_text("{broken")
     assert read_model_card(tmp_path / "model.keras") is None
+
+
+def test_the_card_gives_the_saved_global_heads_accuracy_not_the_personal_heads() -> None:
+    report = a_report()
+    report = dataclasses.replace(report, final=dataclasses.replace(
+        report.final, personalized=True, per_site_personal_accuracy={"a": 0.95, "b": 0.9},
+        per_site_accuracy={"a": 0.95, "b": 0.9}, mean_site_accuracy=0.925,
+        worst_site_accuracy=0.9))
+    card = model_card(report)
+    assert card["held_out_accuracy"] == {
+        "mean_site": pytest.approx(0.75), "weighted_by_images": 0.8, "worst_site": 0.7,
+        "per_site": {"a": 0.8, "b": 0.7}, "unseen_site": None}
+    assert ("mean over sites 0.750, worst site 0.700, weighted by the sites' held-out images "
+            "0.800") in card_markdown(card)

@@ -64,15 +64,17 @@ def test_a_callback_opens_no_line_when_there_is_no_work() -> None:
 def test_the_round_table_prints_plain_rows_off_a_terminal_and_a_live_line_on_one() -> None:
     log = io.StringIO()
     table = RoundTable(2, stream=log)
-    table(RoundRecord(round=1, accuracy=0.5, epsilon_max=1.5, sites_trained=["a"]))
+    table(RoundRecord(round=1, accuracy=0.55, mean_site_accuracy=0.5, epsilon_max=1.5,
+                      sites_trained=["a"]))
     table.close()
     rows = log.getvalue().splitlines()
     assert rows[0].startswith("round |") and rows[2].startswith("    1 |") and len(rows) == 3
+    assert "| mean site |" in rows[0] and "|    0.5000 |" in rows[2]  # each site counts once
     screen = Terminal()
     live = RoundTable(2, stream=screen)
-    live(RoundRecord(round=1, accuracy=0.5, epsilon_max=1.5, sites_trained=["a"]))
-    live(RoundRecord(round=2, accuracy=0.625, epsilon_max=3.0, sites_trained=["a"]))
+    live(RoundRecord(round=1, mean_site_accuracy=0.5, epsilon_max=1.5, sites_trained=["a"]))
+    live(RoundRecord(round=2, mean_site_accuracy=0.625, epsilon_max=3.0, sites_trained=["a"]))
     live.close()
     text = screen.getvalue()
-    assert "last accuracy 0.625, max epsilon 3.00" in text and "    2 |" in text
+    assert "mean site 0.625, max epsilon 3.00" in text and "    2 |" in text
     assert "training: 2/2 rounds" in text

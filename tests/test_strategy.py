@@ -227,7 +227,8 @@ def evaluation(node: int, accuracy: object, n: int) -> Message:
     return Message(content=content, metadata=metadata(node, MessageType.EVALUATE))
 
 
-def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped() -> None:
+def test_evaluation_replies_average_by_held_out_count_beside_the_mean_site_and_bad_ones_are_dropped(
+        ) -> None:
     seen: list[RoundRecord] = []
     s = strategy()
     s.book.on_round = seen.append
@@ -236,6 +237,7 @@ def test_evaluation_replies_average_by_held_out_count_and_bad_ones_are_dropped()
     s.aggregate_evaluate(1, [evaluation(1, 0.5, 10), evaluation(2, 1.0, 30),
                              evaluation(3, 7.0, 10), extra])
     assert s.book.current.accuracy == pytest.approx(np.average([0.5, 1.0], weights=[10, 30]))
+    assert s.book.current.mean_site_accuracy == pytest.approx(0.75)  # each site counts once
     assert s.book.current.site_accuracy == {"site-1": 0.5, "site-2": 1.0}
     assert seen == [s.book.current]
 

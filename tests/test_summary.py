@@ -25,3 +25,10 @@ def test_the_per_site_line_names_the_heads_its_figures_are_of(
                                 per_site_personal_accuracy=personal, per_site_accuracy=sites)
     _print_summary(dataclasses.replace(report, final=final), "out")
     assert says in capsys.readouterr().out
+
+
+def test_the_final_line_gives_the_global_heads_mean_over_sites_beside_the_weighted_figure(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _print_summary(a_report(), "out")  # sites a 0.8 and b 0.7; Flower's weighted figure 0.8
+    assert ("final held-out accuracy (global head): mean over sites 0.7500, weighted by "
+            "held-out images 0.8000") in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import time
 from dataclasses import asdict, fields
@@ -297,7 +298,10 @@ def _print_summary(report: Report, out: str) -> None:
     if final.accuracy is None:
         print("final held-out accuracy: not released by the sites (--site-metrics none)")
     else:
-        print(f"final held-out accuracy (mean over sites): {final.accuracy:.4f}")
+        by_site = final.per_site_global_accuracy
+        mean = f"mean over sites {statistics.fmean(by_site.values()):.4f}, " if by_site else ""
+        print(f"final held-out accuracy (global head): {mean}weighted by held-out images "
+              f"{final.accuracy:.4f}")
     if final.worst_site_accuracy is not None:
         own, sites = final.per_site_personal_accuracy or {}, final.per_site_accuracy
         which = ("global head" if not final.personalized
