@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
 from dataclasses import asdict, fields
@@ -16,6 +15,7 @@ from client.supernode import POLL_SECONDS
 from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError, exit_codes_help
+from common.model_card import global_accuracy
 from common.privacy.accounting import ACCOUNTANTS
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
@@ -298,8 +298,8 @@ def _print_summary(report: Report, out: str) -> None:
     if final.accuracy is None:
         print("final held-out accuracy: not released by the sites (--site-metrics none)")
     else:
-        by_site = final.per_site_global_accuracy
-        mean = f"mean over sites {statistics.fmean(by_site.values()):.4f}, " if by_site else ""
+        site_mean = global_accuracy(report)["mean_site"]
+        mean = f"mean over sites {site_mean:.4f}, " if site_mean is not None else ""
         print(f"final held-out accuracy (global head): {mean}weighted by held-out images "
               f"{final.accuracy:.4f}")
     if final.worst_site_accuracy is not None:
