@@ -15,7 +15,7 @@ from client.supernode import POLL_SECONDS
 from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError, exit_codes_help
-from common.model_card import global_accuracy
+from common.model_card import card_markdown, global_accuracy, read_model_card
 from common.privacy.accounting import ACCOUNTANTS
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
@@ -339,8 +339,6 @@ def _print_summary(report: Report, out: str) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from common.features.evaluation import evaluate_model
-
-    from common.model_card import card_markdown, read_model_card
 
     result = evaluate_model(args.model, args.data, skip_bad=args.skip_bad_images,
                             dicom_window=args.dicom_window)
