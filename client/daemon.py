@@ -17,7 +17,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.supernode import MAX_POLL_SECONDS, MIN_POLL_SECONDS, POLL_SECONDS
+from client.supernode import (HEARTBEAT_SECONDS, MAX_HEARTBEAT_SECONDS, MAX_POLL_SECONDS,
+                              MIN_HEARTBEAT_SECONDS, MIN_POLL_SECONDS, POLL_SECONDS)
 from common.config import (NODE_ACCOUNTANT, NODE_BASE_DTYPE, NODE_BUDGET, NODE_CACHE,
                            NODE_DATA, NODE_DELTA, NODE_NAME, NODE_POLICY, NODE_STATE)
 from common.deploy.control import flower_env
@@ -53,6 +54,7 @@ class ClientOptions:
     cache: bool = True
     max_wait: float | None = None
     poll: float = POLL_SECONDS  # between the SuperNode's asks for work when idle
+    heartbeat: float = HEARTBEAT_SECONDS  # between the SuperNode's signs of life
     policy: SitePolicy = SitePolicy()  # what this site grants any run (safe defaults)
     base_dtype: str = ""  # this site's arithmetic for the base ("": as the run says)
 
@@ -60,6 +62,10 @@ class ClientOptions:
         if not MIN_POLL_SECONDS <= self.poll <= MAX_POLL_SECONDS:
             raise ConfigError(f"--poll must be between {MIN_POLL_SECONDS} and "
                               f"{MAX_POLL_SECONDS} seconds. Found {self.poll}.")
+        if not MIN_HEARTBEAT_SECONDS <= self.heartbeat <= MAX_HEARTBEAT_SECONDS:
+            raise ConfigError(f"--heartbeat must be between {MIN_HEARTBEAT_SECONDS:g} and "
+                              f"{MAX_HEARTBEAT_SECONDS:g} seconds (what Flower's SuperLink "
+                              f"accepts). Found {self.heartbeat}.")
         if self.insecure and (self.key is not None or self.ca is not None):
             raise ConfigError("--insecure turns TLS and site authentication off; do not "
                               "combine it with --key or --ca")
@@ -111,6 +117,7 @@ def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> l
     }
     # Flower's SuperNode, with its idle poll shortened (`client.supernode`).
     cmd = [sys.executable, "-m", "client.supernode", "--poll", repr(float(opts.poll)),
+           "--heartbeat", repr(float(opts.heartbeat)),
            "--superlink", opts.server,
            "--host", "127.0.0.1", "--port", str(runtime_port),
            "--isolation", "process", "--superexec-auth-secret-file", str(secret),

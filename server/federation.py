@@ -7,6 +7,7 @@ import time
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,8 +19,8 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.config import RunConfig
 from common.errors import ConfigError, RunFailedError, UpdateRejectedError
-from common.features.model import (PREPROCESSING, build_base, full_model, initial_head_weights,
-                                   save_model)
+from common.features.model import (PREPROCESSING, base_fingerprint, build_base, full_model,
+                                   initial_head_weights, save_model)
 from common.features.extraction import LazyBase
 from common.features.public_basis import run_basis
 from common.model_card import write_model_card
@@ -145,16 +146,22 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
 def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
     out, settings = Path(cfg.out), cfg.to_flower()
-    base = build_base(base_spec(cfg).for_saving, cfg.stats_cache)
-    if cfg.one_shot and checkpoint is None:
-        public_basis = run_basis(cfg, LazyBase.shared(base_spec(cfg), cfg.stats_cache))
+    spec = base_spec(cfg).for_saving
+    fingerprint = base_fingerprint(spec)  # from the weights alone: no TensorFlow yet
+    public_basis = (run_basis(cfg, LazyBase.shared(base_spec(cfg), cfg.stats_cache))
+                    if cfg.one_shot and checkpoint is None else None)
     initial = checkpoint.arrays if checkpoint else initial_head_weights(
-        base.spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
+        spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
+    # Only the saved model needs the Keras base (and TensorBoard's writer, opened after the
+    # first round, TensorFlow): loading them (4-20 s) runs beside the first round.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-base")
+    saving_base = pool.submit(build_base, spec, cfg.stats_cache)
+    pool.shutdown(wait=False)
     book = RunBook(initial)
     client_level = ClientLevelState(
         **(checkpoint.client_dp if checkpoint and checkpoint.client_dp else {}))
     strategy = validated(with_client_dp(flower_strategy(cfg), cfg, client_level), book, cfg,
-                         base.fingerprint)
+                         fingerprint)
     elapsed_before = 0.0
     if checkpoint is not None:
         book.restore(checkpoint.book, checkpoint.arrays, checkpoint.one_shot)
@@ -190,7 +197,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
         book.on_round = after_round
         remaining = cfg.run_rounds - (checkpoint.round if checkpoint else 0)
         # The server is the authority on the class list; sites check theirs against it.
-        federation = ConfigRecord({protocol.FINGERPRINT: base.fingerprint,
+        federation = ConfigRecord({protocol.FINGERPRINT: fingerprint,
                                    protocol.CLASSES: list(cfg.classes),
                                    protocol.RUN_ID: run_id})
         if cfg.one_shot and checkpoint is None:
@@ -216,9 +223,9 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                                 strategy.rules, cfg.personal_from_release)
                     if cfg.personalize else None)
         out.mkdir(parents=True, exist_ok=True)
-        save_model(full_model(base, book.head, len(cfg.classes), cfg.head_width),
-                   out / "model.keras")
-        report = build_report(cfg, base.fingerprint, book, prerun, run_id, elapsed_before,
+        save_model(full_model(saving_base.result(), book.head, len(cfg.classes),
+                              cfg.head_width), out / "model.keras")
+        report = build_report(cfg, fingerprint, book, prerun, run_id, elapsed_before,
                               personal, client_level)
         write_model_card(out, report)  # before the report, which is written last
         path = write_report(out, report)

@@ -22,6 +22,13 @@ class TensorBoardLog:
     over sites, per site, client-level), train loss, seconds."""
 
     def __init__(self, out: Path, settings: Mapping[str, Any]) -> None:
+        self._out, self._settings = Path(out), dict(settings)
+        self._writer: Any = None
+
+    def _open(self) -> Any:
+        # Opened at the first round, not before it: TensorFlow loads beside that round.
+        if self._writer is not None:
+            return self._writer
         import tensorflow as tf
         from tensorflow.core.framework.summary_pb2 import SummaryMetadata
 
@@ -30,20 +37,21 @@ class TensorBoardLog:
             plugin_name="scalars")).SerializeToString()
         text = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
             plugin_name="text")).SerializeToString()
-        self._writer = tf.summary.create_file_writer(str(Path(out) / FOLDER))
-        rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(settings.items()))
+        self._writer = tf.summary.create_file_writer(str(self._out / FOLDER))
+        rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(self._settings.items()))
         with self._writer.as_default():
             tf.summary.write("settings", tf.constant(
                 f"| setting | value |\n| --- | --- |\n{rows}"), step=0, metadata=text)
         self._writer.flush()
+        return self._writer
 
     def round(self, record: RoundRecord, epsilon_by_site: Mapping[str, float]) -> None:
         """The figures of ``record`` at step ``record.round``."""
-        with self._writer.as_default():
+        with self._open().as_default():
             for tag, value in round_metrics(record, epsilon_by_site).items():
                 self._tf.summary.write(tag, self._tf.constant(value, self._tf.float32),
                                        step=record.round, metadata=self._scalar)
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        self._open().close()

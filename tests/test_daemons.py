@@ -10,9 +10,9 @@ import pytest
 
 from client.daemon import ClientOptions, explain_line as site_says, supernode_command
 from common.config import SiteConfig
-from common.deploy.control import ControlAddress
+from common.deploy.control import ControlAddress, stage_app
 from common.deploy.credentials import key_fingerprint, make_site_keys, make_test_certs
-from common.errors import ConfigError
+from common.errors import ConfigError, FedtlError
 from common.privacy.ledger import SiteBudget
 from server.daemon import ServerOptions, explain_line as server_says, superlink_command
 
@@ -171,6 +171,9 @@ def test_site_settings_travel_in_the_node_config_and_parse_back(creds: Path) -> 
     assert cmd[:5] == [sys.executable, "-m", "client.supernode", "--poll", "0.5"]
     slower = supernode_command(site(creds, poll=2), runtime_port=9200, secret=creds / "s")
     assert slower[3:5] == ["--poll", "2.0"]
+    assert cmd[5:7] == ["--heartbeat", "30.0"]  # Flower's own, unless the site says
+    livelier = supernode_command(site(creds, heartbeat=10), runtime_port=9200, secret=creds)
+    assert livelier[5:7] == ["--heartbeat", "10.0"]
     assert cmd[cmd.index("--isolation") + 1] == "process"  # the site's worker runs its tasks
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(opts.key)
     node_config = cmd[cmd.index("--node-config") + 1]
@@ -218,10 +221,46 @@ def test_a_poll_outside_a_tenth_of_a_second_to_flowers_3_s_is_refused(creds: Pat
     for poll in (0.01, 10.0):
         with pytest.raises(ConfigError, match="--poll must be between 0.1 and 3.0"):
             site(creds, poll=poll)
-    from client.supernode import split_poll
+    from client.supernode import split_options
 
-    assert split_poll(["--poll", "1.5", "--superlink", "h:1"]) == (1.5, ["--superlink", "h:1"])
-    assert split_poll(["--superlink", "h:1"]) == (0.5, ["--superlink", "h:1"])
+    assert split_options(["--poll", "1.5", "--superlink", "h:1"]) == (
+        1.5, 30.0, ["--superlink", "h:1"])
+    assert split_options(["--poll", "1.5", "--heartbeat", "12", "--superlink", "h:1"]) == (
+        1.5, 12.0, ["--superlink", "h:1"])
+    assert split_options(["--superlink", "h:1"]) == (0.5, 30.0, ["--superlink", "h:1"])
+
+
+def test_a_heartbeat_outside_what_flowers_superlink_accepts_is_refused(creds: Path) -> None:
+    for heartbeat in (5.0, 3600.0):
+        with pytest.raises(ConfigError, match="--heartbeat must be between 10 and 1800"):
+            site(creds, heartbeat=heartbeat)
+
+
+def test_the_heartbeat_setting_is_what_flowers_node_announces_and_beats_by(monkeypatch) -> None:
+    import inspect
+    import threading
+
+    from flwr.client.grpc_rere_client import connection
+    from flwr.supercore import heartbeat
+
+    from client.supernode import set_heartbeat
+
+    # Flower 1.39 builds both requests (activation, heartbeat) from its module's constant; if
+    # a release stops, this fails rather than the setting silently doing nothing.
+    assert inspect.getsource(connection).count(
+        "heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL") == 2
+    monkeypatch.setattr(connection, "HEARTBEAT_DEFAULT_INTERVAL", 30)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_DEFAULT_INTERVAL", 30)
+    # Flower waits (interval - its 5 s call timeout) x 0.7-0.9 between beats: 0.1-0.2 s here.
+    set_heartbeat(heartbeat.HEARTBEAT_CALL_TIMEOUT + 0.2)
+    assert connection.HEARTBEAT_DEFAULT_INTERVAL == heartbeat.HEARTBEAT_CALL_TIMEOUT + 0.2
+    beats = threading.Semaphore(0)
+    sender = heartbeat.HeartbeatSender(lambda: beats.release() or True)
+    sender.start()
+    try:
+        assert all(beats.acquire(timeout=5) for _ in range(4))  # 30 s apart at Flower's own
+    finally:
+        sender.stop()
 
 
 def test_the_site_supernode_entry_point_is_flowers_supernode() -> None:
@@ -265,6 +304,28 @@ def test_launching_needs_exactly_one_of_ca_and_insecure(creds: Path) -> None:
     with pytest.raises(ConfigError):
         ControlAddress("127.0.0.1:9093", ca=creds / "certs" / "ca.crt", insecure=True)
     ControlAddress("127.0.0.1:9093", ca=creds / "certs" / "ca.crt")
+
+
+def test_a_run_ships_the_apps_packages_and_pyproject_and_nothing_else(tmp_path: Path) -> None:
+    from flwr.cli.utils import collect_files, filter_paths_for_publish
+
+    from .conftest import PROJECT
+
+    staged = stage_app(PROJECT, tmp_path / "app")
+    shipped = set(filter_paths_for_publish(collect_files(staged)))
+    tracked = {str(p.relative_to(PROJECT)) for package in ("common", "client", "server",
+                                                           "simulations")
+               for p in (PROJECT / package).rglob("*.py") if "__pycache__" not in p.parts}
+    assert shipped == tracked | {"pyproject.toml"}
+    assert {"server/server_app.py", "client/client_app.py"} <= shipped  # the components
+    assert (staged / "pyproject.toml").read_text() == (PROJECT / "pyproject.toml").read_text()
+
+
+def test_an_app_whose_pyproject_names_no_packages_is_refused_naming_the_file(
+        tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    with pytest.raises(FedtlError, match=r"pyproject\.toml.*packages"):
+        stage_app(tmp_path, tmp_path / "app")
 
 
 def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tmp_path: Path) -> None:

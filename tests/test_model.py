@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.features.model import (BaseSpec, build_base, full_model, head_shapes, save_model,
-                          initial_head_weights, predict_classes)
+from common.features.model import (BaseSpec, build_base, full_model, head_layers, head_shapes,
+                                   initial_head_weights, predict_classes, save_model)
 from common.features.weights import PYPI_SOURCE, load_conv_weights
 
 
@@ -51,6 +51,15 @@ def test_head_weights_have_the_advertised_shapes(width: int) -> None:
     weights = initial_head_weights(256, 5, width, seed=0)
     assert [w.shape for w in weights] == head_shapes(256, 5, width)
     np.testing.assert_array_equal(weights[0], initial_head_weights(256, 5, width, seed=0)[0])
+
+
+def test_a_linear_heads_start_is_what_its_keras_layers_start_with() -> None:
+    # The server takes it without loading TensorFlow; the saved model's layers must agree.
+    keras_head = tf.keras.Sequential([tf.keras.Input((256,)), *head_layers(5, 0, seed=0)])
+    ours = initial_head_weights(256, 5, 0, seed=0)
+    assert [w.dtype for w in ours] == [np.float32, np.float32]
+    for mine, theirs in zip(ours, keras_head.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def test_saved_model_loads_with_plain_keras_and_predicts_like_base_plus_head(

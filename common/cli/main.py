@@ -11,7 +11,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from client.supernode import POLL_SECONDS
+from client.supernode import HEARTBEAT_SECONDS, POLL_SECONDS
 from common.cli.options import HelpFormatter, add_settings, settings_from
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
 from common.errors import ConfigError, FedtlError, exit_codes_help
@@ -161,6 +161,10 @@ def _client_parser(sub: Any) -> None:
                    help="how often the site asks the server for work when idle (Flower's own "
                         "is 3 s; each ask is one small request, so a federation of hundreds "
                         f"of sites may want more) (default: {POLL_SECONDS})")
+    p.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+                   help="how often the site tells the server it is alive; the server counts "
+                        "a site gone after two missed, and until then a round waits for it "
+                        f"(10-1800; default: {HEARTBEAT_SECONDS:g}, Flower's)")
     _log_format_option(p)
 
 
@@ -417,6 +421,7 @@ def _run_client(args: argparse.Namespace) -> int:
                          budget=SiteBudget(args.budget, args.delta, args.accountant),
                          name=name, key=key, ca=_path(args.ca), insecure=args.insecure,
                          cache=args.cache, max_wait=args.max_wait, poll=args.poll,
+                         heartbeat=args.heartbeat,
                          policy=_site_policy(args), base_dtype=args.base_dtype)
     return run_site(opts, _daemon_log("fedtl.client", args), verbose=args.verbose)
 

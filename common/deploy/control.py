@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +57,30 @@ class ControlAddress:
                               "started with --insecure, --insecure; not both, not neither")
         if self.ca is not None and not Path(self.ca).is_file():
             raise ConfigError(f"CA certificate {self.ca} does not exist")
+
+
+def stage_app(app: Path, into: Path) -> Path:
+    """A copy of the Flower App's own files in ``into``: its pyproject.toml and the Python
+    files of the packages the pyproject names (what runs on the server).
+
+    `flwr run DIR` walks every file under DIR before it filters them (Flower 1.39): in a
+    checkout with its .venv that is ~70,000 files and 6-8 s a run; the copy has ~150.
+    """
+    pyproject = app / "pyproject.toml"
+    try:
+        packages = tomllib.loads(pyproject.read_text())["tool"]["hatch"]["build"][
+            "targets"]["wheel"]["packages"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise FedtlError(f"cannot read the Flower App's packages from {pyproject} "
+                         f"([tool.hatch.build.targets.wheel] packages): {exc}") from exc
+    into.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pyproject, into / "pyproject.toml")
+    for package in packages:
+        for source in (app / package).rglob("*.py"):
+            target = into / source.relative_to(app)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return into
 
 
 class Control:
@@ -117,7 +142,8 @@ class Control:
 
     def start(self, app: Path, run_config: Path) -> int:
         """Submit a run of ``app``; returns Flower's run id."""
-        result = self._json("run", str(app), CONNECTION, "--run-config", str(run_config),
+        staged = stage_app(app, self._home / "app")
+        result = self._json("run", str(staged), CONNECTION, "--run-config", str(run_config),
                             timeout=300)
         return int(result["run-id"])
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.config import POOL_LAYERS
 from common.features.public_stats import RECIPE, feature_stats
 from common.storage import write_atomically
 from common.features.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
@@ -221,6 +220,9 @@ def head_layers(num_classes: int, head_width: int, seed: int) -> list[tf.keras.l
 def initial_head_weights(feature_dim: int, num_classes: int, head_width: int,
                          seed: int) -> list[np.ndarray]:
     """The head's starting weights, the same on every machine for the same seed."""
+    if head_width == 0:  # zero logits (see `head_layers`): a server need not load TensorFlow
+        return [np.zeros(shape, np.float32)
+                for shape in head_shapes(feature_dim, num_classes, head_width)]
     import tensorflow as tf
 
     head = tf.keras.Sequential([tf.keras.Input((feature_dim,)),
