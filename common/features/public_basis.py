@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from common.features.extraction import LazyBase, site_features
 from common.features.public_stats import RECIPE, public_crops
 from common.privacy.centring import centred_on_own_mean
 from common.privacy.oneshot import PublicBasis, public_basis
+from common.storage import write_atomically
 
 
 def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
@@ -20,8 +22,7 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
     state folder by content), else the crops of two public photos the base is standardised
     with."""
     if not cfg.public:
-        features = base.get().model.predict(public_crops(cfg.image_size).astype(np.float32),
-                                            batch_size=64, verbose=0)
+        features = crop_features(base)
         recipe = RECIPE
     else:
         listing = list_dataset(cfg.public)
@@ -37,3 +38,28 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
         features = centred_on_own_mean(features)
         recipe += "|centred"
     return public_basis(features, cfg.public_components, recipe)
+
+
+def crop_features(base: LazyBase) -> np.ndarray:
+    """The base's features of the public crops, kept beside its public statistics: with a
+    warm copy a server starts a one-shot run without loading TensorFlow (4-20 s)."""
+    spec = base.spec
+    recipe = hashlib.sha256(RECIPE.encode()).hexdigest()[:12]
+    path = (Path(base.stats_cache) / f"{base.fingerprint}-crops-{recipe}-{spec.compute_dtype}"
+            ".npy" if base.stats_cache is not None else None)
+    if path is not None and path.is_file():
+        try:
+            saved = np.load(path, allow_pickle=False)
+            if saved.ndim == 2 and saved.shape[1] == spec.feature_dim \
+                    and np.all(np.isfinite(saved)):
+                return saved.astype(np.float32)
+        except (OSError, ValueError, EOFError):
+            pass  # a damaged copy is computed again
+    features = base.get().model.predict(public_crops(spec.image_size).astype(np.float32),
+                                        batch_size=64, verbose=0)
+    if path is not None:
+        try:
+            write_atomically(path, lambda handle: np.save(handle, features))
+        except OSError:
+            pass  # a cache that cannot be written is only slower next time
+    return features

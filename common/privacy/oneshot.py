@@ -80,7 +80,10 @@ class PublicBasis:
 def _single_threaded_blas():  # noqa: ANN202 (a context manager)
     # In a simulation the server runs in a thread beside TensorFlow's and Ray's; there
     # OpenBLAS' thread pool was seen to spin for 25 minutes in a 512 x 512 eigh (twice in ~40
-    # runs). One BLAS thread takes ~0.1 s for these sizes and cannot deadlock.
+    # runs), and a product computed by the pool while Ray forked its first processes hung
+    # both (OpenBLAS' fork handler waits for its pool, holding the GIL the product needs;
+    # 2026-12-02, once the basis no longer waited for TensorFlow). One BLAS thread takes
+    # ~0.1 s for these sizes and cannot deadlock.
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
@@ -97,8 +100,8 @@ def public_basis(features: np.ndarray, components: int, recipe: str) -> PublicBa
     """The basis of public ``features``: their mean and top principal directions."""
     mean = features.mean(axis=0)
     centred = bounded(features - mean)
-    moment = centred.T @ centred / len(centred)
     with _single_threaded_blas():
+        moment = centred.T @ centred / len(centred)
         values, vectors = np.linalg.eigh(moment)
     order = np.argsort(values)[::-1][:min(components, features.shape[1])]
     return PublicBasis(mean.astype(np.float32), vectors[:, order].astype(np.float32),

@@ -1,0 +1,72 @@
+"""The public crops' features a server's one-shot run starts from, kept between runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from common.features.model import BaseSpec
+from common.features.public_basis import crop_features
+
+
+@dataclass
+class CountingBase:
+    """A LazyBase stand-in whose model maps each crop to its mean colour, counting builds."""
+
+    stats_cache: Path | None
+    spec: BaseSpec = BaseSpec(weights="imagenet-pypi", image_size=16, base_layer="block1_pool")
+    fingerprint: str = "f" * 64
+    builds: int = 0
+
+    def get(self) -> SimpleNamespace:
+        self.builds += 1
+        dim = self.spec.feature_dim
+
+        def predict(images: np.ndarray, **_: object) -> np.ndarray:
+            return np.repeat(images.mean(axis=(1, 2)), dim // 3 + 1, axis=1)[:, :dim]
+
+        return SimpleNamespace(model=SimpleNamespace(predict=predict))
+
+
+def test_the_crops_features_are_built_once_and_read_back_the_same(tmp_path: Path) -> None:
+    first = CountingBase(tmp_path)
+    features = crop_features(first)
+    assert first.builds == 1 and features.shape == (512, first.spec.feature_dim)
+    again = CountingBase(tmp_path)
+    np.testing.assert_array_equal(crop_features(again), features)
+    assert again.builds == 0  # a warm server needs no base (and no TensorFlow) for them
+
+
+@pytest.mark.parametrize("damage", [b"not an array", None])
+def test_a_damaged_or_foreign_copy_is_computed_again(tmp_path: Path, damage) -> None:
+    features = crop_features(CountingBase(tmp_path))
+    (saved,) = tmp_path.iterdir()
+    if damage is None:  # a readable array of the wrong width (another base)
+        np.save(saved, features[:, :3])
+    else:
+        saved.write_bytes(damage)
+    base = CountingBase(tmp_path)
+    np.testing.assert_array_equal(crop_features(base), features)
+    assert base.builds == 1
+
+
+def test_another_dtype_or_base_does_not_read_this_copy(tmp_path: Path) -> None:
+    crop_features(CountingBase(tmp_path))
+    other = CountingBase(tmp_path, spec=BaseSpec(weights="imagenet-pypi", image_size=16,
+                                                 base_layer="block1_pool",
+                                                 compute_dtype="bfloat16"))
+    crop_features(other)
+    foreign = CountingBase(tmp_path, fingerprint="e" * 64)
+    crop_features(foreign)
+    assert other.builds == 1 and foreign.builds == 1 and len(list(tmp_path.iterdir())) == 3
+
+
+def test_without_a_cache_every_call_builds(tmp_path: Path) -> None:
+    base = CountingBase(None)
+    crop_features(base)
+    crop_features(base)
+    assert base.builds == 2
