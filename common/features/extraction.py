@@ -64,8 +64,13 @@ class LazyBase:
 
     @classmethod
     def shared(cls, spec: BaseSpec, stats_cache: Path | None = None) -> LazyBase:
-        """This process's one lazy base for ``spec``: built at most once per worker."""
-        return _shared_base(spec, stats_cache)
+        """This process's one lazy base for ``spec``: built at most once per worker, whatever
+        folder each caller keeps public statistics in (the base is the same; the first
+        folder named serves the build)."""
+        base = _shared_base(spec)
+        if base.stats_cache is None:
+            base.stats_cache = stats_cache
+        return base
 
     def get(self) -> FrozenBase:
         if self._base is None:
@@ -81,8 +86,8 @@ class LazyBase:
 # Simulated sites share worker processes; building the base (with its public statistics)
 # costs ~10 s, too much to repeat for each site a worker serves.
 @functools.lru_cache(maxsize=4)
-def _shared_base(spec: BaseSpec, stats_cache: Path | None) -> LazyBase:
-    return LazyBase.for_spec(spec, stats_cache)
+def _shared_base(spec: BaseSpec) -> LazyBase:
+    return LazyBase.for_spec(spec)
 
 
 # Reading and hashing the weights costs ~1 s; a simulated site's worker asks for every message.
