@@ -275,13 +275,15 @@ def test_a_one_shot_head_then_dp_sgd_on_a_cifar10_folder_beats_chance_skipping_a
 
 
 def test_a_client_level_dp_run_on_an_existing_ray_cluster_reports_both_guarantees(
-        tmp_path: Path) -> None:
+        digits_run, tmp_path: Path) -> None:
     import shutil
     import socket
     import tempfile
 
     from .processes import Proc, wait_until
 
+    assert digits_run[1].returncode == 0  # its feature cache is this run's
+    state = json.loads((digits_run[0] / "report.json").read_text())["settings"]["state"]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -301,7 +303,7 @@ def test_a_client_level_dp_run_on_an_existing_ray_cluster_reports_both_guarantee
         out = tmp_path / "client-dp"
         done = fedtl("simulate", "--dataset", "digits", "--clients", "3", "--rounds", "3",
                      "--client-dp", "adaptive", "--client-noise", "0.02", "--head-method", "sgd",
-                     "--out", str(out), "--state", str(tmp_path / "state"),
+                     "--out", str(out), "--state", state,  # the digits run's features
                      "--ray-address", f"127.0.0.1:{port}")
         assert done.returncode == 0, done.stderr[-3000:]
         # The sites ran as actors of that cluster: their workers logged in its session.
