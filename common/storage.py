@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 def fsync_dir(folder: Path) -> None:
@@ -59,6 +63,29 @@ def append_line_durably(path: Path, line: str, mode: int = 0o600) -> None:
         os.close(fd)
     if created:
         fsync_dir(path.parent)
+
+
+def cached_arrays(path: Path | None, compute: Callable[[], dict[str, np.ndarray]],
+                  sane: Callable[[dict[str, np.ndarray]], bool]) -> dict[str, np.ndarray]:
+    """The arrays kept in ``path`` (an .npz) if a readable copy passes ``sane``, else
+    ``compute()``'s, kept there for the next process (``path`` None: always computed)."""
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = {name: saved[name] for name in saved.files}
+            if sane(arrays):
+                return arrays
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged copy is computed again
+    arrays = compute()
+    if path is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        try:
+            write_atomically(path, lambda handle: handle.write(buffer.getvalue()))
+        except OSError:
+            pass  # a cache that cannot be written is only slower next time
+    return arrays
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.config import RunConfig
 from common.errors import ConfigError, RunFailedError, UpdateRejectedError
-from common.features.model import (PREPROCESSING, base_fingerprint, build_base, full_model,
-                                   initial_head_weights, save_model)
+from common.features.model import (PREPROCESSING, build_base, full_model, initial_head_weights,
+                                   save_model)
 from common.features.extraction import LazyBase
 from common.features.public_basis import run_basis
 from common.model_card import write_model_card
@@ -146,10 +146,9 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
 def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
               checkpoint: Checkpoint | None, registry: RunRegistry | None) -> Path:
     out, settings = Path(cfg.out), cfg.to_flower()
-    spec = base_spec(cfg).for_saving
-    fingerprint = base_fingerprint(spec)  # from the weights alone: no TensorFlow yet
-    public_basis = (run_basis(cfg, LazyBase.shared(base_spec(cfg), cfg.stats_cache))
-                    if cfg.one_shot and checkpoint is None else None)
+    lazy = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
+    spec, fingerprint = lazy.spec.for_saving, lazy.fingerprint  # no TensorFlow yet
+    public_basis = run_basis(cfg, lazy) if cfg.one_shot and checkpoint is None else None
     initial = checkpoint.arrays if checkpoint else initial_head_weights(
         spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
     # Only the saved model needs the Keras base (and TensorBoard's writer, opened after the

@@ -46,7 +46,7 @@ def test_a_damaged_or_foreign_copy_is_computed_again(tmp_path: Path, damage) -> 
     features = crop_features(CountingBase(tmp_path))
     (saved,) = tmp_path.iterdir()
     if damage is None:  # a readable array of the wrong width (another base)
-        np.save(saved, features[:, :3])
+        np.savez(saved, features=features[:, :3])
     else:
         saved.write_bytes(damage)
     base = CountingBase(tmp_path)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.features.public_stats import RECIPE, feature_stats
-from common.storage import write_atomically
+from common.storage import cached_arrays
 from common.features.weights import VGG16_CONV_LAYERS, fingerprint, load_conv_weights
 
 if TYPE_CHECKING:
@@ -165,25 +163,18 @@ def public_statistics(fingerprint: str, cache: Path | None,
                       ) -> tuple[np.ndarray, np.ndarray]:
     """The public standardisation statistics of the base ``fingerprint``: read from
     ``cache`` if a sane copy is there, else computed (and kept there)."""
-    path = Path(cache) / f"{fingerprint}.npz" if cache is not None else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                mean, variance = saved["mean"], saved["variance"]
-            if mean.shape == variance.shape and mean.ndim == 1 and np.all(np.isfinite(mean)) \
-                    and np.all(variance > 0):
-                return mean.astype(np.float32), variance.astype(np.float32)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # a damaged copy is recomputed
-    mean, variance = compute()
-    if path is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, mean=mean, variance=variance)
-        try:
-            write_atomically(path, lambda handle: handle.write(buffer.getvalue()))
-        except OSError:
-            pass  # a cache that cannot be written is only slower next time
-    return mean, variance
+    def sane(saved: dict[str, np.ndarray]) -> bool:
+        mean, variance = saved["mean"], saved["variance"]
+        return (mean.shape == variance.shape and mean.ndim == 1
+                and bool(np.all(np.isfinite(mean))) and bool(np.all(variance > 0)))
+
+    def fresh() -> dict[str, np.ndarray]:
+        mean, variance = compute()
+        return {"mean": mean, "variance": variance}
+
+    kept = cached_arrays(Path(cache) / f"{fingerprint}.npz" if cache is not None else None,
+                         fresh, sane)
+    return kept["mean"].astype(np.float32), kept["variance"].astype(np.float32)
 
 
 def _caffe_preprocessing() -> tf.keras.layers.Layer:

@@ -14,7 +14,7 @@ from common.features.extraction import LazyBase, site_features
 from common.features.public_stats import RECIPE, public_crops
 from common.privacy.centring import centred_on_own_mean
 from common.privacy.oneshot import PublicBasis, public_basis
-from common.storage import write_atomically
+from common.storage import cached_arrays
 
 
 def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
@@ -46,20 +46,15 @@ def crop_features(base: LazyBase) -> np.ndarray:
     spec = base.spec
     recipe = hashlib.sha256(RECIPE.encode()).hexdigest()[:12]
     path = (Path(base.stats_cache) / f"{base.fingerprint}-crops-{recipe}-{spec.compute_dtype}"
-            ".npy" if base.stats_cache is not None else None)
-    if path is not None and path.is_file():
-        try:
-            saved = np.load(path, allow_pickle=False)
-            if saved.ndim == 2 and saved.shape[1] == spec.feature_dim \
-                    and np.all(np.isfinite(saved)):
-                return saved.astype(np.float32)
-        except (OSError, ValueError, EOFError):
-            pass  # a damaged copy is computed again
-    features = base.get().model.predict(public_crops(spec.image_size).astype(np.float32),
-                                        batch_size=64, verbose=0)
-    if path is not None:
-        try:
-            write_atomically(path, lambda handle: np.save(handle, features))
-        except OSError:
-            pass  # a cache that cannot be written is only slower next time
-    return features
+            ".npz" if base.stats_cache is not None else None)
+
+    def sane(saved: dict[str, np.ndarray]) -> bool:
+        features = saved["features"]
+        return (features.ndim == 2 and features.shape[1] == spec.feature_dim
+                and bool(np.all(np.isfinite(features))))
+
+    def fresh() -> dict[str, np.ndarray]:
+        crops = public_crops(spec.image_size).astype(np.float32)
+        return {"features": base.get().model.predict(crops, batch_size=64, verbose=0)}
+
+    return cached_arrays(path, fresh, sane)["features"].astype(np.float32)
