@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from flwr.app import Context
@@ -16,10 +17,12 @@ from server.run_registry import SERVER_STATE_ENV, RunRegistry
 
 
 def make_server_app(config: RunConfig | None = None, prerun: PreRun | None = None,
-                    failures: list[BaseException] | None = None) -> ServerApp:
+                    failures: list[BaseException] | None = None,
+                    stopped: threading.Event | None = None) -> ServerApp:
     """A ServerApp using ``config``, or parsing Flower's run config when it is None.
 
     Exceptions are appended to ``failures`` (Flower's simulation only logs them) and raised.
+    Once ``stopped`` is set (the simulation engine has ended) the app stops waiting for sites.
     """
     app = ServerApp()
 
@@ -31,7 +34,7 @@ def make_server_app(config: RunConfig | None = None, prerun: PreRun | None = Non
                 cfg = cfg.replace(classes=list_dataset(cfg.dataset).classes)
             # Set by `fedtl server` for the SuperLink it starts, whose ServerApps inherit it.
             state = os.environ.get(SERVER_STATE_ENV)
-            run_server(PromptGrid(grid), cfg, prerun,
+            run_server(PromptGrid(grid, stopped=stopped), cfg, prerun,
                        RunRegistry(Path(state)) if state else None)
         except BaseException as exc:
             if failures is not None:

@@ -24,7 +24,7 @@ from common.privacy.release import sums_noise
 from common.progress import ProgressCallback
 from common.site import base_spec, load_simulated_site, sgd_settings
 from simulations.ray_startup import (RAY_START_SECONDS, end_process, not_started_message,
-                                     watch_start)
+                                     start_ray, watch_start)
 
 
 def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
@@ -151,9 +151,10 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
     from server.server_app import make_server_app
 
     failures: list[BaseException] = []
+    engine_ended = threading.Event()
     server_app = make_server_app(
         cfg, PreRun(feature_extraction_seconds=seconds, started=started,
-                    sites=scenario.describe(), unseen_accuracy=unseen), failures)
+                    sites=scenario.describe(), unseen_accuracy=unseen), failures, engine_ended)
     if not verbose:  # Flower's deprecation banner for run_simulation among them
         logging.getLogger("flwr").setLevel(logging.ERROR)
     # Keep Ray from touching accelerator visibility for CPU-only sites (and from warning
@@ -161,19 +162,27 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
+    backend = backend_config(cfg, verbose)
     stop_watching = threading.Event()
     watch_start(ray.is_initialized, RAY_START_SECONDS, lambda: end_process(
         not_started_message(cfg.ray_address, RAY_START_SECONDS)), stop_watching)
     try:
+        start_ray(ray.init, ray.shutdown, backend["init_args"])  # Flower's backend reuses it
+        stop_watching.set()
         run_simulation(
             server_app=server_app,
             client_app=make_client_app(cfg),
             num_supernodes=cfg.clients,
-            backend_config=backend_config(cfg, verbose),
+            backend_config=backend,
             verbose_logging=verbose,
         )
+    except RuntimeError as exc:  # Flower's "An error was encountered. Ending simulation."
+        if not failures:  # else the server's own error, raised below, says more
+            raise RunFailedError(f"Flower's simulation engine stopped: {exc.__cause__ or exc}; "
+                                 "rerun with --verbose to see Flower's log") from exc
     finally:
         stop_watching.set()
+        engine_ended.set()  # a server still waiting for sites would keep the process alive
     if failures:
         raise failures[0]
     report_path = out / "report.json"

@@ -1,13 +1,86 @@
-"""The deadline on Ray's start-up in `fedtl simulate` (no Ray started here)."""
+"""Ray's start-up in `fedtl simulate`: its attempts and its deadline (no Ray started here)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 
-from simulations.ray_startup import not_started_message, watch_start
+import pytest
+
+from common.errors import RunFailedError
+from simulations.ray_startup import (child_pids, not_started_message, start_ray,
+                                     watch_start)
+
+
+@pytest.fixture(autouse=True)
+def _own_pythonpath(monkeypatch) -> None:
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # start_ray sets it, as Flower does
+
+
+class FakeRay:
+    """`ray.init` / `ray.shutdown` that fail the first ``failures`` starts, each leaving a
+    process behind as a failed `ray.init` leaves its GCS and dashboard."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[dict] = []
+        self.shutdowns = 0
+        self.left: list[subprocess.Popen] = []
+
+    def init(self, **kwargs) -> None:
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.failures:
+            self.left.append(subprocess.Popen([sys.executable, "-c",
+                                               "import time; time.sleep(120)"]))
+            raise Exception("The current node timed out during startup.")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_fails_to_start_is_started_again_after_its_leftovers_are_ended(
+        ) -> None:
+    ray, said = FakeRay(failures=2), []
+    start_ray(ray.init, ray.shutdown, {"address": "local", "num_cpus": 2}, attempts=3,
+              log=said.append)
+    assert len(ray.calls) == 3 and ray.shutdowns == 2 and len(said) == 2
+    assert "attempt 3 of 3" in said[-1]
+    for proc in ray.left:  # the failed attempts' processes were killed, not left running
+        assert proc.wait(timeout=10) == -9
+    # Ray is started as flwr's RayBackend starts it: same arguments, workers see our path
+    assert ray.calls[-1]["num_cpus"] == 2 and ray.calls[-1]["include_dashboard"] is False
+    assert ray.calls[-1]["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep)[:len(
+        sys.path)] == sys.path
+
+
+def test_a_local_ray_that_never_starts_is_a_run_failure_naming_its_logs() -> None:
+    ray = FakeRay(failures=5)
+    with pytest.raises(RunFailedError, match="did not start in 2 attempts") as caught:
+        start_ray(ray.init, ray.shutdown, {"address": "local"}, attempts=2, log=lambda m: None)
+    assert len(ray.calls) == 2
+    assert "raylet.out" in str(caught.value) and "nothing was trained" in str(caught.value)
+    for proc in ray.left:
+        proc.wait(timeout=10)
+
+
+def test_joining_a_cluster_is_tried_once() -> None:
+    ray = FakeRay(failures=1)
+    with pytest.raises(RunFailedError, match="could not join the Ray cluster at 10.0.0.5:6379"):
+        start_ray(ray.init, ray.shutdown, {"address": "10.0.0.5:6379"}, attempts=3)
+    assert len(ray.calls) == 1
+    ray.left[0].wait(timeout=10)
+
+
+def test_child_pids_lists_this_process_children_only() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert proc.pid in child_pids() and proc.pid not in child_pids(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _watch(is_up, timeout: float, stop: threading.Event | None = None) -> list[float]:
