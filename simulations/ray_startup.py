@@ -54,9 +54,9 @@ def start_ray(init: Callable[..., Any], shutdown: Callable[[], Any], init_args: 
     (``address`` other than "local") is tried once.
     """
     # As flwr's RayBackend.init_ray (1.39): Ray's workers must import what this process can.
-    pythonpath = os.pathsep.join(sys.path)
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    # Unlike it, each entry once: `fedtl compare` starts Ray again for every run.
+    entries = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    pythonpath = os.pathsep.join(dict.fromkeys(e for e in entries if e))
     os.environ["PYTHONPATH"] = pythonpath
     args = {"include_dashboard": False, **init_args,
             "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}

@@ -52,8 +52,17 @@ def test_a_local_ray_that_fails_to_start_is_started_again_after_its_leftovers_ar
         assert proc.wait(timeout=10) == -9
     # Ray is started as flwr's RayBackend starts it: same arguments, workers see our path
     assert ray.calls[-1]["num_cpus"] == 2 and ray.calls[-1]["include_dashboard"] is False
-    assert ray.calls[-1]["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep)[:len(
-        sys.path)] == sys.path
+    path = ray.calls[-1]["runtime_env"]["env_vars"]["PYTHONPATH"]
+    assert path.split(os.pathsep) == [p for p in dict.fromkeys(sys.path) if p]
+    assert os.environ["PYTHONPATH"] == path
+
+
+def test_starting_ray_again_does_not_lengthen_the_workers_path() -> None:
+    ray = FakeRay(failures=0)
+    for _ in range(3):  # as `fedtl compare` does, one start per run
+        start_ray(ray.init, ray.shutdown, {"address": "local"})
+    paths = [call["runtime_env"]["env_vars"]["PYTHONPATH"] for call in ray.calls]
+    assert paths[0] == paths[1] == paths[2]
 
 
 def test_a_local_ray_that_never_starts_is_a_run_failure_naming_its_logs() -> None:
