@@ -53,7 +53,7 @@ class ClientOptions:
     insecure: bool = False
     cache: bool = True
     max_wait: float | None = None
-    poll: float = POLL_SECONDS  # between the SuperNode's asks for work when idle
+    poll: float = POLL_SECONDS  # between the SuperNode's asks for work in a run
     heartbeat: float = HEARTBEAT_SECONDS  # between the SuperNode's signs of life
     policy: SitePolicy = SitePolicy()  # what this site grants any run (safe defaults)
     base_dtype: str = ""  # this site's arithmetic for the base ("": as the run says)
@@ -115,7 +115,7 @@ def supernode_command(opts: ClientOptions, runtime_port: int, secret: Path) -> l
         NODE_POLICY: _quote(str(opts.policy_file)),
         **({NODE_BASE_DTYPE: _quote(opts.base_dtype)} if opts.base_dtype else {}),
     }
-    # Flower's SuperNode, with its idle poll shortened (`client.supernode`).
+    # Flower's SuperNode, with its poll shortened during runs (`client.supernode`).
     cmd = [sys.executable, "-m", "client.supernode", "--poll", repr(float(opts.poll)),
            "--heartbeat", repr(float(opts.heartbeat)),
            "--superlink", opts.server,

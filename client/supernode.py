@@ -6,8 +6,9 @@ sees it: a round has at least two (train, evaluate), and SecAgg+ adds three. The
 is shortened the same way (`server.prompt_grid`). Flower has no setting for either, so this
 entry point runs Flower's own `flower-supernode` with that module's clock capped: the module
 uses `time` for its polling sleeps only (3 s idle, 0.5 s waiting for a reply or its
-arrays; `tests/test_daemons.py` pins that). Each pull is one small gRPC request; a site
-polling twice a second is a light load on the SuperLink for the tens of sites fedtl targets.
+arrays; `tests/test_daemons.py` pins that). The cap holds while a run is under way (a message
+came in the last 30 s); after that it doubles at each sleep back to Flower's 3 s, so an idle
+site sends the SuperLink one signed request every 3 s, not two a second (`client.pacing`).
 
 It also keeps the SuperNode's replies in step with its messages (`answer_in_step`).
 
@@ -24,33 +25,40 @@ import time
 from types import ModuleType
 from typing import Any
 
-POLL_SECONDS = 0.5  # `fedtl client --poll`
+from client.pacing import Pacing
+
+POLL_SECONDS = 0.5  # `fedtl client --poll`: while a run is under way
 MIN_POLL_SECONDS, MAX_POLL_SECONDS = 0.1, 3.0  # 3 s: Flower's own
+IDLE_POLL_SECONDS = MAX_POLL_SECONDS  # when idle: Flower's own
 HEARTBEAT_SECONDS = 30.0  # `fedtl client --heartbeat`: Flower's own
 MIN_HEARTBEAT_SECONDS, MAX_HEARTBEAT_SECONDS = 10.0, 1800.0  # what Flower's SuperLink accepts
 
 
 class CappedClock:
-    """``time`` with every sleep capped at ``poll`` seconds (the rest is ``time`` itself)."""
+    """``time`` with every sleep capped at ``pacing``'s pause (the rest is ``time`` itself)."""
 
-    def __init__(self, poll: float) -> None:
-        self.poll = poll
+    def __init__(self, pacing: Pacing) -> None:
+        self.pacing = pacing
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.poll))
+        time.sleep(min(seconds, self.pacing.next_pause()))
 
     def __getattr__(self, name: str) -> object:
         return getattr(time, name)
 
 
-def cap_polling(module: ModuleType, poll: float = POLL_SECONDS) -> None:
-    """Cap the polling sleeps of Flower's SuperNode loop (``module``) at ``poll`` seconds."""
-    module.time = CappedClock(poll)  # type: ignore[attr-defined]
+def cap_polling(module: ModuleType, poll: float = POLL_SECONDS) -> Pacing:
+    """Cap the polling sleeps of Flower's SuperNode loop (``module``) at ``poll`` seconds while
+    a run is under way and at up to Flower's 3 s when idle; returns the pacing to tell of
+    work (`answer_in_step` does)."""
+    pacing = Pacing(poll, IDLE_POLL_SECONDS)
+    module.time = CappedClock(pacing)  # type: ignore[attr-defined]
+    return pacing
 
 
-def answer_in_step(module: ModuleType) -> None:
+def answer_in_step(module: ModuleType, pacing: Pacing | None = None) -> None:
     """Make the push stage of Flower's SuperNode loop (``module``) return only once the
-    message its pull stage just stored is answered.
+    message its pull stage just stored is answered (and tell ``pacing`` of each message).
 
     Flower 1.39's loop pulls one message, then pushes every reply it holds, waiting only until
     there is at least one. When the SuperLink restarts while a site confirms a message of the
@@ -68,6 +76,8 @@ def answer_in_step(module: ModuleType) -> None:
         run_id = pull(state=state, **kwargs)
         pulled.clear()
         pulled.update(_message_ids(state) - before)
+        if pulled and pacing is not None:
+            pacing.worked()
         return run_id
 
     def push_until_answered(*, state: Any, **kwargs: Any) -> None:
@@ -113,9 +123,9 @@ def main() -> int:
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     poll, heartbeat, flower_args = split_options(sys.argv[1:])
-    cap_polling(start_client_internal, poll)
+    pacing = cap_polling(start_client_internal, poll)
     set_heartbeat(heartbeat)
-    answer_in_step(start_client_internal)
+    answer_in_step(start_client_internal, pacing)
     sys.argv = ["flower-supernode", *flower_args]
     flower_supernode()
     return 0

@@ -203,18 +203,20 @@ def test_the_capped_clock_shortens_sleeps_and_is_time_otherwise(monkeypatch) -> 
     import time
     from types import SimpleNamespace
 
+    from client.pacing import Pacing
     from client.supernode import CappedClock, cap_polling
 
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
-    clock = CappedClock(0.01)
+    clock = CappedClock(Pacing(0.01, 3.0))
     clock.sleep(3)
     clock.sleep(0.005)
     assert slept == [0.01, 0.005]  # capped, and shorter sleeps left as they are
     assert clock.monotonic() > 0 and clock.time() > 0  # everything else is `time`
     module = SimpleNamespace(time=time)
-    cap_polling(module, 0.2)  # type: ignore[arg-type]
-    assert isinstance(module.time, CappedClock) and module.time.poll == 0.2
+    pacing = cap_polling(module, 0.2)  # type: ignore[arg-type]
+    assert isinstance(module.time, CappedClock) and module.time.pacing is pacing
+    assert (pacing.fast, pacing.idle) == (0.2, 3.0)  # run pace, then Flower's own when idle
 
 
 def test_a_poll_outside_a_tenth_of_a_second_to_flowers_3_s_is_refused(creds: Path) -> None:
@@ -459,6 +461,7 @@ def test_a_stale_reply_left_by_a_server_restart_does_not_put_a_sites_replies_one
     from flwr.supernode import start_client_internal as flower
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
+    from client.pacing import Pacing
     from client.supernode import answer_in_step
 
     def message(run: int) -> Message:
@@ -501,10 +504,30 @@ def test_a_stale_reply_left_by_a_server_restart_does_not_put_a_sites_replies_one
 
     state, store, sent, pull, fresh = world()
     module = SimpleNamespace(_pull_and_store_message=pull, _push_messages=flower._push_messages)
-    answer_in_step(module)  # type: ignore[arg-type]
+    pacing = Pacing(0.5, 3.0, clock=lambda: 100.0)
+    pacing.last_work = 0.0
+    answer_in_step(module, pacing)  # type: ignore[arg-type]
     pusher = push_in_background(module, state, store, sent)
     assert pusher.is_alive() and len(sent) == 1  # still waiting for the fresh reply
+    assert pacing.last_work == 100.0  # a message came: the SuperNode polls at the run's pace
     state.get_messages(is_reply=False)
     flower._insert_message(Message(RecordDict(), reply_to=fresh), state, store)
     pusher.join(5)
     assert not pusher.is_alive() and sent[1] == fresh.metadata.message_id
+
+
+def test_an_empty_pull_leaves_the_supernode_at_its_idle_pace() -> None:
+    import threading as threads
+    from types import SimpleNamespace
+
+    from client.pacing import Pacing
+    from client.supernode import answer_in_step
+
+    state = SimpleNamespace(lock_msg_store=threads.Lock(), msg_store={})
+    module = SimpleNamespace(_pull_and_store_message=lambda **_: None,
+                             _push_messages=lambda **_: None)
+    pacing = Pacing(0.5, 3.0, clock=lambda: 100.0)
+    pacing.last_work = 0.0
+    answer_in_step(module, pacing)  # type: ignore[arg-type]
+    module._pull_and_store_message(state=state)
+    assert pacing.last_work == 0.0 and pacing.next_pause() == 1.0  # slowing towards 3 s

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from client import worker as worker_module
+from client.pacing import Pacing
 from client.worker import SiteWorker, deliver, task_heartbeat, task_retry_invoker
 
 
@@ -132,3 +133,29 @@ def test_a_task_whose_reply_is_refused_is_dropped_and_the_worker_serves_on(
     site._run_task("token-2")
     assert "train message answered" in capsys.readouterr().out
     assert len(answered) == 1
+
+
+def test_the_worker_asks_at_the_pace_it_is_given_and_runs_what_comes(monkeypatch) -> None:
+    site = SiteWorker("127.0.0.1:9", b"secret", app=lambda message, context: "reply")
+    stop, waits, answers = threading.Event(), [], iter([False, True, False, False])
+
+    def run_once() -> bool:
+        try:
+            return next(answers)
+        except StopIteration:
+            stop.set()
+            return False
+
+    class Stop:
+        def is_set(self) -> bool:
+            return stop.is_set()
+
+        def wait(self, seconds: float) -> None:
+            waits.append(seconds)
+
+    pacing = Pacing(fast=0.05, idle=0.5, active=30.0, clock=lambda: 100.0)
+    pacing.last_work = 0.0  # idle for 100 s
+    monkeypatch.setattr(site, "run_once", run_once)
+    site.serve(Stop(), pacing)  # type: ignore[arg-type]
+    # idle pace (0.1 after one doubling), then a task, then quick asks again
+    assert waits == [0.1, 0.05, 0.05, 0.05]

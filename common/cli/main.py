@@ -158,9 +158,9 @@ def _client_parser(sub: Any) -> None:
     p.add_argument("--max-wait", type=float, default=None,
                    help="give up after this many seconds without the server (default: never)")
     p.add_argument("--poll", type=float, default=POLL_SECONDS, metavar="SECONDS",
-                   help="how often the site asks the server for work when idle (Flower's own "
-                        "is 3 s; each ask is one small request, so a federation of hundreds "
-                        f"of sites may want more) (default: {POLL_SECONDS})")
+                   help="how often the site asks the server for its next message while a "
+                        "run is under way (a message in the last 30 s); an idle site slows to "
+                        "Flower's own 3 s (default: %(default)s)")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="SECONDS",
                    help="how often the site tells the server it is alive; the server counts "
                         "a site gone after two missed, and until then a round waits for it "
