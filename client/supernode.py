@@ -58,7 +58,8 @@ def cap_polling(module: ModuleType, poll: float = POLL_SECONDS) -> Pacing:
 
 def answer_in_step(module: ModuleType, pacing: Pacing | None = None) -> None:
     """Make the push stage of Flower's SuperNode loop (``module``) return only once the
-    message its pull stage just stored is answered (and tell ``pacing`` of each message).
+    message its pull stage just stored is answered (and tell ``pacing`` of each message and
+    each reply).
 
     Flower 1.39's loop pulls one message, then pushes every reply it holds, waiting only until
     there is at least one. When the SuperLink restarts while a site confirms a message of the
@@ -84,6 +85,8 @@ def answer_in_step(module: ModuleType, pacing: Pacing | None = None) -> None:
         push(state=state, **kwargs)  # a reply is pushed with the message it answers deleted
         while pulled & _message_ids(state):
             push(state=state, **kwargs)
+        if pacing is not None:  # a reply after a long task: the next message comes soon
+            pacing.worked()
 
     module._pull_and_store_message = pull_and_store  # type: ignore[attr-defined]
     module._push_messages = push_until_answered  # type: ignore[attr-defined]

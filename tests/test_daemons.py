@@ -504,16 +504,19 @@ def test_a_stale_reply_left_by_a_server_restart_does_not_put_a_sites_replies_one
 
     state, store, sent, pull, fresh = world()
     module = SimpleNamespace(_pull_and_store_message=pull, _push_messages=flower._push_messages)
-    pacing = Pacing(0.5, 3.0, clock=lambda: 100.0)
+    now = [100.0]
+    pacing = Pacing(0.5, 3.0, clock=lambda: now[0])
     pacing.last_work = 0.0
     answer_in_step(module, pacing)  # type: ignore[arg-type]
     pusher = push_in_background(module, state, store, sent)
     assert pusher.is_alive() and len(sent) == 1  # still waiting for the fresh reply
     assert pacing.last_work == 100.0  # a message came: the SuperNode polls at the run's pace
+    now[0] = 200.0  # a long task: its reply restarts the run's pace for the next message
     state.get_messages(is_reply=False)
     flower._insert_message(Message(RecordDict(), reply_to=fresh), state, store)
     pusher.join(5)
     assert not pusher.is_alive() and sent[1] == fresh.metadata.message_id
+    assert pacing.last_work == 200.0
 
 
 def test_an_empty_pull_leaves_the_supernode_at_its_idle_pace() -> None:
