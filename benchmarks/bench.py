@@ -41,6 +41,7 @@ import common  # noqa: F401  (TensorFlow settings before TensorFlow is imported)
 from common.config import RunConfig
 from common.data.images import Listing, list_dataset, load_images
 from common.features.extraction import LazyBase, extract
+from common.process_tree import descendants
 from common.features.model import BaseSpec, cpu_has_bfloat16, initial_head_weights
 from common.site import SiteAccount, base_spec, load_site, sgd_settings, train_round
 
@@ -232,29 +233,11 @@ class TreeMemory:
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             rss = pss = 0.0
-            for pid in _descendants(self.pid):
+            for pid in descendants(self.pid):
                 rss += _status_kb(pid, "/proc/{}/status", "VmRSS:")
                 pss += _status_kb(pid, "/proc/{}/smaps_rollup", "Pss:")
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 1024)
             self.peak_pss_mb = max(self.peak_pss_mb, pss / 1024)
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 def _status_kb(pid: int, pattern: str, key: str) -> float:

@@ -19,28 +19,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from common.errors import RunFailedError
+from common.process_tree import children_by_parent
 
 RAY_START_SECONDS = 300.0  # Ray starts in 5-15 s here; a busy laptop may take a minute
 RAY_START_ATTEMPTS = 3  # a failed attempt takes about 45 s: three fit in RAY_START_SECONDS
 
 
 def child_pids(pid: int | None = None) -> set[int]:
-    """The processes whose parent is ``pid`` (this one by default), from /proc; empty where
-    there is no /proc."""
-    pid = os.getpid() if pid is None else pid
-    children = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:  # "pid (name) state ppid ...": the name may hold spaces and parentheses
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended while we looked
-        if int(fields[1]) == pid:
-            children.add(int(stat.parent.name))
-    return children
+    """The processes whose parent is ``pid`` (this one by default)."""
+    return set(children_by_parent().get(os.getpid() if pid is None else pid, []))
 
 
 def start_ray(init: Callable[..., Any], shutdown: Callable[[], Any], init_args: dict[str, Any],

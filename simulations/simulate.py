@@ -168,7 +168,6 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Report:
         not_started_message(cfg.ray_address, RAY_START_SECONDS)), stop_watching)
     try:
         start_ray(ray.init, ray.shutdown, backend["init_args"])  # Flower's backend reuses it
-        stop_watching.set()
         run_simulation(
             server_app=server_app,
             client_app=make_client_app(cfg),
