@@ -236,8 +236,9 @@ def _export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="a saved model for TF Serving (savedmodel) or phones "
                                       "and edge devices (tflite), with its model card")
     p.add_argument("--model", required=True, help="a model.keras written by fedtl")
-    p.add_argument("--format", required=True, choices=("savedmodel", "tflite", "onnx"),
-                   help="onnx: not available (tf2onnx is not installed), says why")
+    p.add_argument("--format", required=True,
+                   help="savedmodel, tflite, or both comma-separated (the model is loaded "
+                        "once); onnx: not available (tf2onnx is not installed), says why")
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's messages")
 
@@ -358,11 +359,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from common.features.export import export_model
+    from common.features.export import export_model, parse_formats
 
-    target = export_model(Path(args.model), args.format, Path(args.out))
-    print(f"written: {target} (input: float32 RGB images, pixels 0..255)")
+    for target in export_model(Path(args.model), parse_formats(args.format), Path(args.out)):
+        print(f"written: {target} (input: float32 RGB images, pixels 0..255)")
     return 0
+
+
+def _check_export(args: argparse.Namespace) -> None:
+    from common.features.export import parse_formats
+
+    parse_formats(args.format)
 
 
 def _run_server(args: argparse.Namespace) -> int:
@@ -565,11 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that load TensorFlow in this process.
 USES_TENSORFLOW = frozenset({"simulate", "compare", "evaluate", "export", "audit"})
+# Checks of their arguments that need no TensorFlow: a mistake costs no TensorFlow start.
+CHECKS_BEFORE_TENSORFLOW = {"export": _check_export}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in CHECKS_BEFORE_TENSORFLOW:
+            CHECKS_BEFORE_TENSORFLOW[args.command](args)
         if args.command in USES_TENSORFLOW:
             from common.deploy.quiet import load_tensorflow
 
