@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +39,19 @@ def train(features: np.ndarray, labels: np.ndarray, settings: SgdSettings) -> li
                       settings=settings, rng=np.random.default_rng())[0]
 
 
-def audit(model: Path, members: Path, nonmembers: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "common.cli", "audit", "--model", str(model),
-                           "--members", str(members), "--nonmembers", str(nonmembers),
-                           "--json"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def audit(model: Path, members: Path, nonmembers: Path, capsys) -> dict:
+    """`fedtl audit --json` in this process: TensorFlow and the base are loaded already."""
+    from common.cli.main import main
+
+    code = main(["audit", "--model", str(model), "--members", str(members), "--nonmembers",
+                 str(nonmembers), "--json"])
+    said = capsys.readouterr()
+    assert code == 0, said.err[-3000:]
+    return json.loads(said.out.strip().splitlines()[-1])
 
 
 def test_the_attack_beats_an_overfit_model_and_not_the_dp_model_on_the_same_data(
-        cifar_dir: Path, tmp_path: Path) -> None:
+        cifar_dir: Path, tmp_path: Path, capsys) -> None:
     from common.features.model import BaseSpec
 
     members, nonmembers = tmp_path / "members", tmp_path / "nonmembers"
@@ -74,8 +75,7 @@ def test_the_attack_beats_an_overfit_model_and_not_the_dp_model_on_the_same_data
         path = tmp_path / name / "model.keras"
         path.parent.mkdir()
         save_model(full_model(base.get(), weights, 10, 0), path)
-        results[name] = audit(path, members, nonmembers)
-    print(json.dumps(results, indent=1))
+        results[name] = audit(path, members, nonmembers, capsys)
     over, dp = results["overfit"], results["dp"]
     assert over["members"] == dp["members"] == n and over["nonmembers"] == n
     assert over["member_accuracy"] > 0.95  # it memorised its members
