@@ -42,6 +42,16 @@ def write_image_folder(root: Path, classes: dict[str, int], size: int = 8,
     return root
 
 
+def fedtl_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`fedtl` in this process: exit code, stdout, stderr. No process start (and no second
+    TensorFlow import) for what `main` decides without Flower."""
+    from common.cli.main import main
+
+    code = main(list(args))
+    said = capsys.readouterr()
+    return code, said.out, said.err
+
+
 @pytest.fixture()
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data", {"cat": 3, "dog": 4})

@@ -16,6 +16,8 @@ from common.features.extraction import LazyBase, site_features
 from common.features.model import full_model, initial_head_weights, save_model
 from common.privacy.sgd import SgdSettings
 
+from .conftest import fedtl_here
+
 pytestmark = pytest.mark.e2e
 
 PER_CLASS = 30  # per class and side: 300 members, 300 non-members
@@ -41,13 +43,10 @@ def train(features: np.ndarray, labels: np.ndarray, settings: SgdSettings) -> li
 
 def audit(model: Path, members: Path, nonmembers: Path, capsys) -> dict:
     """`fedtl audit --json` in this process: TensorFlow and the base are loaded already."""
-    from common.cli.main import main
-
-    code = main(["audit", "--model", str(model), "--members", str(members), "--nonmembers",
-                 str(nonmembers), "--json"])
-    said = capsys.readouterr()
-    assert code == 0, said.err[-3000:]
-    return json.loads(said.out.strip().splitlines()[-1])
+    code, stdout, stderr = fedtl_here(capsys, "audit", "--model", str(model), "--members",
+                                      str(members), "--nonmembers", str(nonmembers), "--json")
+    assert code == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_the_attack_beats_an_overfit_model_and_not_the_dp_model_on_the_same_data(

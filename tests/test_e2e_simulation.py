@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .conftest import write_image_folder
+from .conftest import fedtl_here, write_image_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -170,16 +170,6 @@ def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:
     cfg = RunConfig(dataset="digits", clients=3, state=settings["state"])
     _, seconds, scenario = prepare_sites(cfg)
     assert seconds == 0.0 and len(scenario.sites) == 3
-
-
-def fedtl_here(capsys, *args: str) -> tuple[int, str, str]:
-    """`fedtl` in this process, for runs that stop before Flower starts: no process start
-    (and no second TensorFlow import) for what `main` alone decides."""
-    from common.cli.main import main
-
-    code = main(list(args))
-    said = capsys.readouterr()
-    return code, said.out, said.err
 
 
 def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
