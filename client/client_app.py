@@ -40,7 +40,7 @@ from common.data.scenario import Scenario, build_scenario
 from common.privacy.release import figure_mode
 from common.privacy.oneshot import PublicBasis, release_shapes
 from common.site import (RoundResult, SiteAccount, SiteData, base_spec, centred,
-                         evaluate, load_simulated_site, load_site, release_sums,
+                         check_not_spent, evaluate, load_simulated_site, load_site, release_sums,
                          released_accuracies, train_round)
 
 log = logging.getLogger("fedtl.site")
@@ -125,13 +125,16 @@ class _Opened:
 
     @property
     def account(self) -> SiteAccount:
-        return SiteAccount(PrivacyLedger(self.site.state), self.run_key, self.site.budget,
-                           self.site.policy)
+        return _account(self.site, self.run_key)
 
     def site_record(self) -> ConfigRecord:
         return ConfigRecord({protocol.SITE_NAME: self.data.name,
                              protocol.FINGERPRINT: self.fingerprint,
                              protocol.TIGHTENED: "; ".join(self.tightened)})
+
+
+def _account(site: SiteConfig, run_key: str) -> SiteAccount:
+    return SiteAccount(PrivacyLedger(site.state), run_key, site.budget, site.policy)
 
 
 def _request(config: RunConfig | None, msg: Message, context: Context) -> _Request:
@@ -157,6 +160,7 @@ def _open(request: _Request, msg: Message) -> _Opened:
         raise PolicyRefusedError(admission.reason)
     request.record(admission.decision, changes=admission.changes)
     cfg = admission.cfg
+    check_not_spent(cfg, _account(site, request.run_key))
     if site.base_dtype:  # the site knows its hardware; the arithmetic changes no guarantee
         cfg = cfg.replace(base_dtype=site.base_dtype)
     if admission.changes:

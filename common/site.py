@@ -177,6 +177,23 @@ class SiteAccount:
                    SiteBudget(cfg.target_epsilon, cfg.delta, cfg.accountant))
 
 
+def check_not_spent(cfg: RunConfig, account: SiteAccount) -> None:
+    """Decline a private run the site has not started once its budget over all runs is spent.
+
+    Any further release would pass the budget (`plan_noise` would decline it at the first
+    charge), so a spent site answers before it lists, hashes or extracts a single image.
+    """
+    if not cfg.dp or account.ledger.get(account.run_key) is not None:
+        return
+    budget = account.budget
+    spent = account.ledger.spent(budget)
+    if spent >= budget.epsilon:
+        raise BudgetExhaustedError(
+            f"this site's budget of epsilon {budget.epsilon} (delta {budget.delta}) is spent: "
+            f"its runs so far compose to {spent:.3f}; it declines this run before reading its "
+            "images (`fedtl client --budget` raises the budget)")
+
+
 def plan_noise(cfg: RunConfig, num_train: int, account: SiteAccount, prior: list[Mechanism],
                personal: bool = False) -> SgdSettings:
     """Settings for a run the site has not trained in yet.

@@ -268,6 +268,42 @@ def test_a_declining_site_tells_the_server_nothing_about_its_budget(
     assert "0.05" in trail(tmp_path)[-1].reason  # the details stay at the site
 
 
+def test_a_site_whose_budget_is_spent_declines_a_new_run_before_reading_an_image(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    from common.privacy.accounting import Mechanism, composed_epsilon
+    from common.privacy.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
+
+    site = real_site(tmp_path, budget=1.0)
+    ledger = PrivacyLedger(tmp_path / "state")
+    steps = 1
+    while composed_epsilon([Mechanism(0.5, 1.0, steps)], delta=1e-5) < 1.0:
+        steps *= 2
+    with ledger.transaction() as book:  # an earlier run that used the whole budget
+        book.append("earlier", [LedgerEvent("dp-sgd", 0.5, 1.0, steps)],
+                    RunHeader(target_epsilon=9.0, delta=1e-5, accountant="rdp",
+                              public_count=100, noise_multiplier=1.0))
+    before = (tmp_path / "state" / "privacy-ledger.json").read_text()
+    # Every image unreadable: had the site listed or hashed its folder, it would say so.
+    for image in (tmp_path / "data").rglob("*.jpg"):
+        image.write_bytes(b"not an image")
+    fingerprint = base_fingerprint(base_spec(cfg))
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        reply = make_client_app(cfg)(message(kind, fingerprint), site)
+        assert reply.has_error() and reply.error.code == protocol.BUDGET_EXHAUSTED
+        assert "is spent" in trail(tmp_path)[-1].reason
+        assert trail(tmp_path)[-1].decision == "declined"
+    assert (tmp_path / "state" / "privacy-ledger.json").read_text() == before
+    assert not (tmp_path / "state" / "features").exists()
+    # With room in its budget the same site reads its folder, and refuses it as unreadable.
+    roomy = real_site(tmp_path / "roomy", budget=20.0)
+    (tmp_path / "roomy" / "state").mkdir(parents=True)
+    (tmp_path / "roomy" / "state" / "privacy-ledger.json").write_text(before)
+    for image in (tmp_path / "roomy" / "data").rglob("*.jpg"):
+        image.write_bytes(b"not an image")
+    reply = make_client_app(cfg)(message(MessageType.TRAIN, fingerprint), roomy)
+    assert reply.has_error() and reply.error.code == protocol.INCOMPATIBLE
+
+
 @pytest.mark.parametrize("run_id", ["../x", "../../escape", "a/b", "..", ".hidden", "x" * 200,
                                     "run\nid"])
 def test_a_run_id_that_is_not_a_plain_name_is_refused_before_it_becomes_a_path(

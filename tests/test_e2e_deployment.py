@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 from dataclasses import asdict
 import socket
@@ -190,6 +191,12 @@ def start_poisoned_site(world: World) -> list[Proc]:
     sends NaN, a wrong shape and a huge update in turn, beside Flower's own SuperNode."""
     state = world.root / "state" / "poison"
     state.mkdir(parents=True, exist_ok=True)
+    # Its folder is site-2's, whose features the runs before extracted: the same images'
+    # features, copied as that site's operator could (CI time; extraction is tested above).
+    for cache in ("features", "public-stats"):
+        if (world.root / "state" / "site-2" / cache).is_dir():
+            shutil.copytree(world.root / "state" / "site-2" / cache, state / cache,
+                            dirs_exist_ok=True)
     secret = state / "runtime.secret"
     secret.write_bytes(os.urandom(32))
     port = free_port()
