@@ -271,7 +271,7 @@ def test_a_declining_site_tells_the_server_nothing_about_its_budget(
 def test_a_site_whose_budget_is_spent_declines_a_new_run_before_reading_an_image(
         cfg: RunConfig, tmp_path: Path) -> None:
     from common.privacy.accounting import Mechanism, composed_epsilon
-    from common.privacy.ledger import LedgerEvent, PrivacyLedger, RunHeader, SiteBudget
+    from common.privacy.ledger import LedgerEvent, PrivacyLedger, RunHeader
 
     site = real_site(tmp_path, budget=1.0)
     ledger = PrivacyLedger(tmp_path / "state")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata,
                       MetricRecord, RecordDict)
 from flwr.common import FitIns, ndarrays_to_parameters
