@@ -170,3 +170,19 @@ def test_each_kind_of_error_exits_with_its_documented_code(capsys) -> None:
     text = " ".join(build_parser().format_help().split())
     assert all(f"{k} {v}" in text for k, v in errors.EXIT_CODES.items())
     capsys.readouterr()
+
+
+def test_version_names_fedtl_and_its_stack_without_starting_tensorflow() -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    probe = ("import sys\nfrom common.cli import main\ntry:\n    main(['--version'])\n"
+             "except SystemExit as end:\n    assert end.code in (0, None), end.code\n"
+             "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'no tensorflow')")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=True)
+    lines = done.stdout.splitlines()
+    for name in ("fedtl", "flwr", "tensorflow", "tensorflow-privacy", "dp-accounting"):
+        assert f"{name} {version(name)}" in lines
+    assert lines[-1] == "no tensorflow"

@@ -554,10 +554,42 @@ COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run
             "sites": _run_sites}
 
 
+# The stack a bug report needs; read from the installed metadata, so no TensorFlow start.
+VERSIONED_PACKAGES = ("fedtl", "flwr", "tensorflow", "tf-keras", "tensorflow-privacy",
+                      "dp-accounting", "grpcio", "numpy")
+
+
+def version_text() -> str:
+    """fedtl's version and the installed versions of the stack it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "\n".join(f"{name} {installed(name)}" for name in VERSIONED_PACKAGES) + \
+        f"\npython {sys.version.split()[0]}"
+
+
+class _PrintVersion(argparse.Action):
+    """argparse's own version action rewraps the text into one paragraph; one line a package."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `fedtl` command line with all its subcommands."""
     parser = argparse.ArgumentParser(prog="fedtl", description=__doc__,
                                      epilog=exit_codes_help())
+    parser.add_argument("--version", action=_PrintVersion,
+                        help="print fedtl's version and its stack's, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_simulate_parser, _compare_parser, _evaluate_parser, _export_parser,
                 _audit_parser,
