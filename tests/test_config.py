@@ -186,3 +186,21 @@ def test_version_names_fedtl_and_its_stack_without_starting_tensorflow() -> None
     for name in ("fedtl", "flwr", "tensorflow", "tensorflow-privacy", "dp-accounting"):
         assert f"{name} {version(name)}" in lines
     assert lines[-1] == "no tensorflow"
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    import argparse
+
+    from common.cli import build_parser
+
+    def silent(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        found = []
+        for action in parser._actions:  # argparse has no public walk over its options
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    found += silent(child, f"{name} {sub}")
+            elif action.option_strings and not action.help:
+                found.append(f"{name} {action.option_strings[0]}")
+        return found
+
+    assert silent(build_parser(), "fedtl") == []

@@ -100,6 +100,8 @@ def test_private_federation_on_digits_learns_far_above_chance_within_budget(
 
 def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
                                                                      tmp_path: Path) -> None:
+    import numpy as np
+
     from common.data.images import list_dataset, load_images
 
     out, done = digits_run
@@ -116,6 +118,9 @@ def test_saved_model_scores_with_fedtl_evaluate_like_the_federation(digits_run,
     result = json.loads(scored.stdout.strip().splitlines()[-1])
     assert result["n"] == 200
     assert result["accuracy"] > 0.6
+    confusion = np.array(result["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum(axis=1).tolist() == [20] * 10
+    assert np.trace(confusion) / 200 == pytest.approx(result["accuracy"])
     # The model card beside the model is the run's: classes, base, each site's epsilon.
     report = json.loads((out / "report.json").read_text())
     card = result["model_card"]

@@ -58,3 +58,36 @@ def test_cli_reports_errors_in_one_line_and_exits_with_the_data_error_code(
     assert code == 5
     err = capsys.readouterr().err
     assert err.startswith("fedtl: error: model file") and "Traceback" not in err
+
+
+def test_summary_counts_each_true_and_predicted_pair_and_recalls_present_classes() -> None:
+    import numpy as np
+
+    from common.features.evaluation import summarise
+
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 0, 1, 1, 0])
+    accuracy, recall, confusion = summarise(labels, predicted, ("a", "b", "c", "d"))
+    assert confusion.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    assert accuracy == pytest.approx(4 / 6)
+    assert recall == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 0.0})  # "d" has no images
+    with pytest.raises(ValueError, match="0..3"):
+        summarise(labels, np.array([0, 1, 0, 1, 1, 4]), ("a", "b", "c", "d"))
+
+
+def test_the_text_report_lists_every_class_and_the_matrix_only_while_it_fits() -> None:
+    from common.cli.main import CONFUSION_MAX_CLASSES, evaluation_table
+
+    text = evaluation_table(("airplane", "automobile", "bird"),
+                            ((50, 3, 1), (2, 60, 0), (0, 0, 0))).splitlines()
+    assert text[1].split() == ["0", "airplane", "0.926", "54"]
+    assert text[3].split() == ["2", "bird", "-", "0"]  # no images: no recall
+    assert text[-5] == "confusion matrix (rows: true class, columns: predicted class)"
+    assert text[-4].split() == ["0", "1", "2"]
+    assert [row.split() for row in text[-3:]] == [["0", "50", "3", "1"],
+                                                  ["1", "2", "60", "0"], ["2", "0", "0", "0"]]
+    k = CONFUSION_MAX_CLASSES + 1
+    wide = evaluation_table(tuple(f"c{i}" for i in range(k)),
+                            tuple(tuple(int(i == j) for j in range(k)) for i in range(k)))
+    assert wide.splitlines()[-1] == f"confusion matrix: {k} classes, in --json"
+    assert len(wide.splitlines()) == k + 2

@@ -66,7 +66,8 @@ def _server_parser(sub: Any) -> None:
     p.add_argument("--address", default="0.0.0.0:9092", help="where sites connect (gRPC)")
     p.add_argument("--control-host", default="127.0.0.1",
                    help="interface for launching runs (`fedtl run`); 0.0.0.0 to allow remote")
-    p.add_argument("--control-port", type=int, default=9093)
+    p.add_argument("--control-port", type=int, default=9093,
+                   help="port for launching runs (`fedtl run`; Flower's control API)")
     _log_format_option(p)
 
 
@@ -129,7 +130,8 @@ def _client_parser(sub: Any) -> None:
                    help=f"loosest count release allowed (default {_P.example_counts})")
     g.add_argument("--site-metrics", choices=METRIC_MODES, default=None,
                    help=f"loosest held-out figure release allowed (default {_P.site_metrics})")
-    g.add_argument("--require-secure-aggregation", action="store_true", default=None)
+    g.add_argument("--require-secure-aggregation", action="store_true", default=None,
+                   help="refuse runs whose updates are not masked by SecAgg+")
     g.add_argument("--distributed-noise-sites", type=int, default=None,
                    help="N >= 2: under secure aggregation over at least N sites, add 1/N of "
                         "the one-shot release's noise variance, trusting the others to add "
@@ -190,7 +192,7 @@ def _certs_parser(sub: Any) -> None:
     p.add_argument("--host", action="append", default=None,
                    help="name or IP the server is reached at (repeatable; default: "
                         "localhost and 127.0.0.1)")
-    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--days", type=int, default=365, help="how long the certificates are valid")
 
 
 def _keys_parser(sub: Any) -> None:
@@ -216,15 +218,16 @@ def _approve_parser(sub: Any) -> None:
 def _demo_data_parser(sub: Any) -> None:
     p = sub.add_parser("demo-data", help="write the bundled digits as site image folders")
     p.add_argument("--out", required=True, help="folder to write site-1, site-2, ... into")
-    p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sites", type=int, default=3, help="how many site folders to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split among the sites")
 
 
 def _evaluate_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="accuracy of a saved model on an image folder")
     p.add_argument("--model", required=True, help="a model.keras written by fedtl")
     p.add_argument("--data", required=True, help="folder with one subfolder per class")
-    p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out (counted) instead of failing")
     p.add_argument("--dicom-window", default="",
                    help="center,width for DICOM images (default: as in training, from the "
                         "report beside the model; else each file's own window)")
@@ -251,7 +254,8 @@ def _audit_parser(sub: Any) -> None:
                    help="class folders of images the model was trained on")
     p.add_argument("--nonmembers", required=True,
                    help="class folders of images from the same source it never saw")
-    p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out (counted) instead of failing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's messages")
 
@@ -355,7 +359,35 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(card_markdown(card))
     print(f"accuracy {result.accuracy:.4f} on {result.n} images "
           f"({len(result.classes)} classes, {result.skipped} skipped)")
+    print(evaluation_table(result.classes, result.confusion))
     return 0
+
+
+# Beyond this many classes the matrix no longer fits a terminal; --json still has it.
+CONFUSION_MAX_CLASSES = 12
+
+
+def evaluation_table(classes: tuple[str, ...], confusion: tuple[tuple[int, ...], ...]) -> str:
+    """Each class's recall and image count, and the confusion matrix when it fits a terminal.
+
+    The matrix's columns are numbered like its rows, so long class names do not widen it.
+    """
+    width = max(len("class"), *(len(c) for c in classes))
+    index = len(str(len(classes) - 1))
+    lines = [f"{'':>{index}} {'class':<{width}}  recall  images"]
+    for i, name in enumerate(classes):
+        n = sum(confusion[i])
+        recall = f"{confusion[i][i] / n:6.3f}" if n else f"{'-':>6}"
+        lines.append(f"{i:>{index}} {name:<{width}}  {recall}  {n:6d}")
+    if len(classes) > CONFUSION_MAX_CLASSES:
+        lines.append(f"confusion matrix: {len(classes)} classes, in --json")
+        return "\n".join(lines)
+    cell = max(len(str(max(max(row) for row in confusion))), index) + 1
+    lines.append("confusion matrix (rows: true class, columns: predicted class)")
+    lines.append(" " * (index + 1) + "".join(f"{i:>{cell}}" for i in range(len(classes))))
+    for i, row in enumerate(confusion):
+        lines.append(f"{i:>{index}} " + "".join(f"{v:>{cell}d}" for v in row))
+    return "\n".join(lines)
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -23,7 +23,22 @@ class Evaluation:
     n: int
     skipped: int
     classes: tuple[str, ...]
-    per_class_accuracy: dict[str, float]
+    per_class_accuracy: dict[str, float]  # recall of each class with images in the folder
+    confusion: tuple[tuple[int, ...], ...]  # [true class][predicted class] image counts
+
+
+def summarise(labels: np.ndarray, predicted: np.ndarray,
+              classes: tuple[str, ...]) -> tuple[float, dict[str, float], np.ndarray]:
+    """Accuracy, each present class's recall and the confusion matrix of integer labels."""
+    k = len(classes)
+    if labels.size and (labels.min() < 0 or max(labels.max(), predicted.max()) >= k):
+        raise ValueError(f"labels and predictions must lie in 0..{k - 1}")
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {c: float(confusion[i, i] / confusion[i].sum())
+                 for i, c in enumerate(classes) if confusion[i].sum()}
+    accuracy = float(np.trace(confusion) / labels.size) if labels.size else float("nan")
+    return accuracy, per_class, confusion
 
 
 def evaluate_model(model_path: Path, data: str, *, skip_bad: bool = False,
@@ -37,12 +52,12 @@ def evaluate_model(model_path: Path, data: str, *, skip_bad: bool = False,
     model = load_model(model_path)
     scored = predict_folder(model, model_path, data, skip_bad=skip_bad,
                             dicom_window=dicom_window)
-    correct = np.argmax(scored.probabilities, axis=1) == scored.labels
-    per_class = {c: float(np.mean(correct[scored.labels == i]))
-                 for i, c in enumerate(scored.classes) if np.any(scored.labels == i)}
-    return Evaluation(accuracy=float(np.mean(correct)), n=int(len(correct)),
+    accuracy, per_class, confusion = summarise(
+        scored.labels, np.argmax(scored.probabilities, axis=1), scored.classes)
+    return Evaluation(accuracy=accuracy, n=int(len(scored.labels)),
                       skipped=scored.skipped, classes=scored.classes,
-                      per_class_accuracy=per_class)
+                      per_class_accuracy=per_class,
+                      confusion=tuple(tuple(int(v) for v in row) for row in confusion))
 
 
 @dataclass(frozen=True)
