@@ -586,25 +586,6 @@ COMMANDS = {"simulate": _run_simulate, "compare": _run_compare, "evaluate": _run
             "sites": _run_sites}
 
 
-# The stack a bug report needs; read from the installed metadata, so no TensorFlow start.
-VERSIONED_PACKAGES = ("fedtl", "flwr", "tensorflow", "tf-keras", "tensorflow-privacy",
-                      "dp-accounting", "grpcio", "numpy")
-
-
-def version_text() -> str:
-    """fedtl's version and the installed versions of the stack it runs on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return "\n".join(f"{name} {installed(name)}" for name in VERSIONED_PACKAGES) + \
-        f"\npython {sys.version.split()[0]}"
-
-
 class _PrintVersion(argparse.Action):
     """argparse's own version action rewraps the text into one paragraph; one line a package."""
 
@@ -612,7 +593,10 @@ class _PrintVersion(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        print(version_text())
+        # The versions every report and model card records; metadata only, no TensorFlow.
+        from common.report import versions
+
+        print("\n".join(f"{name} {found}" for name, found in versions().items()))
         parser.exit()
 
 
