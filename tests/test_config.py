@@ -1,5 +1,8 @@
 """The run configuration is parsed and checked once, from CLI values or Flower's run config."""
 
+from dataclasses import Field, fields
+from typing import Any
+
 import pytest
 
 from common.config import RunConfig
@@ -204,3 +207,67 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
         return found
 
     assert silent(build_parser(), "fedtl") == []
+
+
+def _parsed(*argv: str) -> RunConfig:
+    from common.cli import build_parser
+    from common.cli.options import settings_from
+
+    return settings_from(build_parser().parse_args(list(argv)), out="o")
+
+
+def test_a_preset_sets_its_settings_and_leaves_the_others_at_their_defaults() -> None:
+    from common.config import PRESETS
+
+    cfg = _parsed("simulate", "--preset", "domain-shift")
+    assert cfg == RunConfig(out="o").replace(**PRESETS["domain-shift"])
+    assert (cfg.second_moment, cfg.feature_centring, cfg.accountant, cfg.ridge_lambda,
+            cfg.personalize, cfg.personal_method) == ("private", "site", "pld", 2.0, True,
+                                                     "ridge+bias")
+
+
+def test_an_option_given_beside_a_preset_wins_even_when_it_repeats_the_default() -> None:
+    cfg = _parsed("simulate", "--preset", "domain-shift", "--accountant", "rdp",
+                  "--ridge-lambda", "4", "--rounds", "3")
+    assert (cfg.accountant, cfg.ridge_lambda, cfg.rounds) == ("rdp", 4.0, 3)
+    assert (cfg.second_moment, cfg.feature_centring, cfg.personalize) == \
+        ("private", "site", True)
+
+
+def test_a_preset_is_offered_wherever_training_settings_are_and_every_preset_is_valid() -> None:
+    from common.cli import build_parser
+    from common.cli.options import preset_overridden, preset_text
+    from common.config import PRESETS, TRAINING
+
+    for name, settings in PRESETS.items():
+        RunConfig().replace(**settings)  # raises if a preset breaks a check
+        for key in settings:  # simulate, compare and run all offer what a preset sets
+            assert _field(key).metadata["scope"] == TRAINING, (name, key)
+        assert preset_text(name).split()[0].startswith("--")
+    args = build_parser().parse_args(["run", "--out", "o", "--classes", "a,b",
+                                      "--preset", "domain-shift", "--accountant", "rdp"])
+    assert preset_overridden(args) == ("--accountant rdp",)
+    assert build_parser().parse_args(["compare", "--preset", "domain-shift"]).preset == \
+        "domain-shift"
+    assert preset_text("domain-shift") == ("--second-moment private --ridge-lambda 2 "
+                                           "--feature-centring site --accountant pld "
+                                           "--personalize")
+
+
+def test_a_run_with_a_preset_says_what_the_preset_set_and_what_the_options_replaced(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from common.cli import build_parser
+    from common.cli.main import _settings
+
+    args = build_parser().parse_args(["simulate", "--preset", "domain-shift",
+                                      "--accountant", "rdp"])
+    assert _settings(args, out="o").accountant == "rdp"
+    assert capsys.readouterr().out.strip() == (
+        "preset domain-shift: --second-moment private --ridge-lambda 2 --feature-centring "
+        "site --accountant pld --personalize (given beside it: --accountant rdp)")
+    _settings(build_parser().parse_args(["simulate"]), out="o")
+    assert capsys.readouterr().out == ""
+
+
+def _field(name: str) -> Field[Any]:
+    return next(f for f in fields(RunConfig) if f.name == name)

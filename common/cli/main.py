@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from client.supernode import HEARTBEAT_SECONDS, POLL_SECONDS
-from common.cli.options import HelpFormatter, add_settings, settings_from
-from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING
+from common.cli.options import (HelpFormatter, add_settings, preset_overridden, preset_text,
+                                settings_from)
+from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING, RunConfig
 from common.errors import ConfigError, FedtlError, exit_codes_help
 from common.model_card import card_markdown, global_accuracy, read_model_card
 from common.privacy.accounting import ACCOUNTANTS
@@ -282,7 +283,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = settings_from(args, out=out)
+    cfg = _settings(args, out=out)
     report = simulate(cfg, verbose=args.verbose)
     _print_summary(report, out)
     return 0
@@ -292,13 +293,25 @@ def _run_compare(args: argparse.Namespace) -> int:
     from simulations.compare import compare, parse_variants
 
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = settings_from(args, out=out)
+    cfg = _settings(args, out=out)
     result = compare(cfg, parse_variants(args.variants), repeats=args.repeats,
                      verbose=args.verbose)
     print()
     print(result["table"])
     print(f"written: {out}/report.json and {out}/*.png; each variant's run in {out}/<variant>/")
     return 0
+
+
+def _settings(args: argparse.Namespace, **fixed: Any) -> RunConfig:
+    """settings_from, saying what a --preset set: a user should see what ran."""
+    cfg = settings_from(args, **fixed)
+    if args.preset:
+        kept = preset_overridden(args)
+        print(f"preset {args.preset}: {preset_text(args.preset)}"
+              + (f" (given beside it: {' '.join(kept)})" if kept else "")
+              + (" (compare: each variant says whether it personalizes)"
+                 if args.command == "compare" else ""), flush=True)
+    return cfg
 
 
 def _print_summary(report: Report, out: str) -> None:
@@ -474,7 +487,7 @@ def _run_run(args: argparse.Namespace) -> int:
         raise ConfigError("give the federation's classes: --classes a,b,c or --classes-from DIR")
     classes = (tuple(c for c in args.classes.split(",") if c) if args.classes is not None
                else list_dataset(args.classes_from).classes)
-    cfg = settings_from(args, classes=classes, dataset="site-folders",
+    cfg = _settings(args, classes=classes, dataset="site-folders",
                       out=str(Path(args.out).expanduser().resolve()),
                       clients=max(1, args.min_sites))
     target = ControlAddress(args.server, ca=_path(args.ca), insecure=args.insecure)

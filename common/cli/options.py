@@ -6,9 +6,20 @@ import argparse
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from common.config import RunConfig
+from common.config import PRESETS, TRAINING, RunConfig
 
 _TYPES = {"int": int, "float": float, "str": str}
+GIVEN = "given_settings"  # the namespace attribute naming the settings the command line set
+
+
+class _Given(argparse.Action):
+    """Stores a setting and notes that the command line gave it: a --preset fills only the
+    settings left alone, even where an option repeats the default (argparse cannot tell)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        setattr(namespace, GIVEN, getattr(namespace, GIVEN, frozenset()) | {self.dest})
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -31,7 +42,16 @@ def option_name(f: Field) -> str:
 
 
 def add_settings(parser: argparse.ArgumentParser | Any, *scopes: str) -> None:
-    """One option per RunConfig setting of ``scopes``, with its default, choices and help."""
+    """One option per RunConfig setting of ``scopes``, with its default, choices and help
+    (and --preset where training settings are)."""
+    if TRAINING in scopes:
+        parser.add_argument(
+            "--preset", choices=tuple(PRESETS), default=None,
+            help="a set of settings measured together; options given beside it win. "
+            + "; ".join(f"{name}: {preset_text(name)}" for name in PRESETS)
+            + " (for sites whose images differ in how they look, a thousand or more each; "
+            "with pld a deployed site whose ledger composes with rdp counts the run above "
+            "its target)")
     for f in fields(RunConfig):
         meta = f.metadata
         if meta.get("scope") not in scopes:
@@ -41,17 +61,38 @@ def add_settings(parser: argparse.ArgumentParser | Any, *scopes: str) -> None:
         if kind == "bool":
             if default and not meta.get("flag"):
                 raise TypeError(f"setting {f.name} is true by default and needs a --no- flag")
-            parser.add_argument(option_name(f), dest=f.name,
-                                action="store_false" if default else "store_true",
-                                help=meta["help"])
+            parser.add_argument(option_name(f), dest=f.name, action=_Given, nargs=0,
+                                const=not default, default=default, help=meta["help"])
             continue
         parser.add_argument(option_name(f), *meta.get("aliases", ()), dest=f.name,
-                            type=_TYPES[kind], default=default, choices=meta.get("choices"),
-                            help=meta["help"])
+                            action=_Given, type=_TYPES[kind], default=default,
+                            choices=meta.get("choices"), help=meta["help"])
+
+
+def preset_text(name: str) -> str:
+    """A preset as the options it stands for: ``--second-moment private --personalize``."""
+    return " ".join(_as_option(key, value) for key, value in PRESETS[name].items())
+
+
+def _as_option(key: str, value: Any) -> str:
+    option = next(option_name(f) for f in fields(RunConfig) if f.name == key)
+    return option if value is True else f"{option} {value:g}" if isinstance(value, float) \
+        else f"{option} {value}"
 
 
 def settings_from(args: argparse.Namespace, **fixed: Any) -> RunConfig:
-    """The RunConfig of the parsed ``args`` (``fixed`` values over them), checked once."""
+    """The RunConfig of the parsed ``args`` (``fixed`` values over them), checked once: a
+    --preset's settings under the options the command line gave."""
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)
               if hasattr(args, f.name) and f.name not in fixed}
-    return RunConfig(**{**values, **fixed})
+    given = getattr(args, GIVEN, frozenset())
+    preset = {key: value for key, value in PRESETS.get(getattr(args, "preset", None) or "",
+                                                        {}).items() if key not in given}
+    return RunConfig(**{**values, **preset, **fixed})
+
+
+def preset_overridden(args: argparse.Namespace) -> tuple[str, ...]:
+    """The options given beside --preset that replace one of its settings."""
+    given = getattr(args, GIVEN, frozenset())
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+    return tuple(_as_option(key, getattr(args, key)) for key in preset if key in given)
