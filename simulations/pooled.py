@@ -43,7 +43,8 @@ def pooled_reference(cfg: RunConfig, local: bool = False) -> dict[str, Any]:
     """The pooled model's figures (``local``: each site's own model's), in the form
     `simulations.compare.summarize` gives a run's."""
     started = time.time()
-    cfg, _, scenario = prepare_sites(cfg)
+    # Its DP plan would be the base config's, not any variant's: it would only mislead.
+    cfg, _, scenario = prepare_sites(cfg, plan=False)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     sites = [load_simulated_site(cfg, s, base) for s in scenario.sites]
     classes = len(cfg.classes)

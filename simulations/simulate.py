@@ -27,12 +27,13 @@ from simulations.ray_startup import (RAY_START_SECONDS, end_process, not_started
                                      start_ray, watch_start)
 
 
-def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
+def prepare_sites(cfg: RunConfig, *, plan: bool = True) -> tuple[RunConfig, float, Scenario]:
     """Check the data and budget and warm every site's feature cache before Flower starts.
 
     Returns the config with the dataset's classes (and, for ``--partition folders``, its
     site count), the extraction seconds and the scenario. Every data or budget error
-    surfaces here, before any training.
+    surfaces here, before any training. ``plan`` prints each site's DP plan (a non-private
+    reference has none to print).
     """
     if cfg.partition == "folders":  # one site per folder, less the one kept unseen
         cfg = cfg.replace(clients=len(site_folders(cfg.dataset)) - bool(cfg.unseen_site))
@@ -56,7 +57,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
             print(f"[prepare] {site.name}: skipped {len(data.skipped)} unreadable images: "
                   + ", ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""),
                   file=sys.stderr, flush=True)
-        if not (cfg.sgd_rounds or cfg.personal_sgd):
+        if not plan or not (cfg.sgd_rounds or cfg.personal_sgd):
             continue  # a ridge head alone: one release, no DP-SGD to plan
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
         if settings.private:
@@ -64,7 +65,7 @@ def prepare_sites(cfg: RunConfig) -> tuple[RunConfig, float, Scenario]:
             print(f"[prepare] {site.name}: sampling rate ~{settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
                   f"~{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
-    if cfg.one_shot and cfg.dp:
+    if plan and cfg.one_shot and cfg.dp:
         print(f"[prepare] one-shot class sums: noise multiplier {sums_noise(cfg):.3f} "
               f"({'all' if cfg.head_method == 'ridge' else f'{cfg.ridge_share:.0%}'} of "
               f"epsilon {cfg.target_epsilon}), {cfg.public_components} public components",

@@ -163,9 +163,11 @@ def test_exported_models_predict_what_the_keras_model_predicts(digits_run,
     assert (on_device.argmax(1) == expected.argmax(1)).all()
 
 
-def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:
+def test_a_second_run_finds_every_feature_in_the_cache_and_a_reference_prints_no_plan(
+        digits_run, capsys) -> None:
     # What a second `fedtl simulate` of the same sites does before Flower starts, in this
-    # process: every feature comes from the first run's cache.
+    # process: every feature comes from the first run's cache. A non-private reference
+    # (`compare`'s pooled) prepares the same sites without printing a DP plan that is not its.
     from common.config import RunConfig
     from simulations.simulate import prepare_sites
 
@@ -175,6 +177,11 @@ def test_a_second_run_finds_every_feature_in_the_cache(digits_run) -> None:
     cfg = RunConfig(dataset="digits", clients=3, state=settings["state"])
     _, seconds, scenario = prepare_sites(cfg)
     assert seconds == 0.0 and len(scenario.sites) == 3
+    assert capsys.readouterr().err.count("noise multiplier") == 4  # 3 sites and the release
+    _, seconds, _ = prepare_sites(cfg, plan=False)
+    printed = capsys.readouterr().err
+    assert seconds == 0.0 and printed.count("features cached") == 3
+    assert "noise multiplier" not in printed
 
 
 def test_corrupt_image_fails_before_training_naming_it_and_writes_no_report(
