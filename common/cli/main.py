@@ -488,8 +488,8 @@ def _run_run(args: argparse.Namespace) -> int:
     classes = (tuple(c for c in args.classes.split(",") if c) if args.classes is not None
                else list_dataset(args.classes_from).classes)
     cfg = _settings(args, classes=classes, dataset="site-folders",
-                      out=str(Path(args.out).expanduser().resolve()),
-                      clients=max(1, args.min_sites))
+                    out=str(Path(args.out).expanduser().resolve()),
+                    clients=max(1, args.min_sites))
     target = ControlAddress(args.server, ca=_path(args.ca), insecure=args.insecure)
     report = launch(cfg, target, follow=not args.detach)
     if report is not None:

@@ -85,14 +85,18 @@ def settings_from(args: argparse.Namespace, **fixed: Any) -> RunConfig:
     --preset's settings under the options the command line gave."""
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)
               if hasattr(args, f.name) and f.name not in fixed}
-    given = getattr(args, GIVEN, frozenset())
-    preset = {key: value for key, value in PRESETS.get(getattr(args, "preset", None) or "",
-                                                        {}).items() if key not in given}
-    return RunConfig(**{**values, **preset, **fixed})
+    preset, given = _preset_and_given(args)
+    kept = {key: value for key, value in preset.items() if key not in given}
+    return RunConfig(**{**values, **kept, **fixed})
 
 
 def preset_overridden(args: argparse.Namespace) -> tuple[str, ...]:
     """The options given beside --preset that replace one of its settings."""
-    given = getattr(args, GIVEN, frozenset())
-    preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+    preset, given = _preset_and_given(args)
     return tuple(_as_option(key, getattr(args, key)) for key in preset if key in given)
+
+
+def _preset_and_given(args: argparse.Namespace) -> tuple[dict[str, Any], frozenset[str]]:
+    """The --preset's settings ({} without one) and the settings the command line gave."""
+    return (PRESETS.get(getattr(args, "preset", None) or "", {}),
+            getattr(args, GIVEN, frozenset()))
