@@ -271,3 +271,18 @@ def test_a_run_with_a_preset_says_what_the_preset_set_and_what_the_options_repla
 
 def _field(name: str) -> Field[Any]:
     return next(f for f in fields(RunConfig) if f.name == name)
+
+
+def test_the_readme_gives_each_preset_as_the_flower_run_config_it_stands_for() -> None:
+    from pathlib import Path
+
+    from common.config import PRESETS
+
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    for name, settings in PRESETS.items():
+        literal = {bool: lambda v: str(v).lower(), str: lambda v: f"'{v}'", float: repr}
+        run_config = " ".join(f"{key.replace('_', '-')}={literal[type(value)](value)}"
+                              for key, value in settings.items())
+        assert f'`--preset {name}` is `--run-config "{run_config}"`' in readme
+        assert RunConfig.from_flower({key.replace("_", "-"): value for key, value in
+                                      settings.items()}) == RunConfig().replace(**settings)
