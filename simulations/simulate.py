@@ -33,7 +33,7 @@ def prepare_sites(cfg: RunConfig, *, plan: bool = True) -> tuple[RunConfig, floa
     Returns the config with the dataset's classes (and, for ``--partition folders``, its
     site count), the extraction seconds and the scenario. Every data or budget error
     surfaces here, before any training. ``plan`` prints each site's DP plan (a non-private
-    reference has none to print).
+    reference checks the same budget but has no plan of its own to print).
     """
     if cfg.partition == "folders":  # one site per folder, less the one kept unseen
         cfg = cfg.replace(clients=len(site_folders(cfg.dataset)) - bool(cfg.unseen_site))
@@ -57,10 +57,10 @@ def prepare_sites(cfg: RunConfig, *, plan: bool = True) -> tuple[RunConfig, floa
             print(f"[prepare] {site.name}: skipped {len(data.skipped)} unreadable images: "
                   + ", ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""),
                   file=sys.stderr, flush=True)
-        if not plan or not (cfg.sgd_rounds or cfg.personal_sgd):
+        if not (cfg.sgd_rounds or cfg.personal_sgd):
             continue  # a ridge head alone: one release, no DP-SGD to plan
         settings = sgd_settings(cfg, len(data.train_y))  # raises if the budget is impossible
-        if settings.private:
+        if plan and settings.private:
             # The site computes its own from the count it releases (noised by default).
             print(f"[prepare] {site.name}: sampling rate ~{settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
