@@ -1,11 +1,12 @@
 """The run configuration is parsed and checked once, from CLI values or Flower's run config."""
 
 from dataclasses import Field, fields
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from common.config import RunConfig
+from common.config import PRESETS, TRAINING, RunConfig
 from common.errors import ConfigError
 
 
@@ -217,8 +218,6 @@ def _parsed(*argv: str) -> RunConfig:
 
 
 def test_a_preset_sets_its_settings_and_leaves_the_others_at_their_defaults() -> None:
-    from common.config import PRESETS
-
     cfg = _parsed("simulate", "--preset", "domain-shift")
     assert cfg == RunConfig(out="o").replace(**PRESETS["domain-shift"])
     assert (cfg.second_moment, cfg.feature_centring, cfg.accountant, cfg.ridge_lambda,
@@ -237,7 +236,6 @@ def test_an_option_given_beside_a_preset_wins_even_when_it_repeats_the_default()
 def test_a_preset_is_offered_wherever_training_settings_are_and_every_preset_is_valid() -> None:
     from common.cli import build_parser
     from common.cli.options import preset_overridden, preset_text
-    from common.config import PRESETS, TRAINING
 
     for name, settings in PRESETS.items():
         RunConfig().replace(**settings)  # raises if a preset breaks a check
@@ -274,13 +272,9 @@ def _field(name: str) -> Field[Any]:
 
 
 def test_the_readme_gives_each_preset_as_the_flower_run_config_it_stands_for() -> None:
-    from pathlib import Path
-
-    from common.config import PRESETS
-
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    literal = {bool: lambda v: str(v).lower(), str: lambda v: f"'{v}'", float: repr}
     for name, settings in PRESETS.items():
-        literal = {bool: lambda v: str(v).lower(), str: lambda v: f"'{v}'", float: repr}
         run_config = " ".join(f"{key.replace('_', '-')}={literal[type(value)](value)}"
                               for key, value in settings.items())
         assert f'`--preset {name}` is `--run-config "{run_config}"`' in readme
