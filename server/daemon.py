@@ -22,7 +22,7 @@ from common.deploy.credentials import ServerCerts, key_fingerprint
 from common.errors import ConfigError, FedtlError
 from server.launch import project_dir, write_run_config
 from common.deploy.supervision import Supervised, stop_on_signals
-from server.run_registry import RUNNING, SERVER_STATE_ENV, RunRegistry
+from server.run_registry import RESUMABLE, SERVER_STATE_ENV, RunRegistry
 from server.site_registry import (DaemonAddress, RegisteredSite, SiteRegistry, now,
                                   write_daemon_address)
 
@@ -171,7 +171,7 @@ def relaunch_unfinished(control: Control, registry: RunRegistry, log: logging.Lo
     for problem in damaged:
         log.warning(f"fedtl server: warning: a run record is damaged and was skipped "
                     f"({problem}); move it away once you have looked at it")
-    for run in (r for r in runs if r.status == RUNNING):
+    for run in (r for r in runs if r.status in RESUMABLE):
         try:
             cfg = RunConfig.from_flower(run.settings)
         except FedtlError as exc:

@@ -12,9 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
+import httpx
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_utils import (ObjectPullError, ObjectPushError,
+                                                        ObjectUnavailableError)
 
 from common import protocol
 from common.config import RunConfig
@@ -120,7 +124,8 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
     After every round the run's state is checkpointed in ``cfg.out``; if a checkpoint of the
     same run is there, the run resumes after its last completed round. ``registry`` (the
     daemon's) learns of the run so that a restarted daemon can relaunch it; a run that stops
-    on an error is marked failed there (a relaunch would repeat it), with the reason.
+    on an error is marked failed there (a relaunch would repeat it), with the reason; one
+    that lost its SuperLink is marked interrupted, and a restarted daemon resumes it.
     """
     prerun = prerun or PreRun(started=time.time())
     if not cfg.classes:
@@ -139,8 +144,28 @@ def run_server(grid: Grid, cfg: RunConfig, prerun: PreRun | None = None,
         return _federate(grid, cfg, prerun, run_id, checkpoint, registry)
     except Exception as exc:
         if registry is not None:
-            registry.failed(run_id, f"{type(exc).__name__}: {exc}")
+            mark = registry.interrupted if lost_superlink(exc) else registry.failed
+            mark(run_id, f"{type(exc).__name__}: {exc}")
         raise
+
+
+# What the grid raises when the SuperLink is gone or restarted under the run (its HTTP and
+# object transport, or gRPC); not a fault of the run, which resumes once the daemon is back.
+_LINK_ERRORS = (httpx.TransportError, httpx.HTTPStatusError, grpc.RpcError, ConnectionError,
+                ObjectPushError, ObjectPullError, ObjectUnavailableError)
+
+
+def lost_superlink(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is the run's link to its SuperLink
+    failing."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, _LINK_ERRORS):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,

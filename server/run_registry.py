@@ -16,6 +16,9 @@ from common.storage import write_json_atomically
 # `fedtl server` tells its SuperLink's ServerApps where the daemon keeps its state.
 SERVER_STATE_ENV = "FEDTL_SERVER_STATE"
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+# Lost its SuperLink (the daemon died or restarted under it): resumable, unlike a failure.
+INTERRUPTED = "interrupted"
+RESUMABLE = (RUNNING, INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class RegisteredRun:
     out: str
     settings: dict[str, Any]
     status: str
-    reason: str = ""  # why a failed run failed
+    reason: str = ""  # why a failed or interrupted run stopped
 
 
 class RunRegistry:
@@ -46,6 +49,11 @@ class RunRegistry:
     def failed(self, run_id: str, reason: str = "") -> None:
         """The run stopped on an error that a relaunch would repeat: do not relaunch it."""
         self._set_status(run_id, FAILED, reason)
+
+    def interrupted(self, run_id: str, reason: str = "") -> None:
+        """The run lost its link to the SuperLink: a restarted daemon relaunches it and it
+        resumes from its checkpoint."""
+        self._set_status(run_id, INTERRUPTED, reason)
 
     def _set_status(self, run_id: str, status: str, reason: str = "") -> None:
         run = self.get(run_id)
@@ -73,8 +81,9 @@ class RunRegistry:
         return runs, damaged
 
     def unfinished(self) -> list[RegisteredRun]:
-        """Runs that started but did not finish, oldest first (damaged files skipped)."""
-        return [r for r in self.scan()[0] if r.status == RUNNING]
+        """Runs that started and neither finished nor failed (the running and the
+        interrupted), oldest first (damaged files skipped)."""
+        return [r for r in self.scan()[0] if r.status in RESUMABLE]
 
 
 def _read(path: Path) -> RegisteredRun:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -100,6 +102,48 @@ def test_the_registry_lists_only_runs_that_started_and_did_not_end(tmp_path: Pat
     assert [(r.run_id, r.out) for r in registry.unfinished()] == [("r2", "/out/r2")]
     assert RunRegistry(tmp_path).get("r1").status == "finished"
     assert RunRegistry(tmp_path).get("r3").reason == "ValueError: bad"
+    registry.interrupted("r2", "ObjectPushError: session expired")
+    assert [(r.run_id, r.status) for r in registry.unfinished()] == [("r2", "interrupted")]
+
+
+def _raising(exc: BaseException):  # noqa: ANN202
+    def federate(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise exc
+    return federate
+
+
+def _chained() -> RuntimeError:
+    try:
+        try:
+            raise httpx.ConnectError("connection refused")
+        except httpx.ConnectError as inner:
+            raise RuntimeError("pushing the round's messages failed") from inner
+    except RuntimeError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (ObjectPushError("34d22c3b", 5692472858473512453, "7c411c96"), "interrupted"),
+    (_chained(), "interrupted"),
+    (ValueError("a site's reply has the wrong shape"), "failed"),
+    (ConfigError("the run config names no classes"), "failed"),
+])
+def test_a_run_that_loses_its_superlink_is_interrupted_and_any_other_error_fails_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: Exception, status: str) -> None:
+    # A daemon killed mid-run takes its SuperLink with it; the run's process may live long
+    # enough to see its link break. That must leave the run for the restarted daemon to
+    # resume, while a fault of the run itself (which a relaunch would repeat) is final.
+    from server import federation
+
+    monkeypatch.setattr(federation, "_federate", _raising(exc))
+    registry = RunRegistry(tmp_path / "state")
+    cfg = RunConfig(classes=("a", "b"), out=str(tmp_path / "run"))
+    with pytest.raises(type(exc)):
+        federation.run_server(object(), cfg, registry=registry)  # type: ignore[arg-type]
+    (run,) = registry.scan()[0]
+    assert run.status == status and type(exc).__name__ in run.reason
+    assert [r.run_id for r in registry.unfinished()] == ([run.run_id] if status == "interrupted"
+                                                         else [])
 
 
 def test_a_damaged_run_record_is_named_and_skipped_not_fatal(tmp_path: Path) -> None:

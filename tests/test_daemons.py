@@ -330,7 +330,8 @@ def test_an_app_whose_pyproject_names_no_packages_is_refused_naming_the_file(
         stage_app(tmp_path, tmp_path / "app")
 
 
-def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tmp_path: Path) -> None:
+def test_a_restarted_daemon_relaunches_running_and_interrupted_runs_not_failed_ones(
+        tmp_path: Path) -> None:
     import io
 
     from common.config import RunConfig
@@ -341,6 +342,10 @@ def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tm
     registry.started("r1", "/out/r1", RunConfig(classes=("a", "b")).to_flower())
     registry.started("r2", "/out/r2", RunConfig(classes=("a", "b")).to_flower())
     registry.finished("r2")
+    for run in ("r3", "r4"):
+        registry.started(run, f"/out/{run}", RunConfig(classes=("a", "b")).to_flower())
+    registry.interrupted("r3", "ObjectPushError: the push session expired")
+    registry.failed("r4", "ValueError: bad reply")
     (registry.folder / "broken.json").write_text("{")
 
     class FakeControl:
@@ -356,8 +361,9 @@ def test_a_restarted_daemon_relaunches_running_runs_and_skips_damaged_records(tm
 
     relaunch_unfinished(control, registry, daemon_logger("t", stream=out))  # type: ignore[arg-type]
     said = out.getvalue()
-    assert [p.name for p in control.started] == ["r1.toml"]
+    assert sorted(p.name for p in control.started) == ["r1.toml", "r3.toml"]
     assert "relaunched unfinished run r1" in said and "Flower run 42" in said
+    assert "relaunched unfinished run r3" in said and "r4" not in said
     assert "broken.json" in said and "damaged" in said
 
 
