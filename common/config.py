@@ -24,6 +24,7 @@ PARTITIONS = ("iid", "dirichlet", "domain", "folders")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
+SUMS_PRIORS = ("none", "public-hull")
 PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias", "joint")
 SECOND_MOMENTS = ("public", "private")
 FEATURE_CENTRINGS = ("public", "site")
@@ -202,6 +203,11 @@ class RunConfig:
         "with --secure-aggregation, each site whose policy allows it (distributed-noise-sites "
         "N) adds 1/N of the noise variance and SecAgg+ shows the server only the sum",
         choices=SUMS_NOISE)
+    sums_prior: str = setting(
+        "none", "public-hull: the server replaces each class's noisy mean in the release by "
+        "the nearest point of the hull of the --public images' features, where the release "
+        "shows that the mean lies in it (free post-processing; helps where the public images "
+        "look like the sites')", choices=SUMS_PRIORS)
     dp: bool = setting(True, "train without DP", flag="--no-dp")
     target_epsilon: float = setting(3.0, "each site's record-level budget for this run",
         valid=POSITIVE)
@@ -358,6 +364,9 @@ class RunConfig:
              "--sums-noise distributed splits the one-shot release's noise among sites whose "
              "sums only secure aggregation sees: it needs --secure-aggregation, DP and "
              "--head-method ridge or ridge+sgd"),
+            (self.sums_prior == "none" or (self.one_shot and self.public and self.dp),
+             "--sums-prior public-hull denoises the one-shot release with the --public "
+             "folder's features: it needs DP, --head-method ridge or ridge+sgd and --public"),
             (not self.personal_from_release or self.one_shot,
              f"--personal-tuning {self.personal_method} re-solves the one-shot head: it needs "
              "--head-method ridge or ridge+sgd"),

@@ -35,6 +35,9 @@ class RoundRecord:
     client_epsilon: float | None = None  # client-level DP's epsilon after this round
     seconds: float | None = None  # wall time from sending train messages to evaluating
     failure: str | None = None  # why the round's aggregation failed (the head stayed)
+    # --sums-prior public-hull: each class's distance from the public hull in noise norms
+    # (classes beyond common.privacy.hull.MAX_DISTANCE were kept as released).
+    hull_distance: dict[str, float] = field(default_factory=dict)
 
 
 def round_metrics(record: RoundRecord, epsilon_by_site: Mapping[str, float]

@@ -28,7 +28,9 @@ from common.features.model import (PREPROCESSING, build_base, full_model, initia
 from common.features.extraction import LazyBase
 from common.features.public_basis import run_basis
 from common.model_card import write_model_card
-from common.privacy.release import as_played, one_shot_split, releases
+from common.privacy.hull import HullPrior
+from common.privacy.oneshot import sensitivity
+from common.privacy.release import as_played, one_shot_split, releases, sums_noise
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
                            RoundRecord, Timing, versions, write_report)
 from common.progress import LiveProgress
@@ -173,7 +175,11 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     out, settings = Path(cfg.out), cfg.to_flower()
     lazy = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     spec, fingerprint = lazy.spec.for_saving, lazy.fingerprint  # no TensorFlow yet
-    public_basis = run_basis(cfg, lazy) if cfg.one_shot and checkpoint is None else None
+    public_basis, points = (run_basis(cfg, lazy) if cfg.one_shot and checkpoint is None
+                            else (None, None))
+    prior = None if points is None else HullPrior(
+        points, sums_noise(cfg) * sensitivity(cfg.private_moment),
+        distributed=cfg.sums_noise == "distributed")
     initial = checkpoint.arrays if checkpoint else initial_head_weights(
         spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)
     # Only the saved model needs the Keras base (and TensorBoard's writer, opened after the
@@ -226,9 +232,10 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
                                    protocol.RUN_ID: run_id})
         if cfg.one_shot and checkpoint is None:
             if cfg.secure_aggregation:
-                run_secure_sums(grid, book, cfg, public_basis, dict(federation), strategy.rules)
+                run_secure_sums(grid, book, cfg, public_basis, dict(federation), strategy.rules,
+                                prior)
             else:
-                one_shot_round(grid, cfg, federation, public_basis, strategy)
+                one_shot_round(grid, cfg, federation, public_basis, strategy, prior)
             book.round_offset, remaining = 1, remaining - 1
         if remaining > 0 and cfg.secure_aggregation:
             run_secure(grid, book, cfg, book.head, dict(federation), remaining, strategy.rules)

@@ -12,6 +12,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
+from common.privacy.hull import HullPrior, project_release
 from common.privacy.oneshot import PublicBasis, release_head, release_shapes
 from server.replies import capped_weights, check_sums_reply
 from server.runbook import RunBook
@@ -21,15 +22,23 @@ log = logging.getLogger("fedtl.server")
 
 
 def solve_release(book: RunBook, totals: list[np.ndarray], count: float, basis: PublicBasis,
-                  penalty: float) -> None:
+                  cfg: RunConfig, sites: int, prior: HullPrior | None = None) -> None:
     """The ridge head of the sites' summed release becomes the global head; the sum is kept
-    for personal heads built from it (``--personal-tuning ridge``, ``ridge+bias``)."""
+    (denoised by ``prior`` where it applies) for personal heads built from it
+    (``--personal-tuning ridge``, ``ridge+bias``)."""
+    if prior is not None:
+        projection = project_release(totals[0], prior, sites)
+        book.current.hull_distance = dict(zip(cfg.classes, map(float, projection.distances)))
+        (log.info if projection.projected.all() else log.warning)(
+            f"public hull prior, each class's distance from the hull in noise norms: "
+            f"{projection.summary(cfg.classes)}")
+        totals = [projection.release, *totals[1:]]
     book.one_shot = (totals, count)
-    book.close_training(release_head(totals, count, basis, penalty))
+    book.close_training(release_head(totals, count, basis, cfg.ridge_lambda))
 
 
 def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: PublicBasis,
-                   strategy: Validated) -> None:
+                   strategy: Validated, prior: HullPrior | None = None) -> None:
     """Ask every site for its noised class sums in ``basis``, solve the ridge head from their
     total, then have the sites score it: round 1 of the run, recorded like any other."""
     book, rules = strategy.book, strategy.rules
@@ -63,7 +72,7 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         counts = capped_weights([u.num_examples for u in accepted], cfg.max_weight_ratio)
         totals = [np.sum([u.arrays[i].astype(np.float64) for u in accepted], axis=0)
                   for i in range(len(shapes))]
-        solve_release(book, totals, float(sum(counts)), basis, cfg.ridge_lambda)
+        solve_release(book, totals, float(sum(counts)), basis, cfg, len(accepted), prior)
     messages = strategy.configure_evaluate(1, ArrayRecord(book.head),
                                            ConfigRecord(dict(federation)), grid)
     strategy.aggregate_evaluate(1, grid.send_and_receive(list(messages),

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
+from common.privacy.hull import HullPrior
 from common.privacy.oneshot import PublicBasis, release_shapes
 from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
                             check_site_record, check_sums_figures, check_train_figures,
@@ -166,9 +167,10 @@ class SecureSums(SecureRounds):
     noised class sums (and their counts), solves the ridge head from it, has it scored."""
 
     def __init__(self, book: RunBook, cfg: RunConfig, basis: PublicBasis,
-                 federation: Mapping[str, Any], rules: ReplyRules) -> None:
+                 federation: Mapping[str, Any], rules: ReplyRules,
+                 prior: HullPrior | None = None) -> None:
         super().__init__(book, cfg, basis.arrays(), federation, rules)
-        self.basis = basis
+        self.basis, self.prior = basis, prior
         self.federation = {**self.federation, protocol.SECAGG_CLIP: SUMS_CLIP,
                            protocol.SECURE_SUMS: True,
                            protocol.PUBLIC_RECIPE: basis.recipe}
@@ -209,7 +211,8 @@ class SecureSums(SecureRounds):
             book.close_training(None)
             return None, {}
         totals = [m.astype(np.float64) * total_count for m in mean]
-        solve_release(book, totals, float(total_count), self.basis, self.cfg.ridge_lambda)
+        solve_release(book, totals, float(total_count), self.basis, self.cfg, len(results),
+                      self.prior)
         return ndarrays_to_parameters(book.head), {}
 
 
@@ -223,11 +226,12 @@ def _note_dropouts(book: RunBook, failures: list[Any], what: str) -> None:
 
 
 def run_secure_sums(grid: Grid, book: RunBook, cfg: RunConfig, basis: PublicBasis,
-                    federation: Mapping[str, Any], rules: ReplyRules) -> None:
+                    federation: Mapping[str, Any], rules: ReplyRules,
+                    prior: HullPrior | None = None) -> None:
     """Round 1 of a one-shot run with SecAgg+: the release, masked. With distributed noise
     the sum must include every sampled site (a site adding 1/N of the noise checks that the
     threshold covers its N)."""
     sample_nodes(grid, cfg.required_sites, 0)  # waits for the sites to connect
     threshold = 1.0 if cfg.sums_noise == "distributed" else THRESHOLD
-    _run_workflow(grid, SecureSums(book, cfg, basis, federation, rules), cfg, 1, threshold,
-                  SUMS_CLIP)
+    _run_workflow(grid, SecureSums(book, cfg, basis, federation, rules, prior), cfg, 1,
+                  threshold, SUMS_CLIP)

@@ -13,14 +13,21 @@ from common.errors import DataError
 from common.features.extraction import LazyBase, site_features
 from common.features.public_stats import RECIPE, public_crops
 from common.privacy.centring import centred_on_own_mean
-from common.privacy.oneshot import PublicBasis, public_basis
+from common.privacy.oneshot import PublicBasis, embed, public_basis
 from common.storage import cached_arrays
 
 
-def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
+def run_basis(cfg: RunConfig, base: LazyBase) -> tuple[PublicBasis, np.ndarray | None]:
     """The basis of ``cfg``'s public images: the ``--public`` folder (features cached in the
     state folder by content), else the crops of two public photos the base is standardised
-    with."""
+    with; and, for ``--sums-prior public-hull``, those images' features as the release embeds
+    a site's."""
+    features, recipe = _public_features(cfg, base)
+    basis = public_basis(features, cfg.public_components, recipe)
+    return basis, (embed(features, basis) if cfg.sums_prior == "public-hull" else None)
+
+
+def _public_features(cfg: RunConfig, base: LazyBase) -> tuple[np.ndarray, str]:
     if not cfg.public:
         features = crop_features(base)
         recipe = RECIPE
@@ -37,7 +44,7 @@ def run_basis(cfg: RunConfig, base: LazyBase) -> PublicBasis:
         # as every site's are: the basis is then about the classes, not where a cloud sits
         features = centred_on_own_mean(features)
         recipe += "|centred"
-    return public_basis(features, cfg.public_components, recipe)
+    return features, recipe
 
 
 def crop_features(base: LazyBase) -> np.ndarray:
