@@ -177,6 +177,8 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     spec, fingerprint = lazy.spec.for_saving, lazy.fingerprint  # no TensorFlow yet
     public_basis, points = (run_basis(cfg, lazy) if cfg.one_shot and checkpoint is None
                             else (None, None))
+    # The run's planned noise, not the sites' stated figures: a site cannot talk the server
+    # into projecting a class (a site that adds more noise only makes the check stricter).
     prior = None if points is None else HullPrior(
         points, sums_noise(cfg) * sensitivity(cfg.private_moment),
         distributed=cfg.sums_noise == "distributed")
