@@ -6,8 +6,8 @@ sites'. The noise of the release pushes the noisy mean out of that hull in most 
 directions; the nearest point of the hull removes that part. It is post-processing of the DP
 release (free in privacy), done on the server. It is a prior, and a wrong one where the
 public images look unlike the sites': there the noisy mean lies several noise norms from the
-hull, and the class is left as released (measured: 0.7-0.9 noise norms on CIFAR-10 with the
-public CIFAR-10 folder, 2.3-4.9 on PACS with the same folder; docs/private-accuracy.md).
+hull, and the class is left as released (measured: 0.5-0.9 noise norms on CIFAR-10 with the
+public CIFAR-10 folder, 2.3-7.1 on PACS with the same folder; docs/private-accuracy.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 # A class whose noisy mean lies further than this many noise norms from the hull is kept as
-# released: noise alone puts it within ~1 (0.7-0.9 measured), a foreign domain 2-5 away.
+# released: noise alone puts it within ~1 (0.5-0.9 measured), a foreign domain 2-7 away.
 MAX_DISTANCE = 1.0
 # The weight of the row that makes the NNLS weights sum to one (a convex, not conic,
 # combination); 10 and 100 gave the same heads to three digits.
