@@ -21,7 +21,8 @@ OPTION_DOCUMENTS = ("README.md", *sorted(p.relative_to(PROJECT).as_posix()
 # benchmark script): everything else written as --option must be fedtl's.
 OTHER_TOOLS = {"--backend-store-uri", "--disable-runtime-dependency-installation", "--extra",
                "--force", "--frozen", "--head", "--isolation", "--logdir", "--no-scale",
-               "--only-deployment", "--project", "--quick", "--quiet", "--run-config", "--with"}
+               "--only-deployment", "--project", "--quick", "--quiet", "--run-config", "--with",
+               "--start", "--count"}  # the last two: benchmarks/carve_public.py's
 # "fedtl" at a command's start, after "uv run", a pipe, "&&" or "(" (a subshell).
 _COMMAND = re.compile(r"(?:^|[\s(&|])(?:uv run |\.venv/bin/)?fedtl (\S.*)")
 # Where a command line ends and the shell takes over again.
