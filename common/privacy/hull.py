@@ -42,7 +42,11 @@ class HullPrior:
 class Projection:
     release: np.ndarray  # (K + 1, classes): sums (projected where kept), counts as released
     distances: np.ndarray  # per class: distance from the hull in noise norms
-    projected: np.ndarray  # per class: whether the class's sums were replaced
+
+    @property
+    def projected(self) -> np.ndarray:
+        """Per class: whether its sums were replaced (it lay within `MAX_DISTANCE`)."""
+        return self.distances <= MAX_DISTANCE
 
     def summary(self, classes: tuple[str, ...] | list[str]) -> str:
         parts = [f"{name} {d:.2f}{'' if kept else ' (kept as released)'}"
@@ -69,4 +73,4 @@ def project_release(release: np.ndarray, prior: HullPrior, sites: int) -> Projec
         distances[k] = np.linalg.norm(mean - nearest) / (noise_norm / counts[k])
         if distances[k] <= MAX_DISTANCE:
             out[:, k] = counts[k] * nearest
-    return Projection(np.vstack([out, release[-1:]]), distances, distances <= MAX_DISTANCE)
+    return Projection(np.vstack([out, release[-1:]]), distances)
