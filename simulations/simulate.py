@@ -17,6 +17,7 @@ from common.config import RunConfig
 from common.errors import ConfigError, RunFailedError
 from common.features.extraction import LazyBase, site_features
 from common.features.model import predict_classes
+from common.features.public_basis import public_listing
 from common.privacy.centring import centred_on_own_mean
 from common.report import Report
 from common.data.scenario import Scenario, build_scenario, site_folders
@@ -40,6 +41,8 @@ def prepare_sites(cfg: RunConfig, *, plan: bool = True) -> tuple[RunConfig, floa
     scenario = build_scenario(cfg)
     cfg = cfg.replace(classes=scenario.classes)
     check_budget_before_extraction(cfg, scenario)
+    if cfg.one_shot and cfg.public:
+        public_listing(cfg.public)  # a bad public folder stops the run before any extraction
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     seconds = 0.0
     for site in scenario.sites:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from common.features.model import BaseSpec
-from common.features.public_basis import crop_features
+from common.errors import DataError
+from common.features.public_basis import crop_features, public_listing
 
 
 @dataclass
@@ -70,3 +71,15 @@ def test_without_a_cache_every_call_builds(tmp_path: Path) -> None:
     crop_features(base)
     crop_features(base)
     assert base.builds == 2
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "one class"])
+def test_a_bad_public_folder_is_named_as_the_public_folder(tmp_path: Path, layout: str) -> None:
+    folder = tmp_path / "public"
+    if layout != "missing":
+        folder.mkdir()
+    if layout == "one class":
+        (folder / "cats").mkdir()
+        (folder / "cats" / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^--public folder {folder}: data folder {folder} "):
+        public_listing(str(folder))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data.images import list_dataset
+from common.data.images import Listing, list_dataset
 from common.errors import DataError
 from common.features.extraction import LazyBase, site_features
 from common.features.public_stats import RECIPE, public_crops
@@ -32,7 +32,7 @@ def _public_features(cfg: RunConfig, base: LazyBase) -> tuple[np.ndarray, str]:
         features = crop_features(base)
         recipe = RECIPE
     else:
-        listing = list_dataset(cfg.public)
+        listing = public_listing(cfg.public)
         cache = Path(cfg.state).expanduser() / "public-features" if cfg.cache else None
         feats = site_features(base, listing, cache, skip_bad=cfg.skip_bad_images,
                               dicom_window=cfg.window)
@@ -45,6 +45,16 @@ def _public_features(cfg: RunConfig, base: LazyBase) -> tuple[np.ndarray, str]:
         features = centred_on_own_mean(features)
         recipe += "|centred"
     return features, recipe
+
+
+def public_listing(folder: str) -> Listing:
+    """The ``--public`` folder's images, or `DataError` naming it as the public folder (the
+    same problems in a site's folder read "data folder ...", which would send an operator to
+    the wrong place)."""
+    try:
+        return list_dataset(folder)
+    except DataError as exc:
+        raise DataError(f"--public folder {folder}: {exc}") from exc
 
 
 def crop_features(base: LazyBase) -> np.ndarray:
