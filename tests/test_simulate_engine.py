@@ -62,6 +62,45 @@ def test_an_impossible_budget_fails_before_any_feature_is_extracted(
     assert not list(tmp_path.rglob("*.npz"))  # no site's features were written
 
 
+def test_a_bad_public_folder_fails_before_any_feature_is_extracted(
+        monkeypatch, tmp_path: Path) -> None:
+    import pytest
+
+    import simulations.simulate as simulate
+    from common.errors import DataError
+
+    def extract(*args, **kwargs):
+        raise AssertionError("a site's features were loaded before the public folder was read")
+
+    monkeypatch.setattr(simulate, "load_simulated_site", extract)
+    for name in ("cats", "dogs"):  # two classes, each folder empty
+        (tmp_path / "public" / name).mkdir(parents=True)
+    with pytest.raises(DataError, match=r"^--public folder .*public: .*class folder .* empty"):
+        simulate.prepare_sites(_simulate_config(
+            "--dataset", "digits", "--clients", "2", "--head-method", "ridge",
+            "--public", str(tmp_path / "public"), "--state", str(tmp_path / "state")))
+
+
+def test_a_public_folder_that_sgd_alone_would_ignore_is_said_to_be_unread(
+        monkeypatch, tmp_path: Path, capsys) -> None:
+    import pytest
+
+    import simulations.simulate as simulate
+
+    class Stop(Exception):
+        pass
+
+    def extract(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(simulate, "load_simulated_site", extract)
+    with pytest.raises(Stop):  # the folder is not read, so its absence stops nothing
+        simulate.prepare_sites(_simulate_config(
+            "--dataset", "digits", "--clients", "2", "--head-method", "sgd",
+            "--public", str(tmp_path / "nowhere"), "--state", str(tmp_path / "state")))
+    assert f"--public {tmp_path / 'nowhere'} is not read" in capsys.readouterr().err
+
+
 def test_with_skipped_images_the_budget_is_checked_on_the_count_extraction_leaves(
         monkeypatch, tmp_path: Path) -> None:
     import simulations.simulate as simulate
