@@ -54,8 +54,11 @@ def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
     if not cfg.classes:
         raise ConfigError("a deployed run needs its class list: --classes a,b,c or "
                           "--classes-from FOLDER (a folder whose subfolders are the classes)")
-    if not Path(cfg.out).is_absolute():
-        raise ConfigError(f"--out must be an absolute path on the server's host. Found {cfg.out!r}.")
+    # The ServerApp reads and writes these on the server's host, from its own working folder.
+    for option, path in (("--out", cfg.out), ("--public", cfg.public)):
+        if path and not Path(path).is_absolute():
+            raise ConfigError(f"{option} must be an absolute path on the server's host. "
+                              f"Found {path!r}.")
     with tempfile.TemporaryDirectory(prefix="fedtl-run-") as tmp, Control(target) as control:
         config_file = write_run_config(cfg, Path(tmp) / "run-config.toml")
         run_id = control.start(project_dir(), config_file)
