@@ -180,7 +180,7 @@ class RunConfig:
         8.0, "ridge penalty, relative to the mean public variance of the kept components",
         valid=POSITIVE)
     public: str = setting(
-        "", "folder of public images (class subfolders, labels unused) whose feature mean and "
+        "", "folder of public images (at any depth; labels unused) whose feature mean and "
         "principal components the one-shot head uses (default: crops of two public photos)")
     public_components: int = setting(
         256, "principal components of the public features the sums are released in (fewer: "

@@ -73,13 +73,46 @@ def test_without_a_cache_every_call_builds(tmp_path: Path) -> None:
     assert base.builds == 2
 
 
-@pytest.mark.parametrize("layout", ["missing", "empty", "one class"])
-def test_a_bad_public_folder_is_named_as_the_public_folder(tmp_path: Path, layout: str) -> None:
+@pytest.mark.parametrize("layout, reason", [
+    ("missing", "does not exist"),
+    ("empty", "holds no image files"),
+    ("no images", "holds no image files"),
+    ("broken link", "broken symbolic link"),
+])
+def test_a_bad_public_folder_is_named_as_the_public_folder(tmp_path: Path, layout: str,
+                                                           reason: str) -> None:
     folder = tmp_path / "public"
     if layout != "missing":
-        folder.mkdir()
-    if layout == "one class":
-        (folder / "cats").mkdir()
-        (folder / "cats" / "a.png").write_bytes(b"")
-    with pytest.raises(DataError, match=rf"^--public folder {folder}: data folder {folder} "):
+        (folder / "cats").mkdir(parents=True)
+    if layout == "no images":
+        (folder / "LICENSE").write_text("CC-BY")
+        (folder / "cats" / "labels.csv").write_text("a.png,cat")
+    if layout == "broken link":
+        (folder / "cats" / "a.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=rf"^--public folder {folder}: .*{reason}"):
         public_listing(str(folder))
+
+
+def test_public_images_are_listed_flat_or_nested_and_other_files_passed_over(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "public"
+    for name in ("b.jpg", "a.PNG", "README.md", ".hidden.png", "x/c.png", "x/y/d.webp",
+                 ".cache/e.png", "z/notes.txt"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    (folder / "again").symlink_to(folder / "x")  # the same images under a second name
+    (folder / "x" / "loop").symlink_to(folder)  # and a loop back to the top
+    listing = public_listing(str(folder))
+    assert listing.items == ("a.PNG", "b.jpg", "again/c.png", "again/y/d.webp")
+    assert listing.classes == ("public",) and set(listing.labels) == {0}
+    assert len(listing.stamps) == len(listing.items)
+
+
+def test_a_class_folder_layout_lists_as_a_site_folder_does(tmp_path: Path) -> None:
+    from common.data.images import list_dataset
+
+    for name in ("dogs/2.png", "dogs/1.png", "cats/b.jpg", "cats/a.jpg", "cat-tabby/c.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    # Same order, so a federation's public statistics (and fingerprint) are unchanged.
+    assert public_listing(str(tmp_path)).items == list_dataset(str(tmp_path)).items

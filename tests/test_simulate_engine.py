@@ -73,9 +73,9 @@ def test_a_bad_public_folder_fails_before_any_feature_is_extracted(
         raise AssertionError("a site's features were loaded before the public folder was read")
 
     monkeypatch.setattr(simulate, "load_simulated_site", extract)
-    for name in ("cats", "dogs"):  # two classes, each folder empty
+    for name in ("cats", "dogs"):  # two class folders, no image in either
         (tmp_path / "public" / name).mkdir(parents=True)
-    with pytest.raises(DataError, match=r"^--public folder .*public: .*class folder .* empty"):
+    with pytest.raises(DataError, match=r"^--public folder .*public: .*holds no image files"):
         simulate.prepare_sites(_simulate_config(
             "--dataset", "digits", "--clients", "2", "--head-method", "ridge",
             "--public", str(tmp_path / "public"), "--state", str(tmp_path / "state")))

@@ -1,4 +1,5 @@
-"""A site's labelled images: scikit-learn's bundled digits or a folder with one subfolder per class."""
+"""Image listings: a site's labelled images (scikit-learn's bundled digits or a folder with one
+subfolder per class) and unlabelled public ones."""
 
 from __future__ import annotations
 
@@ -206,6 +207,43 @@ def _list_folder(root: Path) -> Listing:
     return Listing(source=str(root), classes=tuple(p.name for p in class_dirs),
                    items=tuple(items), labels=np.asarray(labels, dtype=np.int64),
                    stamps=tuple(stamps), root=root)
+
+
+def list_unlabelled(root: Path, name: str = "unlabelled") -> Listing:
+    """Every image file below ``root``, at any depth, in a fixed order, all with label 0 of
+    the one class ``name``: public images, whose labels no one uses. Files that are not
+    images by their suffix are passed over (a public dataset's licence or label files); a
+    class-folder layout lists in the same order as `list_dataset`."""
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} is not a directory")
+    items: list[str] = []
+    stamps: list[str] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a linked folder seen before: a loop, or the same images twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file in sorted(f for f in files if not f.startswith(".")):
+            path = Path(folder) / file
+            if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if not path.is_file():
+                raise DataError(f"{path} is a broken symbolic link (its target is missing); "
+                                "restore the target or remove the link")
+            stat = path.stat()
+            items.append(str(path.relative_to(root)))
+            stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    if not items:
+        raise DataError(f"data folder {root} holds no image files "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}) at any depth")
+    return Listing(source=str(root), classes=(name,), items=tuple(items),
+                   labels=np.zeros(len(items), dtype=np.int64), stamps=tuple(stamps),
+                   root=root)
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:

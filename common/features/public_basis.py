@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data.images import Listing, list_dataset
+from common.data.images import Listing, list_unlabelled
 from common.errors import DataError
 from common.features.extraction import LazyBase, site_features
 from common.features.public_stats import RECIPE, public_crops
@@ -48,11 +48,11 @@ def _public_features(cfg: RunConfig, base: LazyBase) -> tuple[np.ndarray, str]:
 
 
 def public_listing(folder: str) -> Listing:
-    """The ``--public`` folder's images, or `DataError` naming it as the public folder (the
-    same problems in a site's folder read "data folder ...", which would send an operator to
-    the wrong place)."""
+    """The ``--public`` folder's images, flat or in subfolders (labels are not used), or
+    `DataError` naming it as the public folder (the same problems in a site's folder read
+    "data folder ...", which would send an operator to the wrong place)."""
     try:
-        return list_dataset(folder)
+        return list_unlabelled(Path(folder).expanduser(), "public")
     except DataError as exc:
         raise DataError(f"--public folder {folder}: {exc}") from exc
 
