@@ -169,11 +169,15 @@ def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], where:
         )
 
 
-def _list_folder(root: Path) -> Listing:
+def _check_folder(root: Path) -> None:
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"data folder {root} is not a directory")
+
+
+def _list_folder(root: Path) -> Listing:
+    _check_folder(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"data folder {root} has no class subfolders (expected {root}/<class>/*.jpg)")
@@ -214,10 +218,7 @@ def list_unlabelled(root: Path, name: str = "unlabelled") -> Listing:
     the one class ``name``: public images, whose labels no one uses. Files that are not
     images by their suffix are passed over (a public dataset's licence or label files); a
     class-folder layout lists in the same order as `list_dataset`."""
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"data folder {root} is not a directory")
+    _check_folder(root)
     items: list[str] = []
     stamps: list[str] = []
     seen: set[str] = set()
