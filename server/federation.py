@@ -29,7 +29,7 @@ from common.features.extraction import LazyBase
 from common.features.public_basis import run_basis
 from common.model_card import write_model_card
 from common.privacy.hull import HullPrior
-from common.privacy.oneshot import sensitivity
+from common.privacy.oneshot import sums_std
 from common.privacy.release import as_played, one_shot_split, releases, sums_noise
 from common.report import (BaseInfo, DataFigures, FinalFigures, Guarantees, RecordLevel, Report,
                            RoundRecord, Timing, versions, write_report)
@@ -180,7 +180,7 @@ def _federate(grid: Grid, cfg: RunConfig, prerun: PreRun, run_id: str,
     # The run's planned noise, not the sites' stated figures: a site cannot talk the server
     # into projecting a class (a site that adds more noise only makes the check stricter).
     prior = None if points is None else HullPrior(
-        points, sums_noise(cfg) * sensitivity(cfg.private_moment),
+        points, sums_std(sums_noise(cfg), cfg.private_moment),
         distributed=cfg.sums_noise == "distributed")
     initial = checkpoint.arrays if checkpoint else initial_head_weights(
         spec.feature_dim, len(cfg.classes), cfg.head_width, cfg.seed)

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from common import protocol
 from common.errors import UpdateRejectedError
-from common.privacy.oneshot import COUNT_RATIO, diagonal_positions, sensitivity
+from common.privacy.oneshot import COUNT_RATIO, diagonal_positions, sums_std
 
 MAX_NAME = 64
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -263,7 +263,7 @@ def check_sums_reply(msg: Message, shapes: list[tuple[int, ...]], public_fingerp
                                   f"shapes {list(shapes)}")
     # Noise-free sum columns have norm <= their class's count, counts are <= the site's;
     # the noise adds ~std sqrt(K) to a column, COUNT_RATIO std to a count.
-    std = privacy.noise_multiplier * sensitivity(moment)
+    std = sums_std(privacy.noise_multiplier, moment)
 
     def beyond_count(value: float, noise: float) -> bool:
         # The site's count, a margin of 50 and ten noise deviations on top.

@@ -132,11 +132,17 @@ def sensitivity(moment: bool = False) -> float:
     return float(np.sqrt(1.0 + float(moment) + 1.0 / COUNT_RATIO**2))
 
 
+def sums_std(noise_multiplier: float, moment: bool = False) -> float:
+    """The noise std on each entry of the released sums (and of the moment's triangle):
+    what a site adds, what the server checks a release against and denoises with."""
+    return float(noise_multiplier) * sensitivity(moment)
+
+
 def noised(release: np.ndarray, noise_multiplier: float, rng: np.random.Generator,
            moment: bool = False) -> np.ndarray:
     """The Gaussian mechanism on `class_sums`: std ``noise_multiplier * sensitivity()`` on
     the sums, ``COUNT_RATIO`` times that on the counts row."""
-    std = noise_multiplier * sensitivity(moment)
+    std = sums_std(noise_multiplier, moment)
     noise = rng.normal(0.0, std, release.shape)
     noise[-1] *= COUNT_RATIO
     return release + noise
@@ -152,7 +158,7 @@ def second_moment(embedded: np.ndarray) -> np.ndarray:
 def noised_moment(triangle: np.ndarray, noise_multiplier: float,
                   rng: np.random.Generator) -> np.ndarray:
     """The same Gaussian query's noise on the moment's triangle."""
-    return triangle + rng.normal(0.0, noise_multiplier * sensitivity(True), triangle.shape)
+    return triangle + rng.normal(0.0, sums_std(noise_multiplier, True), triangle.shape)
 
 
 def triangle_size(k: int) -> int:
