@@ -411,6 +411,15 @@ class RunConfig:
         return self.head_method != "sgd"
 
     @property
+    def unread_public(self) -> str | None:
+        """What to tell a user whose ``--public`` folder this run will not read (a `compare`
+        mixing sgd and ridge variants shares one folder, so it is not an error)."""
+        if not self.public or self.one_shot:
+            return None
+        return (f"--public {self.public} is not read: only the one-shot head "
+                "(--head-method ridge or ridge+sgd) uses public statistics")
+
+    @property
     def personal_sgd(self) -> bool:
         """The run ends with a DP-SGD personal fine-tuning (planned into the budget);
         ``--personal-tuning ridge`` builds the personal head from the one-shot release

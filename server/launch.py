@@ -59,6 +59,8 @@ def launch(cfg: RunConfig, target: ControlAddress, *, follow: bool = True,
         if path and not Path(path).is_absolute():
             raise ConfigError(f"{option} must be an absolute path on the server's host. "
                               f"Found {path!r}.")
+    if cfg.unread_public:
+        print(f"fedtl run: {cfg.unread_public}", file=out, flush=True)
     with tempfile.TemporaryDirectory(prefix="fedtl-run-") as tmp, Control(target) as control:
         config_file = write_run_config(cfg, Path(tmp) / "run-config.toml")
         run_id = control.start(project_dir(), config_file)

@@ -43,10 +43,8 @@ def prepare_sites(cfg: RunConfig, *, plan: bool = True) -> tuple[RunConfig, floa
     check_budget_before_extraction(cfg, scenario)
     if cfg.one_shot and cfg.public:
         public_listing(cfg.public)  # a bad public folder stops the run before any extraction
-    elif cfg.public:
-        print(f"[prepare] --public {cfg.public} is not read: only the one-shot head "
-              "(--head-method ridge or ridge+sgd) uses public statistics", file=sys.stderr,
-              flush=True)
+    elif cfg.unread_public:
+        print(f"[prepare] {cfg.unread_public}", file=sys.stderr, flush=True)
     base = LazyBase.shared(base_spec(cfg), cfg.stats_cache)
     seconds = 0.0
     for site in scenario.sites:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from common.config import RunConfig
 from common.deploy.control import ControlAddress
-from common.errors import ConfigError
+from common.errors import ConfigError, FedtlError
 from server.launch import launch
 
 # Nothing listens here: a check that lets a run through fails on connecting instead.
@@ -23,3 +25,14 @@ def test_a_run_the_server_could_not_place_is_refused_before_submission(
         settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         launch(RunConfig(**settings), NOWHERE)
+
+
+def test_a_public_folder_an_sgd_run_would_not_read_is_said_to_be_unread() -> None:
+    out = io.StringIO()
+    cfg = RunConfig(classes=("a", "b"), out="/srv/runs/a", public="/srv/public",
+                    head_method="sgd")
+    with pytest.raises(FedtlError, match="127.0.0.1:1"):  # said before submitting
+        launch(cfg, NOWHERE, out=out)
+    assert "fedtl run: --public /srv/public is not read" in out.getvalue()
+    assert cfg.replace(head_method="ridge+sgd").unread_public is None
+    assert cfg.replace(public="").unread_public is None
