@@ -323,7 +323,7 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
 
 def site_privacy(cfg: RunConfig, book: RunBook) -> dict[str, dict[str, Any]]:
     """Per site: its record-level guarantee and the DP-SGD mechanism behind it, as stated
-    in the site's last accepted reply, and what its own policy tightened."""
+    in the site's last reply with sound figures (`SitePrivacy`), and what its policy tightened."""
     if not cfg.dp:
         return {site: {"epsilon": None, "delta": None, "private": False,
                        "tightened": book.tightened.get(site, [])}

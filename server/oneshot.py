@@ -58,7 +58,7 @@ def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: 
         try:
             update = check_sums_reply(reply, shapes, basis.fingerprint, rules)
         except UpdateRejectedError as exc:
-            book.reject(reply.metadata.src_node_id, str(exc))
+            book.reject(reply.metadata.src_node_id, exc)
             continue
         book.accept(update)
         accepted.append(update)

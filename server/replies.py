@@ -45,12 +45,23 @@ class ReplyRules:
 
 @dataclass(frozen=True)
 class SitePrivacy:
-    """A site's record-level guarantee for the run, as its last accepted reply stated it."""
+    """A site's record-level guarantee for the run, as its last reply with sound figures
+    stated it (one rejected for its arrays included: that release left the site too)."""
 
     epsilon: float
     sampling_rate: float
     noise_multiplier: float
     steps: int
+
+
+class RejectedAfterFigures(UpdateRejectedError):
+    """A reply rejected for its arrays after its DP figures passed their checks: whatever
+    else is wrong with it, the site stated what it spent to make it (a rejected release has
+    still left the site), and the run's record of that site's spending must not lag it."""
+
+    def __init__(self, reason: str, name: str, privacy: SitePrivacy) -> None:
+        super().__init__(reason)
+        self.name, self.privacy = name, privacy
 
 
 @dataclass(frozen=True)
@@ -208,11 +219,13 @@ def check_train_reply(msg: Message, start: Sequence[np.ndarray],
     who = f"{who} ({name})"
     n, privacy, loss, seconds, skipped = check_train_figures(
         content.metric_records[protocol.METRICS], rules, who)
-    arrays = _arrays(content, who)
-    return SiteUpdate(node_id=msg.metadata.src_node_id, name=name,
-                      arrays=check_arrays(arrays, start, rules, who), num_examples=n,
-                      privacy=privacy, train_loss=loss, extract_seconds=seconds,
-                      skipped_images=skipped, tightened=tightened)
+    try:
+        arrays = check_arrays(_arrays(content, who), start, rules, who)
+    except UpdateRejectedError as exc:
+        raise RejectedAfterFigures(str(exc), name, privacy) from exc
+    return SiteUpdate(node_id=msg.metadata.src_node_id, name=name, arrays=arrays,
+                      num_examples=n, privacy=privacy, train_loss=loss,
+                      extract_seconds=seconds, skipped_images=skipped, tightened=tightened)
 
 
 def check_sums_figures(record: Mapping[str, Any], metrics: Mapping[str, Any],
@@ -254,7 +267,18 @@ def check_sums_reply(msg: Message, shapes: list[tuple[int, ...]], public_fingerp
     name, tightened, n, privacy = check_sums_figures(
         content.config_records[protocol.SITE], content.metric_records[protocol.METRICS],
         public_fingerprint, rules, who)
-    who = f"{who} ({name})"
+    try:
+        arrays = _release_arrays(content, shapes, n, privacy, f"{who} ({name})")
+    except UpdateRejectedError as exc:
+        raise RejectedAfterFigures(str(exc), name, privacy) from exc
+    return SiteUpdate(node_id=msg.metadata.src_node_id, name=name, arrays=arrays,
+                      num_examples=n, privacy=privacy, train_loss=None, extract_seconds=0.0,
+                      skipped_images=None, tightened=tightened)
+
+
+def _release_arrays(content: RecordDict, shapes: list[tuple[int, ...]], n: int,
+                    privacy: SitePrivacy, who: str) -> list[np.ndarray]:
+    """The release's arrays, checked against the count and noise its figures state."""
     arrays = _arrays(content, who)
     moment = len(shapes) > 1
     if [a.shape for a in arrays] != list(shapes) or any(
@@ -281,9 +305,7 @@ def check_sums_reply(msg: Message, shapes: list[tuple[int, ...]], public_fingerp
         raise UpdateRejectedError(f"{who}: a class sum is longer than its count allows")
     if beyond_count(np.abs(counts).max(), COUNT_RATIO * std):
         raise UpdateRejectedError(f"{who}: a class count exceeds its example count")
-    return SiteUpdate(node_id=msg.metadata.src_node_id, name=name, arrays=arrays,
-                      num_examples=n, privacy=privacy, train_loss=None, extract_seconds=0.0,
-                      skipped_images=None, tightened=tightened)
+    return arrays
 
 
 def _figures_reply(msg: Message, rules: ReplyRules) -> tuple[str, str, Mapping[str, Any]]:

@@ -18,7 +18,9 @@ import numpy as np
 
 from common import protocol
 from common.report import RoundRecord
-from server.replies import SiteEvaluation, SitePrivacy, SiteUpdate
+from common.errors import UpdateRejectedError
+from server.replies import (RejectedAfterFigures, SiteEvaluation, SitePrivacy,
+                            SiteUpdate)
 
 log = logging.getLogger("fedtl.server")
 
@@ -111,10 +113,20 @@ class RunBook:
             self.tightened[site] = list(update.tightened)
         return site
 
-    def reject(self, node_id: int, reason: str) -> None:
+    def reject(self, node_id: int, error: UpdateRejectedError) -> None:
+        """A reply left out of the round. If its DP figures passed their checks, they stand
+        as the site's spending: the reply left the site whatever is wrong with its arrays,
+        and a report of what sites spent must not show less than their ledgers."""
+        spent = ""
+        if isinstance(error, RejectedAfterFigures):
+            site = self.label(node_id, error.name)
+            before = self.privacy.get(site)
+            if before is None or error.privacy.epsilon >= before.epsilon:
+                self.privacy[site] = error.privacy
+                spent = f" (its stated spending stands: epsilon {error.privacy.epsilon:.3f})"
         self.current.rejected.append(self.known(node_id))
-        log.warning("round %d: rejected the reply of %s: %s", self.current.round,
-                       self.known(node_id), reason)
+        log.warning("round %d: rejected the reply of %s: %s%s", self.current.round,
+                    self.known(node_id), error, spent)
 
     def note_error(self, node_id: int | None, code: int, reason: str) -> None:
         """A site that answered with an error: declined (budget), refused (policy) or failed

@@ -35,9 +35,9 @@ from common.config import RunConfig
 from common.errors import UpdateRejectedError
 from common.privacy.hull import HullPrior
 from common.privacy.oneshot import PublicBasis, release_shapes
-from server.replies import (ReplyRules, SiteEvaluation, SiteUpdate, capped_weights,
-                            check_site_record, check_sums_figures, check_train_figures,
-                            split_legacy)
+from server.replies import (RejectedAfterFigures, ReplyRules, SiteEvaluation, SiteUpdate,
+                            capped_weights, check_site_record, check_sums_figures,
+                            check_train_figures, split_legacy)
 from server.oneshot import solve_release
 from server.runbook import RunBook
 
@@ -90,7 +90,7 @@ class SecureRounds(LegacyFedAvg):
                                        skipped, tightened))
             except UpdateRejectedError as exc:
                 # Its masked head is already inside the sum; only its figures are dropped.
-                book.reject(proxy.node_id, str(exc))
+                book.reject(proxy.node_id, exc)
         if not results:
             book.close_training(None)
             return None, {}
@@ -192,13 +192,14 @@ class SecureSums(SecureRounds):
                 name, tightened, n, privacy = check_sums_figures(
                     site, figures, self.basis.fingerprint, self.rules, who)
                 if n != fitres.num_examples:
-                    raise UpdateRejectedError(f"{who} ({name}): weighs {fitres.num_examples} "
-                                              f"in the masked sum but states a count of {n}")
+                    raise RejectedAfterFigures(f"{who} ({name}): weighs {fitres.num_examples} "
+                                               f"in the masked sum but states a count of {n}",
+                                               name, privacy)
                 book.accept(SiteUpdate(proxy.node_id, name, [], n, privacy, None, 0.0, None,
                                        tightened))
             except UpdateRejectedError as exc:
                 # Its masked sums are inside the total; its count still weighs them.
-                book.reject(proxy.node_id, str(exc))
+                book.reject(proxy.node_id, exc)
             total_count += int(fitres.num_examples)
         if not results:
             book.close_training(None)

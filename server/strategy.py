@@ -81,7 +81,7 @@ class Validated(Strategy):
             try:
                 update = check_train_reply(msg, book.start_head, self.rules)
             except UpdateRejectedError as exc:
-                book.reject(msg.metadata.src_node_id, str(exc))
+                book.reject(msg.metadata.src_node_id, exc)
                 continue
             book.accept(update)
             accepted.append((msg, update))

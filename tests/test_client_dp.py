@@ -73,7 +73,7 @@ def test_a_reply_that_is_the_global_head_unchanged_is_rejected_not_a_crash() -> 
     arrays, _ = outer.aggregate_train(1, [reply(1, full(0.0), 10), reply(2, full(0.1), 10)])
     assert arrays is not None
     assert outer.book.current.sites_trained == ["site-2"]
-    assert outer.book.current.rejected == ["node 1"]
+    assert outer.book.current.rejected == ["site-1"]
 
 
 def test_client_level_epsilon_is_the_composed_gaussian_mechanism() -> None:

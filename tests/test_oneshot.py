@@ -227,5 +227,9 @@ def test_the_server_checks_a_sums_reply_alone() -> None:
                        (sums_reply(huge_sums), "longer than"),
                        (sums_reply(huge_counts), "exceeds its example count"),
                        (sums_reply(good * np.nan), "finite")]:
-        with pytest.raises(UpdateRejectedError, match=match):
+        with pytest.raises(UpdateRejectedError, match=match) as rejected:
             check_sums_reply(bad, [shape], "p", RULES)
+        # Past the figures' checks, the release's stated spending goes with the rejection.
+        spent = getattr(rejected.value, "privacy", None)
+        assert (spent is None) == (match == "other public statistics")
+        assert spent is None or (spent.epsilon, rejected.value.name) == (3.0, "s")

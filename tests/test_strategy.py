@@ -103,28 +103,58 @@ def _inconsistent_rate() -> Message:
     return bad
 
 
-@pytest.mark.parametrize("bad", [
-    reply(9, [np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)], 10),
-    reply(9, [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)], 10),
-    reply(9, full(1e4), 10),
-    reply(9, full(1.0), 10, fingerprint="0" * 64),
-    reply(9, full(1.0), 0),
-    reply(9, full(1.0), 10, eps=float("nan")),
-    reply(9, full(1.0), 10, eps=-1.0),
-    reply(9, full(1.0), 10, eps=3.5),  # past the run's target: no honest site claims that
-    reply(9, full(0.0), 10),  # the global head unchanged: no site's training
-    _extra_record(), _extra_metric(), _extra_site_key(), _second_metric_record(),
-    _inconsistent_rate(),
-], ids=["nan", "shape", "norm", "fingerprint", "zero-count", "nan-eps", "negative-eps",
-        "eps-past-target", "unchanged", "extra-array-record", "extra-metric-key",
-        "extra-site-key", "second-metric-record", "rate-not-from-count"])
+def _bad_arrays(eps: float = 1.0) -> dict[str, Message]:
+    """Replies whose figures are sound and whose arrays are not."""
+    return {"nan": reply(9, [np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)], 10,
+                         eps=eps),
+            "shape": reply(9, [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)], 10,
+                           eps=eps),
+            "norm": reply(9, full(1e4), 10, eps=eps),
+            "unchanged": reply(9, full(0.0), 10, eps=eps)}  # the global head: no training
+
+
+BAD_FIGURES = {
+    "fingerprint": reply(9, full(1.0), 10, fingerprint="0" * 64),
+    "zero-count": reply(9, full(1.0), 0),
+    "nan-eps": reply(9, full(1.0), 10, eps=float("nan")),
+    "negative-eps": reply(9, full(1.0), 10, eps=-1.0),
+    "eps-past-target": reply(9, full(1.0), 10, eps=3.5),  # no honest site claims that
+    "extra-array-record": _extra_record(), "extra-metric-key": _extra_metric(),
+    "extra-site-key": _extra_site_key(), "second-metric-record": _second_metric_record(),
+    "rate-not-from-count": _inconsistent_rate()}
+
+
+@pytest.mark.parametrize("bad", [*_bad_arrays().values(), *BAD_FIGURES.values()],
+                         ids=[*_bad_arrays(), *BAD_FIGURES])
 def test_a_bad_reply_is_rejected_alone_and_the_round_goes_on(bad: Message) -> None:
     s = strategy()
     arrays, _ = s.aggregate_train(1, [reply(1, full(2.0), 10), bad])
     for got in arrays.to_numpy_ndarrays():
         np.testing.assert_allclose(got, 2.0)
-    assert s.book.current.rejected == ["node 9"]
+    assert len(s.book.current.rejected) == 1
     assert s.book.current.sites_trained == ["site-1"]
+
+
+@pytest.mark.parametrize("kind", list(_bad_arrays()))
+def test_a_reply_rejected_for_its_arrays_still_counts_what_the_site_says_it_spent(
+        kind: str) -> None:
+    # The release left the site: a report showing less than the site's ledger would lie.
+    s = strategy()
+    s.aggregate_train(1, [reply(1, full(2.0), 10, eps=1.0), _bad_arrays(eps=2.5)[kind]])
+    assert s.book.current.rejected == ["site-9"]
+    assert s.book.epsilon_by_site == {"site-1": 1.0, "site-9": 2.5}
+    assert s.book.current.epsilon_max == 2.5
+    s.book.begin_round(2, [a.copy() for a in GLOBAL])
+    s.aggregate_train(2, [reply(1, full(2.0), 10, eps=1.5), _bad_arrays(eps=0.5)[kind]])
+    assert s.book.epsilon_by_site["site-9"] == 2.5  # a lower claim lowers nothing
+
+
+@pytest.mark.parametrize("bad", BAD_FIGURES.values(), ids=BAD_FIGURES)
+def test_a_reply_whose_figures_fail_adds_nothing_to_the_sites_spending(bad: Message) -> None:
+    s = strategy()
+    s.aggregate_train(1, [reply(1, full(2.0), 10), bad])
+    assert s.book.current.rejected == ["node 9"]
+    assert s.book.epsilon_by_site == {"site-1": 1.0}
 
 
 def test_a_mixed_exact_and_noised_federation_aggregates() -> None:
@@ -166,7 +196,7 @@ def test_a_round_where_nobody_trains_keeps_the_global_head() -> None:
 def test_fewer_accepted_updates_than_required_sites_keep_the_global_head() -> None:
     s = strategy(required=2)
     assert s.aggregate_train(1, [reply(1, full(1.0), 10), reply(2, full(1e9), 10)]) == (None, None)
-    assert s.book.current.sites_trained == ["site-1"] and s.book.current.rejected == ["node 2"]
+    assert s.book.current.sites_trained == ["site-1"] and s.book.current.rejected == ["site-2"]
     np.testing.assert_array_equal(s.book.head[0], GLOBAL[0])  # the round's head stands
     # The round says so: a site that trained is not evidence that the head moved.
     assert s.book.current.failure == ("only 1 accepted update(s), fewer than the 2 required "
