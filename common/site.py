@@ -252,6 +252,8 @@ def charge(cfg: RunConfig, name: str, num_train: int, account: SiteAccount,
             count, new = _released_count(cfg, num_train, rng)
             new += centring_events(cfg, account.policy)
             settings = plan_noise(cfg, count, account, prior, personal=personal)
+            if settings.noise_swamps:
+                log.warning("site %s: %s", name, settings.noise_swamps)
             header = RunHeader(cfg.target_epsilon, cfg.delta, cfg.accountant, count,
                                settings.noise_multiplier)
         else:

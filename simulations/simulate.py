@@ -70,6 +70,9 @@ def prepare_sites(cfg: RunConfig, *, plan: bool = True) -> tuple[RunConfig, floa
             print(f"[prepare] {site.name}: sampling rate ~{settings.sampling_rate:.3f}, "
                   f"{settings.steps} steps/round, noise multiplier "
                   f"~{settings.noise_multiplier:.3f}", file=sys.stderr, flush=True)
+        if plan and settings.noise_swamps:
+            print(f"[prepare] {site.name}: warning: {settings.noise_swamps}", file=sys.stderr,
+                  flush=True)
     if plan and cfg.one_shot and cfg.dp:
         print(f"[prepare] one-shot class sums: noise multiplier {sums_noise(cfg):.3f} "
               f"({'all' if cfg.head_method == 'ridge' else f'{cfg.ridge_share:.0%}'} of "

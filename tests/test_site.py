@@ -272,3 +272,25 @@ def test_a_site_releasing_no_figures_sends_no_accuracy_and_spends_nothing_on_it(
     before = ledger.get("run-1")
     assert released_accuracies(cfg, data, [weights], account(ledger, cfg=cfg), RNG)[0] == []
     assert ledger.get("run-1") == before
+
+
+def test_a_site_whose_noise_outweighs_every_gradient_is_told_it_will_not_learn(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    tiny, usual = sgd_settings(CFG, 3), sgd_settings(CFG, 600)
+    assert tiny.noise_multiplier > tiny.expected_batch == 3.0
+    assert "exceeds any gradient it averages" in tiny.noise_swamps
+    assert usual.noise_swamps is None
+    assert replace(tiny, noise_multiplier=3.0).noise_swamps is None  # the bound is the batch
+    assert replace(tiny, private=False).noise_swamps is None
+    # A deployed site says so in its own log when it plans the run, and trains all the same
+    # (exact counts: a noised count of 3 images could come out anywhere from 1 to ~30).
+    exact = CFG.replace(example_counts="exact")
+    with caplog.at_level("WARNING", logger="fedtl.site"):
+        train_round(exact, site(6), start(), account(tmp_path, cfg=exact), RNG)
+    assert any("exceeds any gradient" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedtl.site"):
+        train_round(exact, site(), start(), account(tmp_path / "usual", cfg=exact), RNG)
+    assert not any("exceeds any gradient" in r.getMessage() for r in caplog.records)

@@ -26,3 +26,22 @@ class SgdSettings:
     # Only the head's output bias moves (a site's personal fine-tuning): the other variables'
     # noisy gradients are computed and discarded, post-processing of the same mechanism.
     bias_only: bool = False
+
+    @property
+    def noise_swamps(self) -> str | None:
+        """Why DP-SGD cannot learn at this site, if its noise outweighs every gradient.
+
+        Each step's noise on the averaged gradient has std ``noise_multiplier /
+        expected_batch`` clip norms *on every weight*, while the averaged clipped gradient
+        is at most one clip norm long in all: past a ratio of 1 no gradient can show through
+        (a bound, not a guess of how small a site may be)."""
+        if not self.private or self.expected_batch <= 0:
+            return None
+        ratio = self.noise_multiplier / self.expected_batch
+        if ratio <= 1.0:
+            return None
+        return (f"DP-SGD's noise on each weight ({ratio:.3g} clip norms a step, noise multiplier "
+                f"{self.noise_multiplier:.3g} over an expected batch of "
+                f"{self.expected_batch:.3g} images) exceeds any gradient it averages: this "
+                "site's training will add noise, not learning (more images or a larger "
+                "--target-epsilon would help)")
