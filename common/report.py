@@ -27,6 +27,9 @@ class RoundRecord:
     sites_trained: list[str] = field(default_factory=list)
     declined: list[str] = field(default_factory=list)  # their budget did not allow it
     rejected: list[str] = field(default_factory=list)  # a reply failed the server's checks
+    # Under SecAgg+: the update is inside the secure sum but its figures failed the checks
+    # (no server can take one site's update out of the sum; its spending is its ledger's).
+    unconfirmed: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # their own policy refused the run
     site_accuracy: dict[str, float] = field(default_factory=dict)  # global head, per site
     worst_site_accuracy: float | None = None

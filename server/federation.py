@@ -101,6 +101,8 @@ class RoundTable:
             note += f", {len(r.refused)} refused (policy)"
         if r.rejected:
             note += f", {len(r.rejected)} rejected"
+        if r.unconfirmed:
+            note += f", {len(r.unconfirmed)} in the secure sum with rejected figures"
         if r.failure:
             note += "; aggregation failed, head kept"
         row = (f"{r.round:>5} | {fmt(r.train_loss, '10.4f')} | "

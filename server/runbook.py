@@ -113,10 +113,11 @@ class RunBook:
             self.tightened[site] = list(update.tightened)
         return site
 
-    def reject(self, node_id: int, error: UpdateRejectedError) -> None:
-        """A reply left out of the round. If its DP figures passed their checks, they stand
-        as the site's spending: the reply left the site whatever is wrong with its arrays,
-        and a report of what sites spent must not show less than their ledgers."""
+    def reject(self, node_id: int, error: UpdateRejectedError, inside_sum: bool = False) -> None:
+        """A reply left out of the round (``inside_sum``: only its figures; its masked update
+        is inside a SecAgg+ sum). If its DP figures passed their checks, they stand as the
+        site's spending: the reply left the site whatever is wrong with its arrays, and a
+        report of what sites spent must not show less than their ledgers."""
         spent = ""
         if isinstance(error, RejectedAfterFigures):
             site = self.label(node_id, error.name)
@@ -124,6 +125,12 @@ class RunBook:
             if before is None or error.privacy.epsilon >= before.epsilon:
                 self.privacy[site] = error.privacy
                 spent = f" (its stated spending stands: epsilon {error.privacy.epsilon:.3f})"
+        if inside_sum:
+            self.current.unconfirmed.append(self.known(node_id))
+            log.warning("round %d: rejected the figures of %s, whose masked update is inside "
+                        "the secure sum (SecAgg+ cannot take one site's out): %s%s",
+                        self.current.round, self.known(node_id), error, spent)
+            return
         self.current.rejected.append(self.known(node_id))
         log.warning("round %d: rejected the reply of %s: %s%s", self.current.round,
                     self.known(node_id), error, spent)

@@ -90,7 +90,7 @@ class SecureRounds(LegacyFedAvg):
                                        skipped, tightened))
             except UpdateRejectedError as exc:
                 # Its masked head is already inside the sum; only its figures are dropped.
-                book.reject(proxy.node_id, exc)
+                book.reject(proxy.node_id, exc, inside_sum=True)
         if not results:
             book.close_training(None)
             return None, {}
@@ -199,7 +199,7 @@ class SecureSums(SecureRounds):
                                        tightened))
             except UpdateRejectedError as exc:
                 # Its masked sums are inside the total; its count still weighs them.
-                book.reject(proxy.node_id, exc)
+                book.reject(proxy.node_id, exc, inside_sum=True)
             total_count += int(fitres.num_examples)
         if not results:
             book.close_training(None)

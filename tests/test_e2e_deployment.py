@@ -314,6 +314,10 @@ def test_tls_sites_complete_a_run_while_a_spent_site_declines_and_poison_is_reje
     assert int((world.root / "poison-count").read_text()) == 3  # NaN, shape and norm all sent
     final = report["final"]
     assert set(GOOD) <= set(final["epsilon"]) and "spent" not in final["epsilon"]
+    # Every poisoned reply was rejected for its arrays, but each left the site: its spending
+    # is in the report as in its ledger.
+    assert final["epsilon"]["poison"] == pytest.approx(ledger_runs(world, "poison")[
+        report["run_id"]]["epsilon"], abs=1e-6)
     assert all(2.9 < eps <= 3.0 + 1e-6 for eps in final["epsilon"].values())
     # The good sites' exact figures (ten digits: chance is 0.1). The run's average also holds
     # the poisoned site's DP-noised figure of ~120 images, which swung 0.17-0.91 in one run.
@@ -477,7 +481,8 @@ def test_a_killed_site_and_a_killed_worker_do_not_stop_the_run_and_both_come_bac
 
 def round_summary(rounds: list[dict]) -> list[dict]:
     """What a failed assertion on a run's rounds shows: who trained, who did not, and why."""
-    keys = ("round", "sites_trained", "declined", "rejected", "refused", "failure", "seconds")
+    keys = ("round", "sites_trained", "declined", "rejected", "unconfirmed", "refused", "failure",
+            "seconds")
     return [{k: r.get(k) for k in keys} for r in rounds]
 
 

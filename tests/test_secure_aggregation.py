@@ -148,4 +148,7 @@ def test_a_secure_reply_with_figures_that_do_not_fit_the_run_is_dropped_from_the
     liar = fitres(mean, "liar")
     liar.metrics[protocol.EPSILON] = 9.0  # past the run's target of 3
     rounds.aggregate_fit(1, [(Proxy(1), fitres(mean, "s1")), (Proxy(2), liar)], [])
-    assert book.current.sites_trained == ["s1"] and book.current.rejected == ["node 2"]
+    assert book.current.sites_trained == ["s1"] and book.current.rejected == []
+    # Its masked head is inside the sum all the same: the record says so, not "rejected".
+    assert book.current.unconfirmed == ["node 2"]
+    assert set(book.epsilon_by_site) == {"s1"}  # a figure past the target is no figure
