@@ -39,7 +39,7 @@ from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save
 from server.oneshot import one_shot_round
 from server.client_dp import (ClientLevelState, client_level_epsilon, client_level_guarantee,
                               with_client_dp)
-from server.replies import ReplyRules, check_personal_reply
+from server.replies import PersonalRejectedAfterFigures, ReplyRules, check_personal_reply
 from server.run_registry import RunRegistry
 from server.runbook import RunBook, site_summary
 from server.secure import run_secure, run_secure_sums
@@ -310,7 +310,11 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
             figures = check_personal_reply(reply, rules)
         except UpdateRejectedError as exc:
             result.refused.append(book.known(node))
-            log.warning("personalization: dropped a reply: %s", exc)
+            spent = ""
+            if isinstance(exc, PersonalRejectedAfterFigures):
+                book.note_personalization(book.label(node, exc.name), exc.epsilon, exc.steps)
+                spent = f" (its stated spending stands: epsilon {exc.epsilon:.3f})"
+            log.warning("personalization: dropped a reply: %s%s", exc, spent)
             continue
         name = book.label(node, figures.name)
         if figures.accuracy is not None and figures.global_accuracy is not None:

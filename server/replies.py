@@ -64,6 +64,15 @@ class RejectedAfterFigures(UpdateRejectedError):
         self.name, self.privacy = name, privacy
 
 
+class PersonalRejectedAfterFigures(UpdateRejectedError):
+    """A personalization reply rejected for its accuracies after its epsilon passed: the
+    site fine-tuned and spent that much all the same."""
+
+    def __init__(self, reason: str, name: str, epsilon: float, steps: int) -> None:
+        super().__init__(reason)
+        self.name, self.epsilon, self.steps = name, epsilon, steps
+
+
 @dataclass(frozen=True)
 class SiteUpdate:
     """A train reply that passed every check (the optional figures come only from sites that
@@ -335,17 +344,21 @@ def check_personal_reply(msg: Message, rules: ReplyRules) -> SitePersonal:
     if keys not in (PERSONAL_KEYS, PERSONAL_KEYS | PERSONAL_ACCURACIES):
         raise UpdateRejectedError(f"{who} ({name}): personalization figures {sorted(keys)[:6]}"
                                   f" are not {sorted(PERSONAL_KEYS | PERSONAL_ACCURACIES)}")
-    accuracies = [(_number(metrics, k, who) if k in keys else None)
-                  for k in (protocol.ACCURACY, protocol.GLOBAL_ACCURACY)]
-    if any(a is not None and a > 1.0 for a in accuracies):
-        raise UpdateRejectedError(f"{who} ({name}): an accuracy is above 1")
     epsilon = _number(metrics, protocol.EPSILON, who)
     if rules.private and epsilon > rules.target_epsilon * (1 + 1e-6):
         raise UpdateRejectedError(f"{who} ({name}): epsilon {epsilon:.4g} is past the run's "
                                   f"target of {rules.target_epsilon}")
     _count(metrics, protocol.NUM_EXAMPLES, who)
+    steps = int(_number(metrics, protocol.STEPS, who))
+    try:
+        accuracies = [(_number(metrics, k, who) if k in keys else None)
+                      for k in (protocol.ACCURACY, protocol.GLOBAL_ACCURACY)]
+        if any(a is not None and a > 1.0 for a in accuracies):
+            raise UpdateRejectedError(f"{who} ({name}): an accuracy is above 1")
+    except UpdateRejectedError as exc:
+        raise PersonalRejectedAfterFigures(str(exc), name, epsilon, steps) from exc
     return SitePersonal(msg.metadata.src_node_id, name, accuracies[0], accuracies[1], epsilon,
-                        int(_number(metrics, protocol.STEPS, who)))
+                        steps)
 
 
 def split_legacy(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -163,9 +163,11 @@ class RunBook:
         self._losses = []
 
     def note_personalization(self, site: str, epsilon: float, steps: int) -> None:
-        """A site's guarantee after its personal fine-tuning (same run, same ledger entry)."""
-        if site in self.privacy:
-            self.privacy[site] = replace(self.privacy[site], epsilon=epsilon, steps=steps)
+        """A site's guarantee after its personal fine-tuning (same run, same ledger entry,
+        so never below what the site stated before: a lower figure is kept out)."""
+        before = self.privacy.get(site)
+        if before is not None and epsilon >= before.epsilon:
+            self.privacy[site] = replace(before, epsilon=epsilon, steps=steps)
 
     def record_accuracy(self, evaluation: SiteEvaluation) -> str:
         site = self.label(evaluation.node_id, evaluation.name)

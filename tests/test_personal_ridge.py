@@ -179,28 +179,33 @@ def test_ridge_tuning_spends_nothing_so_a_ridge_head_releases_with_the_whole_tar
 
 
 class Grid:
-    """Records what the server sends; no site answers."""
+    """Records what the server sends; the sites answer with ``replies`` (none by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, replies: list[Message] | None = None) -> None:
         self.sent: list[Message] = []
+        self.replies = replies or []
 
     def get_node_ids(self) -> list[int]:
         return [4, 5]
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
         self.sent += list(messages)
-        return []
+        return self.replies
+
+
+@pytest.fixture
+def server_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a running ServerApp has set before it builds a message."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
 
 def test_the_server_sends_the_runs_summed_release_with_a_ridge_personalization_request(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
+        server_app: None) -> None:
     from server.replies import ReplyRules
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 7)  # what a running ServerApp has set
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
     head = [np.zeros((D, CLASSES), np.float32), np.zeros(CLASSES, np.float32)]
     book = RunBook(head)
@@ -218,6 +223,40 @@ def test_the_server_sends_the_runs_summed_release_with_a_ridge_personalization_r
     personalize(plain, head, {}, 5.0, book, rules)
     assert len(plain.sent) == 2
     assert all(protocol.ONE_SHOT_TOTALS not in m.content.array_records for m in plain.sent)
+
+
+def personal_reply(node: int, eps: float, accuracy: float) -> Message:
+    from flwr.app import ConfigRecord, Metadata, MetricRecord, RecordDict
+
+    metrics = {protocol.NUM_EXAMPLES: 10, protocol.EPSILON: eps, protocol.STEPS: 9,
+               protocol.ACCURACY: accuracy, protocol.GLOBAL_ACCURACY: 0.5}
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics),
+                          protocol.SITE: ConfigRecord({protocol.SITE_NAME: f"site-{node}",
+                                                       protocol.FINGERPRINT: "fp"})})
+    return Message(content=content, metadata=Metadata(
+        run_id=7, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
+        group_id="", created_at=0.0, ttl=60, message_type="train.personalize"))
+
+
+def test_personal_heads_count_what_each_site_says_it_spent_never_less(
+        server_app: None) -> None:
+    from server.replies import ReplyRules, SitePrivacy
+
+    head = [np.zeros(2, np.float32)]
+    book = RunBook(head)
+    for node in (1, 2, 3):
+        book.label(node, f"site-{node}")
+        book.privacy[f"site-{node}"] = SitePrivacy(2.0, 0.1, 1.2, 4)
+    grid = Grid([personal_reply(1, 2.5, 0.8),
+                 personal_reply(2, 2.8, 7.0),    # an accuracy no head can have
+                 personal_reply(3, 1.0, 0.9)])   # below what site-3 stated in training
+    result = personalize(grid, head, {}, 5.0, book, ReplyRules("fp", 1e3, 32, True, 3.0))
+    assert result.personal == {"site-1": 0.8, "site-3": 0.9}
+    assert result.refused == ["site-2"]
+    # Site-2's figures were dropped, but it fine-tuned and spent 2.8 all the same (its ledger
+    # says so); site-3's lower figure cannot undo the 2.0 it stated in training.
+    assert book.epsilon_by_site == {"site-1": 2.5, "site-2": 2.8, "site-3": 2.0}
+    assert book.privacy["site-2"].steps == 9
 
 
 def test_the_summed_release_survives_a_checkpoint(tmp_path: Path) -> None:
