@@ -41,6 +41,9 @@ class RoundRecord:
     # --sums-prior public-hull: each class's distance from the public hull in noise norms
     # (classes beyond common.privacy.hull.MAX_DISTANCE were kept as released).
     hull_distance: dict[str, float] = field(default_factory=dict)
+    # A one-shot round: the release's noise's share of its head's score spread
+    # (common.privacy.oneshot.noise_share; 1 is all noise).
+    noise_share: float | None = None
 
 
 def round_metrics(record: RoundRecord, epsilon_by_site: Mapping[str, float]

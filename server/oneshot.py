@@ -13,7 +13,10 @@ from common import protocol
 from common.config import RunConfig
 from common.errors import UpdateRejectedError
 from common.privacy.hull import HullPrior, project_release
-from common.privacy.oneshot import PublicBasis, release_head, release_shapes
+from common.privacy.oneshot import (NOISE_SHARE_WARNING, PublicBasis, moment_matrix,
+                                    noise_share, release_head, release_shapes, summed_std,
+                                    sums_std)
+from common.privacy.release import sums_noise
 from server.replies import capped_weights, check_sums_reply
 from server.runbook import RunBook
 from server.strategy import Validated
@@ -26,6 +29,7 @@ def solve_release(book: RunBook, totals: list[np.ndarray], count: float, basis: 
     """The ridge head of the sites' summed release becomes the global head; the sum is kept
     (denoised by ``prior`` where it applies) for personal heads built from it
     (``--personal-tuning ridge``, ``ridge+bias``)."""
+    note_noise_share(book, totals, count, basis, cfg, sites)
     if prior is not None:
         projection = project_release(totals[0], prior, sites)
         book.current.hull_distance = dict(zip(cfg.classes, map(float, projection.distances)))
@@ -35,6 +39,28 @@ def solve_release(book: RunBook, totals: list[np.ndarray], count: float, basis: 
         totals = [projection.release, *totals[1:]]
     book.one_shot = (totals, count)
     book.close_training(release_head(totals, count, basis, cfg.ridge_lambda))
+
+
+def note_noise_share(book: RunBook, totals: list[np.ndarray], count: float,
+                     basis: PublicBasis, cfg: RunConfig, sites: int) -> None:
+    """Record and log how much of the head the release's noise makes, with the run's planned
+    noise (a site cannot talk the server out of the warning by stating less), and warn when
+    it is mostly noise: the release is spent by then, but the operator learns why the head
+    scores near chance and what to change."""
+    std = summed_std(sums_std(sums_noise(cfg), cfg.private_moment), sites,
+                     cfg.sums_noise == "distributed")
+    moment = moment_matrix(totals[1], basis.components.shape[1]) if len(totals) > 1 else None
+    share = noise_share(totals[0], count, basis.variances, cfg.ridge_lambda, std, moment)
+    book.current.noise_share = share
+    message = (f"the one-shot head's scores: {min(share, 1.0):.0%} of their spread is the "
+               f"release's noise ({sites} site(s), {count:.0f} images, "
+               f"{basis.components.shape[1]} components)")
+    if share < NOISE_SHARE_WARNING:
+        log.info(message)
+        return
+    log.warning(f"warning: {message}: the head is mostly noise and will score near chance. More "
+                f"images per site, more sites, fewer --public-components (now "
+                f"{basis.components.shape[1]}) or a larger epsilon would help.")
 
 
 def one_shot_round(grid: Grid, cfg: RunConfig, federation: ConfigRecord, basis: PublicBasis,

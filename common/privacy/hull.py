@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
+from common.privacy.oneshot import summed_std
+
 # A class whose noisy mean lies further than this many noise norms from the hull is kept as
 # released: noise alone puts it within ~1 (0.5-0.9 measured), a foreign domain 2-7 away.
 MAX_DISTANCE = 1.0
@@ -35,7 +37,7 @@ class HullPrior:
     distributed: bool = False
 
     def total_std(self, sites: int) -> float:
-        return self.site_std if self.distributed else self.site_std * float(np.sqrt(sites))
+        return summed_std(self.site_std, sites, self.distributed)
 
 
 @dataclass(frozen=True)

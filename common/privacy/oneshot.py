@@ -30,6 +30,12 @@ COUNT_RATIO = 3.0
 # start from the head are not spent on growing its scale (measured: +2-3 points, CIFAR-10).
 LOGIT_SCALE = 10.0
 
+# A one-shot head whose `noise_share` is at least this is said to be mostly noise: in a replay
+# on CIFAR-10 features (2-5 sites of 30-480 images, 64 or 256 components, epsilon 3, penalty
+# 8) every head at or above it scored at most 0.19 (chance 0.10), every one below 0.6 at least
+# 0.30 (docs/private-accuracy.md, "How much of the one-shot head is noise").
+NOISE_SHARE_WARNING = 0.8
+
 
 @dataclass(frozen=True)
 class PublicBasis:
@@ -138,6 +144,13 @@ def sums_std(noise_multiplier: float, moment: bool = False) -> float:
     return float(noise_multiplier) * sensitivity(moment)
 
 
+def summed_std(site_std: float, sites: int, distributed: bool = False) -> float:
+    """The noise std per entry of ``sites`` releases added up: each site's own noise adds in
+    variance; with distributed noise (``--sums-noise distributed``) the sites' shares add up
+    to ``site_std``, one site's release."""
+    return float(site_std) if distributed else float(site_std) * float(np.sqrt(sites))
+
+
 def noised(release: np.ndarray, noise_multiplier: float, rng: np.random.Generator,
            moment: bool = False) -> np.ndarray:
     """The Gaussian mechanism on `class_sums`: std ``noise_multiplier * sensitivity()`` on
@@ -193,16 +206,10 @@ def moment_matrix(triangle: np.ndarray, k: int) -> np.ndarray:
     return full + np.triu(full, 1).T
 
 
-def ridge_solution(release: np.ndarray, count: float, variances: np.ndarray,
-                   penalty: float, moment: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) minimising ``||Z W + 1 b - Y||^2 + lam ||W||^2`` (``lam = penalty * count *
-    mean(variances)``, the intercept unpenalised) with ``Z^T Z`` taken as ``count`` times the
-    public second moment ``diag(variances)`` about the sites' mean ``m = sum_k S_k / count``:
-    ``Z^T Z = count (diag(variances) + m m^T)``, ``Z^T 1 = count m``. With ``moment`` (the
-    sites' released ``Z^T Z``, summed) it is used instead, centred on ``m`` and projected onto
-    the positive semi-definite matrices (its noise can make it indefinite)."""
-    sums, counts = release[:-1], np.maximum(release[-1], 0.0)
+def _normal_equations(release: np.ndarray, count: float, variances: np.ndarray,
+                      penalty: float, moment: np.ndarray | None) -> np.ndarray:
+    """The (K + 1, K + 1) matrix of `ridge_solution`'s normal equations, penalty included."""
+    sums = release[:-1]
     k = len(variances)
     mean = sums.sum(axis=1) / count
     gram = np.empty((k + 1, k + 1))
@@ -218,9 +225,49 @@ def ridge_solution(release: np.ndarray, count: float, variances: np.ndarray,
     gram[k, k] = count
     penalty_matrix = penalty * count * float(np.mean(variances)) * np.eye(k + 1)
     penalty_matrix[k, k] = 0.0
+    return gram + penalty_matrix
+
+
+def ridge_solution(release: np.ndarray, count: float, variances: np.ndarray,
+                   penalty: float, moment: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) minimising ``||Z W + 1 b - Y||^2 + lam ||W||^2`` (``lam = penalty * count *
+    mean(variances)``, the intercept unpenalised) with ``Z^T Z`` taken as ``count`` times the
+    public second moment ``diag(variances)`` about the sites' mean ``m = sum_k S_k / count``:
+    ``Z^T Z = count (diag(variances) + m m^T)``, ``Z^T 1 = count m``. With ``moment`` (the
+    sites' released ``Z^T Z``, summed) it is used instead, centred on ``m`` and projected onto
+    the positive semi-definite matrices (its noise can make it indefinite)."""
+    counts = np.maximum(release[-1], 0.0)
+    k = len(variances)
+    system = _normal_equations(release, count, variances, penalty, moment)
     with _single_threaded_blas():
-        solution = np.linalg.solve(gram + penalty_matrix, np.vstack([sums, counts]))
+        solution = np.linalg.solve(system, np.vstack([release[:-1], counts]))
     return solution[:k], solution[k]
+
+
+def noise_share(release: np.ndarray, count: float, variances: np.ndarray, penalty: float,
+                total_std: float, moment: np.ndarray | None = None) -> float:
+    """How much of the ridge head's score spread the release's noise makes: the noise's
+    expected part of ``sum_k var_z(z . w_k)`` (weights centred over the classes, ``z`` with the
+    public variances) over the observed total; about 1 when the sums are all noise, 0 when
+    noise-free. ``total_std`` is the summed release's noise std per entry of its sums (the
+    counts carry `COUNT_RATIO` times it). Post-processing of the release: free in privacy.
+    With ``moment`` only the sums' noise is counted: its own noise makes the head noisier."""
+    release = np.asarray(release, dtype=np.float64)
+    variances = np.asarray(variances, dtype=np.float64)
+    k, classes = len(variances), release.shape[1]
+    with _single_threaded_blas():
+        rows = np.linalg.inv(_normal_equations(release, count, variances, penalty,
+                                               moment))[:k]
+    weights = rows @ np.vstack([release[:-1], np.maximum(release[-1], 0.0)])
+    centred = weights - weights.mean(axis=1, keepdims=True)
+    observed = float(np.sum(variances[:, None] * centred**2))
+    entry_variance = np.full(k + 1, float(total_std) ** 2)
+    entry_variance[k] *= COUNT_RATIO**2
+    # Each class's weights get rows @ noise; centring over the classes keeps classes - 1 of
+    # the classes' independent noise.
+    expected = (classes - 1) * float(np.sum(variances[:, None] * rows**2 * entry_variance))
+    return expected / max(observed, 1e-300)
 
 
 def ridge_head(release: np.ndarray, count: float, basis: PublicBasis,
