@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from common.cli.main import _print_summary
+from common.report import RoundRecord
 
 from .test_model_card import a_report
 
@@ -32,3 +33,18 @@ def test_the_final_line_gives_the_global_heads_mean_over_sites_beside_the_weight
     _print_summary(a_report(), "out")  # sites a 0.8 and b 0.7; Flower's weighted figure 0.8
     assert ("final held-out accuracy (global head): mean over sites 0.7500, weighted by "
             "held-out images 0.8000") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("share, says", [
+    (None, None),  # no one-shot round: no line
+    (0.412, "one-shot head: 41% of its scores' spread is the release's noise\n"),
+    (1.04, "one-shot head: 100% of its scores' spread is the release's noise (mostly noise: "
+           "it scores near chance)\n"),
+])
+def test_a_one_shot_run_says_how_much_of_its_head_is_noise(
+        capsys: pytest.CaptureFixture[str], share: float | None, says: str | None) -> None:
+    report = a_report()
+    rounds = [RoundRecord(round=1, noise_share=share), RoundRecord(round=2)]
+    _print_summary(dataclasses.replace(report, rounds=rounds), "out")
+    out = capsys.readouterr().out
+    assert (says in out) if says else "one-shot head" not in out

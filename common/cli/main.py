@@ -18,6 +18,7 @@ from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING, RunConfig
 from common.errors import ConfigError, FedtlError, exit_codes_help
 from common.model_card import card_markdown, global_accuracy, read_model_card
 from common.privacy.accounting import ACCOUNTANTS
+from common.privacy.oneshot import NOISE_SHARE_WARNING
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
 from common.privacy.release import COUNT_MODES, METRIC_MODES
@@ -340,6 +341,11 @@ def _print_summary(report: Report, out: str) -> None:
               + f" (budget {final.target_epsilon})")
     else:
         print("no record-level differential privacy (--no-dp)")
+    shares = [r.noise_share for r in report.rounds if r.noise_share is not None]
+    if shares:
+        print(f"one-shot head: {min(shares[0], 1.0):.0%} of its scores' spread is the "
+              f"release's noise" + (" (mostly noise: it scores near chance)"
+                                    if shares[0] >= NOISE_SHARE_WARNING else ""))
     record_level = report.guarantees.record_level
     if record_level.released_outside_guarantee:
         print("released by sites outside that guarantee: "
