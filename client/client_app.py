@@ -31,9 +31,9 @@ from common.privacy.ledger import PrivacyLedger
 from common.features.model import full_model, head_shapes, save_model
 from common.privacy.centring import folded_head
 from common.personal import (ACCURACY_FILE, MODEL_FILE, OwnRelease, exact_release, load_head,
-                             load_own_release, logistic_toward, personal_dir,
-                             ridge_personal_head, save_head, save_joint_note,
-                             save_own_release)
+                             load_own_release, logistic_toward, note_own_release,
+                             personal_dir, ridge_personal_head, save_head,
+                             save_joint_note, save_own_release)
 from common.privacy.policy import REFUSED, admit
 from common.storage import write_json_atomically
 from common.data.scenario import Scenario, build_scenario
@@ -341,8 +341,11 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
             protocol.SAMPLING_RATE: 1.0, protocol.NOISE_MULTIPLIER: result.noise_multiplier,
             protocol.STEPS: 1})
         if result.own is not None:  # before anything leaves: the personal head needs it
-            save_own_release(personal_dir(at.site.state, at.run_key),
-                             OwnRelease(result.own, float(result.num_examples), basis))
+            own = OwnRelease(result.own, float(result.num_examples), basis)
+            save_own_release(personal_dir(at.site.state, at.run_key), own)
+            if cfg.dp and not cfg.personal_joint:  # joint heads use exact statistics instead
+                note_own_release(at.site.name, own, result.noise_multiplier, cfg.ridge_lambda,
+                                 cfg.personal_ridge_weight)
         resend.keep(at.site.state, at.run_key, key, update)
     site = at.site_record()
     site[protocol.PUBLIC_FINGERPRINT] = basis.fingerprint

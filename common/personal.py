@@ -8,6 +8,7 @@ the budget again.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, UpdateRejectedError
-from common.privacy.oneshot import (PublicBasis, class_sums, embed, release_head,
-                                     second_moment)
+from common.privacy.oneshot import (NOISE_SHARE_WARNING, PublicBasis, class_sums, embed,
+                                     moment_matrix, noise_share, release_head, second_moment,
+                                     sums_std)
 from common.storage import write_atomically
+
+log = logging.getLogger("fedtl.site")
 
 HEAD_FILE = "head.npz"
 MODEL_FILE = "model.keras"
@@ -110,6 +114,35 @@ def load_own_release(folder: Path, feature_dim: int) -> OwnRelease | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"the site's kept one-shot release {path} is unreadable ({exc}); "
                           "without it this run's personal head cannot be built") from exc
+
+
+def own_release_share(own: OwnRelease, noise_multiplier: float, penalty: float) -> float:
+    """How much of a ridge head solved from the site's own kept release alone is that
+    release's noise (`noise_share` at the site's full noise): the part of its personal head
+    that rests on the site's own release. Post-processing of the noised release: it spends
+    nothing, and the figure stays at the site."""
+    k = own.basis.components.shape[1]
+    moment = moment_matrix(np.asarray(own.arrays[1], np.float64), k) if len(own.arrays) > 1 \
+        else None
+    return noise_share(np.asarray(own.arrays[0], np.float64), own.count, own.basis.variances,
+                       penalty, sums_std(noise_multiplier, moment is not None), moment)
+
+
+def note_own_release(site: str, own: OwnRelease, noise_multiplier: float, penalty: float,
+                     weight: float) -> float:
+    """Log, at the site, how much of its own release is noise, and warn when its personal
+    head would lean on mostly noise: the server's warning is about the federation's summed
+    head, which a small site's own release can be far noisier than."""
+    share = own_release_share(own, noise_multiplier, penalty)
+    message = (f"site {site}: its own one-shot release ({own.count:.0f} images) is "
+               f"{min(share, 1.0):.0%} noise by the spread of the head it gives")
+    if share < NOISE_SHARE_WARNING:
+        log.info(message)
+    else:
+        log.warning(f"warning: {message}: its personal head counts that release {weight:g} "
+                    "times and will lean on mostly noise. A smaller --personal-ridge-weight "
+                    "or --personal-tuning bias keeps the personal head nearer the federation's.")
+    return share
 
 
 def ridge_personal_head(global_head: Sequence[np.ndarray], totals: Sequence[np.ndarray],

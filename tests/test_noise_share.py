@@ -1,5 +1,5 @@
-"""How much of a one-shot head is the release's noise: the measure, and the server's warning
-when a head is mostly noise."""
+"""How much of a one-shot head is the release's noise: the measure, the server's warning
+when the federation's head is mostly noise, and a site's when its own release is."""
 
 import logging
 
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from common.config import RunConfig
+from common.personal import OwnRelease, note_own_release, own_release_share
 from common.privacy.oneshot import (NOISE_SHARE_WARNING, class_sums, embed, noise_share,
-                                    noised, public_basis, ridge_solution, sums_std)
+                                    noised, noised_moment, public_basis, ridge_solution,
+                                    second_moment, sums_std)
 from common.privacy.release import sums_noise
 from server.oneshot import solve_release
 from server.runbook import RunBook
@@ -94,3 +96,42 @@ def test_the_server_warns_when_the_one_shot_head_is_mostly_noise(
     assert f"{min(share, 1.0):.0%}" in line and f"{sites} site(s)" in line
     if warned:
         assert "mostly noise" in warnings[0] and "--public-components" in warnings[0]
+
+
+def own_release(images: int, moment: bool = False, seed: int = 3) -> OwnRelease:
+    rng, basis, _ = setting(images, seed)
+    x, y = sites_features(rng, images)
+    z = embed(x, basis)
+    arrays = [noised(class_sums(z, y, CLASSES), 1.5, rng, moment=moment)]
+    if moment:
+        arrays.append(noised_moment(second_moment(z), 1.5, rng))
+    return OwnRelease(arrays, float(images), basis)
+
+
+def test_a_sites_own_release_of_pure_noise_is_measured_as_all_noise() -> None:
+    rng, basis, clean = setting(400)
+    shares = [own_release_share(OwnRelease([noised(np.zeros_like(clean), 1.5, rng)], 400.0,
+                                           basis), 1.5, 8.0) for _ in range(300)]
+    assert np.mean(shares) == pytest.approx(1.0, abs=0.07)
+
+
+@pytest.mark.parametrize("moment", [False, True])
+def test_a_sites_own_release_is_less_noise_the_more_images_it_sums(moment: bool) -> None:
+    shares = [own_release_share(own_release(n, moment), 1.5, 8.0) for n in (10, 400, 20000)]
+    assert shares[0] > shares[1] > shares[2], shares
+    assert shares[0] >= NOISE_SHARE_WARNING > shares[2], shares
+
+
+@pytest.mark.parametrize(("images", "warned"), [(10, True), (20000, False)])
+def test_a_site_warns_when_its_personal_head_would_lean_on_mostly_noise(
+        caplog: pytest.LogCaptureFixture, images: int, warned: bool) -> None:
+    own = own_release(images)
+    with caplog.at_level(logging.INFO, logger="fedtl.site"):
+        share = note_own_release("site-7", own, 1.5, 8.0, 4.0)
+    assert share == own_release_share(own, 1.5, 8.0)
+    lines = [r for r in caplog.records if "site-7" in r.getMessage()]
+    assert len(lines) == 1 and f"{min(share, 1.0):.0%} noise" in lines[0].getMessage()
+    assert (lines[0].levelno == logging.WARNING) is warned
+    if warned:
+        assert "counts that release 4 times" in lines[0].getMessage()
+        assert "--personal-ridge-weight" in lines[0].getMessage()
