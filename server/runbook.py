@@ -172,6 +172,7 @@ class RunBook:
     def record_accuracy(self, evaluation: SiteEvaluation) -> str:
         site = self.label(evaluation.node_id, evaluation.name)
         self.current.site_accuracy[site] = evaluation.accuracy
+        self.current.site_held_out[site] = evaluation.num_examples
         return site
 
     def close_round(self, accuracy: float | None) -> None:

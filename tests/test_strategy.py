@@ -269,6 +269,7 @@ def test_evaluation_replies_average_by_held_out_count_beside_the_mean_site_and_b
     assert s.book.current.accuracy == pytest.approx(np.average([0.5, 1.0], weights=[10, 30]))
     assert s.book.current.mean_site_accuracy == pytest.approx(0.75)  # each site counts once
     assert s.book.current.site_accuracy == {"site-1": 0.5, "site-2": 1.0}
+    assert s.book.current.site_held_out == {"site-1": 10, "site-2": 30}  # what they weighed
     assert seen == [s.book.current]
 
 

@@ -1,10 +1,13 @@
-"""The summary a run prints says which head its per-site figures are of."""
+"""The summary a run prints says which head its per-site figures are of, how much of a
+one-shot head is noise, and how far noised figures may be off."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from common.cli.main import _print_summary
+from common.privacy.release import NOISED_ACCURACY, noisy_accuracy, noisy_accuracy_std
 from common.report import RoundRecord
 
 from .test_model_card import a_report
@@ -48,3 +51,42 @@ def test_a_one_shot_run_says_how_much_of_its_head_is_noise(
     _print_summary(dataclasses.replace(report, rounds=rounds), "out")
     out = capsys.readouterr().out
     assert (says in out) if says else "one-shot head" not in out
+
+
+def test_a_noised_figures_std_is_what_noised_figures_scatter_by() -> None:
+    rng = np.random.default_rng(5)
+    for accuracy, total in ((0.7, 1000), (0.3, 400)):
+        draws = [noisy_accuracy(int(accuracy * total), total, noise=30.0, rng=rng)
+                 for _ in range(4000)]
+        assert np.std(draws) == pytest.approx(noisy_accuracy_std(accuracy, total, 30.0),
+                                              rel=0.08)
+
+
+@pytest.mark.parametrize("held_out, says", [
+    ({"a": 1000, "b": 400}, "held-out figures are noised (std 30 images on correct and on "
+     "total): each site's may be off by about ±4-9 points (one std) on its 400-1000 held-out "
+     "images\n"),
+    ({"a": 150, "b": 150}, "off by about ±24-26 points (one std) on its 150 held-out images; "
+     "at that size they say little about the model (larger held-out splits, --holdout, "
+     "would help)\n"),
+    ({"a": 8, "b": 6}, "off by about ±50+ points (one std) on its 6-8 held-out images; at that "
+     "size they are noise, not a measure of the model"),
+])
+def test_noised_figures_say_how_far_off_they_may_be(
+        capsys: pytest.CaptureFixture[str], held_out: dict[str, int], says: str) -> None:
+    report = a_report()
+    guarantees = dataclasses.replace(report.guarantees, record_level=dataclasses.replace(
+        report.guarantees.record_level, covers=["head updates", NOISED_ACCURACY]))
+    rounds = [RoundRecord(round=1, site_accuracy={"a": 0.8, "b": 0.7}, site_held_out=held_out)]
+    _print_summary(dataclasses.replace(report, rounds=rounds, guarantees=guarantees,
+                                       settings={**report.settings, "metric-noise": 30.0}),
+                   "out")
+    out = capsys.readouterr().out
+    assert says in out
+    assert ("larger held-out splits" in out) is (min(held_out.values()) < 400)
+
+
+def test_exact_figures_print_no_noise_line(capsys: pytest.CaptureFixture[str]) -> None:
+    rounds = [RoundRecord(round=1, site_accuracy={"a": 0.8}, site_held_out={"a": 8})]
+    _print_summary(dataclasses.replace(a_report(), rounds=rounds), "out")
+    assert "held-out figures are noised" not in capsys.readouterr().out

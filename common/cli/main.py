@@ -21,7 +21,8 @@ from common.privacy.accounting import ACCOUNTANTS
 from common.privacy.oneshot import NOISE_SHARE_WARNING
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
-from common.privacy.release import COUNT_MODES, METRIC_MODES
+from common.privacy.release import (COUNT_MODES, METRIC_MODES, NOISED_ACCURACY,
+                                    noisy_accuracy_std)
 
 _P = SitePolicy()
 
@@ -346,6 +347,9 @@ def _print_summary(report: Report, out: str) -> None:
         print(f"one-shot head: {min(shares[0], 1.0):.0%} of its scores' spread is the "
               f"release's noise" + (" (mostly noise: it scores near chance)"
                                     if shares[0] >= NOISE_SHARE_WARNING else ""))
+    noised = _noised_figures_line(report)
+    if noised:
+        print(noised)
     record_level = report.guarantees.record_level
     if record_level.released_outside_guarantee:
         print("released by sites outside that guarantee: "
@@ -363,6 +367,41 @@ def _print_summary(report: Report, out: str) -> None:
     print(f"written: {out}/report.json, {out}/model.keras with {out}/model_card.md, "
           f"{out}/accuracy.png, {out}/epsilon.png, "
           f"{out}/tensorboard/ (uv run --with tensorboard tensorboard --logdir {Path(out).parent})")
+
+
+# A figure whose one-std error is this or more tells its reader little (README: What leaves
+# a site, on noised figures and held-out sizes).
+NOISED_FIGURES_LITTLE = 0.10
+NOISED_FIGURES_NOISE = 0.50  # more than a figure spread uniformly over [0, 1] (0.29)
+
+
+def _noised_figures_line(report: Report) -> str | None:
+    """How far the sites' noised held-out figures may be off, from the last round's held-out
+    counts: on small splits a noised figure says little, and two of them can disagree."""
+    if NOISED_ACCURACY not in report.guarantees.record_level.covers:
+        return None
+    last = next((r for r in reversed(report.rounds) if r.site_held_out), None)
+    noise = report.settings.get("metric-noise")
+    if last is None or not isinstance(noise, int | float):
+        return None
+    stds = [noisy_accuracy_std(last.site_accuracy.get(site, 0.5), n, noise)
+            for site, n in last.site_held_out.items()]
+    sizes = sorted(last.site_held_out.values())
+
+    def points(std: float) -> str:  # figures are clipped to [0, 1]: beyond 50 is all noise
+        return "50+" if std >= NOISED_FIGURES_NOISE else f"{100 * std:.0f}"
+
+    low, high = points(min(stds)), points(max(stds))
+    line = (f"held-out figures are noised (std {noise:g} images on correct and on total): "
+            f"each site's may be off by about ±{low}" + (f"-{high}" if high != low else "")
+            + f" points (one std) on its {sizes[0]}"
+            + (f"-{sizes[-1]}" if sizes[-1] != sizes[0] else "") + " held-out images")
+    if max(stds) >= NOISED_FIGURES_NOISE:
+        line += "; at that size they are noise, not a measure of the model"
+    elif max(stds) >= NOISED_FIGURES_LITTLE:
+        line += "; at that size they say little about the model"
+    return line + (" (larger held-out splits, --holdout, would help)"
+                   if max(stds) >= NOISED_FIGURES_LITTLE else "")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -70,6 +70,12 @@ def noisy_accuracy(correct: int, total: int, *, noise: float,
     return float(min(1.0, max(0.0, noisy_correct / noisy_total)))
 
 
+def noisy_accuracy_std(accuracy: float, total: float, noise: float) -> float:
+    """About how far a `noisy_accuracy` figure lies from the true one (one std, by the delta
+    method on (correct + e1) / (total + e2)): what a reader of noised figures must allow."""
+    return float(noise) * float(np.sqrt(1.0 + float(accuracy) ** 2)) / max(float(total), 1.0)
+
+
 def held_out_weight(public_train: int, holdout: float) -> int:
     """How many held-out images a site is taken to have, from its released training count
     (what weights its accuracy in the server's average when counts are not exact)."""
@@ -141,6 +147,7 @@ class Releases:
     outside: tuple[str, ...]  # what leaves the site outside it
 
 
+NOISED_ACCURACY = "noised held-out accuracy"
 SUMS_LOCAL = "noised per-class feature sums and counts (one-shot head)"
 SUMS_DISTRIBUTED = ("noised per-class feature sums and counts (one-shot head), the noise "
                     "distributed: a site added 1/N of it and SecAgg+ showed the server only "
@@ -169,7 +176,7 @@ def releases(cfg: RunConfig) -> Releases:
     else:
         outside.append(f"example counts ({cfg.example_counts})")
     if cfg.site_metrics == "noised":
-        covered.append("noised held-out accuracy")
+        covered.append(NOISED_ACCURACY)
     elif cfg.site_metrics == "exact":
         outside += ["held-out accuracy", "train loss", "skipped-image counts",
                     "feature-extraction seconds"]
