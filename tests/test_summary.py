@@ -79,8 +79,8 @@ def test_noised_figures_say_how_far_off_they_may_be(
         report.guarantees.record_level, covers=["head updates", NOISED_ACCURACY]))
     rounds = [RoundRecord(round=1, site_accuracy={"a": 0.8, "b": 0.7}, site_held_out=held_out)]
     _print_summary(dataclasses.replace(report, rounds=rounds, guarantees=guarantees,
-                                       settings={**report.settings, "metric-noise": 30.0}),
-                   "out")
+                                       settings={**report.settings, "metric-noise": 30.0,
+                                                 "site-metrics": "noised"}), "out")
     out = capsys.readouterr().out
     assert says in out
     assert ("larger held-out splits" in out) is (min(held_out.values()) < 400)
@@ -90,3 +90,20 @@ def test_exact_figures_print_no_noise_line(capsys: pytest.CaptureFixture[str]) -
     rounds = [RoundRecord(round=1, site_accuracy={"a": 0.8}, site_held_out={"a": 8})]
     _print_summary(dataclasses.replace(a_report(), rounds=rounds), "out")
     assert "held-out figures are noised" not in capsys.readouterr().out
+
+
+def test_only_the_sites_whose_policy_noised_their_figures_are_said_to_be_noised(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    report = a_report()
+    record_level = dataclasses.replace(
+        report.guarantees.record_level, covers=["head updates", NOISED_ACCURACY],
+        tightened_by_sites={"b": ["target-epsilon 3.0 -> 2.0", "site-metrics exact -> noised"]})
+    rounds = [RoundRecord(round=1, site_accuracy={"a": 0.8, "b": 0.7},
+                          site_held_out={"a": 10, "b": 1000})]
+    _print_summary(dataclasses.replace(
+        report, rounds=rounds,
+        guarantees=dataclasses.replace(report.guarantees, record_level=record_level),
+        settings={**report.settings, "metric-noise": 30.0, "site-metrics": "exact"}), "out")
+    assert ("the held-out figures of 1 of 2 sites are noised (std 30 images on correct and on "
+            "total): each site's may be off by about ±4 points (one std) on its 1000 held-out "
+            "images\n") in capsys.readouterr().out

@@ -384,15 +384,26 @@ def _noised_figures_line(report: Report) -> str | None:
     noise = report.settings.get("metric-noise")
     if last is None or not isinstance(noise, int | float):
         return None
+    tightened = report.guarantees.record_level.tightened_by_sites
+
+    def mode(site: str) -> Any:  # as the site played the run: its policy may have tightened it
+        changes = [c for c in tightened.get(site, []) if c.startswith("site-metrics ")]
+        return changes[-1].rsplit("-> ", 1)[-1] if changes else report.settings.get("site-metrics")
+
+    held_out = {s: n for s, n in last.site_held_out.items() if mode(s) == "noised"}
+    if not held_out:
+        return None
     stds = [noisy_accuracy_std(last.site_accuracy.get(site, 0.5), n, noise)
-            for site, n in last.site_held_out.items()]
-    sizes = sorted(last.site_held_out.values())
+            for site, n in held_out.items()]
+    sizes = sorted(held_out.values())
+    whose = ("held-out figures are" if len(held_out) == len(last.site_held_out) else
+             f"the held-out figures of {len(held_out)} of {len(last.site_held_out)} sites are")
 
     def points(std: float) -> str:  # figures are clipped to [0, 1]: beyond 50 is all noise
         return "50+" if std >= NOISED_FIGURES_NOISE else f"{100 * std:.0f}"
 
     low, high = points(min(stds)), points(max(stds))
-    line = (f"held-out figures are noised (std {noise:g} images on correct and on total): "
+    line = (f"{whose} noised (std {noise:g} images on correct and on total): "
             f"each site's may be off by about ±{low}" + (f"-{high}" if high != low else "")
             + f" points (one std) on its {sizes[0]}"
             + (f"-{sizes[-1]}" if sizes[-1] != sizes[0] else "") + " held-out images")
