@@ -343,10 +343,11 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
         if result.own is not None:  # before anything leaves: the personal head needs it
             own = OwnRelease(result.own, float(result.num_examples), basis)
             save_own_release(personal_dir(at.site.state, at.run_key), own)
-            if cfg.dp and not cfg.personal_joint:  # joint heads use exact statistics instead
-                note_own_release(at.site.name, own, result.noise_multiplier, cfg.ridge_lambda,
-                                 cfg.personal_ridge_weight)
         resend.keep(at.site.state, at.run_key, key, update)
+        # Log-only, after the spent release is kept: nothing in it can cost the reply.
+        if result.own is not None and cfg.dp and not cfg.personal_joint:  # joint: exact stats
+            note_own_release(at.site.name, own, result.noise_multiplier, cfg.ridge_lambda,
+                             cfg.personal_ridge_weight)
     site = at.site_record()
     site[protocol.PUBLIC_FINGERPRINT] = basis.fingerprint
     return RecordDict({protocol.ARRAYS: ArrayRecord(update.weights),

@@ -22,7 +22,7 @@ from common.privacy.oneshot import NOISE_SHARE_WARNING
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
 from common.privacy.release import (COUNT_MODES, METRIC_MODES, NOISED_ACCURACY,
-                                    noisy_accuracy_std)
+                                    noisy_accuracy_std, played_settings)
 
 _P = SitePolicy()
 
@@ -385,12 +385,9 @@ def _noised_figures_line(report: Report) -> str | None:
     if last is None or not isinstance(noise, int | float):
         return None
     tightened = report.guarantees.record_level.tightened_by_sites
-
-    def mode(site: str) -> Any:  # as the site played the run: its policy may have tightened it
-        changes = [c for c in tightened.get(site, []) if c.startswith("site-metrics ")]
-        return changes[-1].rsplit("-> ", 1)[-1] if changes else report.settings.get("site-metrics")
-
-    held_out = {s: n for s, n in last.site_held_out.items() if mode(s) == "noised"}
+    held_out = {s: n for s, n in last.site_held_out.items()
+                if played_settings(report.settings, tightened.get(s, [])).get("site-metrics")
+                == "noised"}
     if not held_out:
         return None
     stds = [noisy_accuracy_std(last.site_accuracy.get(site, 0.5), n, noise)
@@ -407,12 +404,12 @@ def _noised_figures_line(report: Report) -> str | None:
             f"each site's may be off by about ±{low}" + (f"-{high}" if high != low else "")
             + f" points (one std) on its {sizes[0]}"
             + (f"-{sizes[-1]}" if sizes[-1] != sizes[0] else "") + " held-out images")
+    hint = " (larger held-out splits, --holdout, would help)"
     if max(stds) >= NOISED_FIGURES_NOISE:
-        line += "; at that size they are noise, not a measure of the model"
-    elif max(stds) >= NOISED_FIGURES_LITTLE:
-        line += "; at that size they say little about the model"
-    return line + (" (larger held-out splits, --holdout, would help)"
-                   if max(stds) >= NOISED_FIGURES_LITTLE else "")
+        return line + "; at that size they are noise, not a measure of the model" + hint
+    if max(stds) >= NOISED_FIGURES_LITTLE:
+        return line + "; at that size they say little about the model" + hint
+    return line
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -191,14 +192,21 @@ def releases(cfg: RunConfig) -> Releases:
 _CHANGE = re.compile(r"(?P<key>[a-z][a-z-]*) (?P<old>\S+) -> (?P<new>\S+)")
 
 
-def as_played(cfg: RunConfig, tightened: list[str] | tuple[str, ...]) -> RunConfig:
-    """``cfg`` as a site played it, from the changes its policy reported ("key old -> new");
-    a change that does not parse is ignored (the run's own settings then stand)."""
-    values = cfg.to_flower()
+def played_settings(settings: Mapping[str, Any], tightened: Sequence[str]) -> dict[str, Any]:
+    """A run's settings (`RunConfig.to_flower`, a report's ``settings``) as a site played
+    them, from the changes its policy reported ("key old -> new"); a change that does not
+    parse is ignored (the run's own setting then stands)."""
+    values = dict(settings)
     for change in tightened:
         match = _CHANGE.fullmatch(change)
         if match and match["key"] in values:
             values[match["key"]] = match["new"]
+    return values
+
+
+def as_played(cfg: RunConfig, tightened: list[str] | tuple[str, ...]) -> RunConfig:
+    """``cfg`` as a site played it (`played_settings`)."""
+    values = played_settings(cfg.to_flower(), tightened)
     try:
         return type(cfg).from_flower(values)
     except ValueError:
