@@ -16,6 +16,7 @@ import numpy as np
 
 from common.config import HEAD_METHODS, STRATEGIES, RunConfig
 from common.errors import ConfigError
+from common.noised_figures import noised_figures
 from common.report import Report, plot_series, plot_site_bars
 from common.storage import write_json_atomically
 from simulations.pooled import pooled_reference
@@ -85,6 +86,7 @@ def parse_variants(text: str) -> list[Variant]:
 def summarize(report: Report) -> dict[str, Any]:
     """What the comparison keeps of one run's report."""
     final = report.final
+    noised = noised_figures(report)
     return {
         "mean_site_accuracy": final.mean_site_accuracy,
         "worst_site_accuracy": final.worst_site_accuracy,
@@ -101,6 +103,8 @@ def summarize(report: Report) -> dict[str, Any]:
                     "unseen_accuracy": r.unseen_accuracy, "epsilon_max": r.epsilon_max}
                    for r in report.rounds],
         "total_seconds": report.timing.total_seconds,
+        # Noised held-out figures: how far the mean site figure may be off by that noise alone.
+        "noised_mean_site_std": None if noised is None else noised.mean_site_std,
     }
 
 
@@ -125,6 +129,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["rounds"] = [
         {key: _mean([r["rounds"][i][key] for r in runs]) if key != "round" else rnd["round"]
          for key in rnd} for i, rnd in enumerate(runs[0]["rounds"])]
+    out["noised_mean_site_std"] = _mean([r.get("noised_mean_site_std") for r in runs])
     out["runs"] = runs
     return out
 
@@ -233,6 +238,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                 text += f" ({100 * (value - reference):+.1f})"
             cells.append(f"{text:>{cell}}")
         lines.append(f"{name:<{width}} " + " ".join(cells))
+    noised = {name: r["noised_mean_site_std"] for name, r in results.items()
+              if r.get("noised_mean_site_std") is not None}
+    if noised:
+        lines += ["", "noised held-out figures: a run's mean site figure may be off by about this "
+                  "much from the release's noise alone (one std; a site's own figure by more)"]
+        lines += [f"{name:<{width}} ±{100 * std:.1f} points" for name, std in noised.items()]
     return "\n".join(lines)
 
 

@@ -72,6 +72,6 @@ def test_the_card_gives_the_saved_global_heads_accuracy_not_the_personal_heads()
     card = model_card(report)
     assert card["held_out_accuracy"] == {
         "mean_site": pytest.approx(0.75), "weighted_by_images": 0.8, "worst_site": 0.7,
-        "per_site": {"a": 0.8, "b": 0.7}, "unseen_site": None}
+        "per_site": {"a": 0.8, "b": 0.7}, "unseen_site": None, "noised": None}
     assert ("mean over sites 0.750, worst site 0.700, weighted by the sites' held-out images "
             "0.800") in card_markdown(card)

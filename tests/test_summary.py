@@ -65,11 +65,13 @@ def test_a_noised_figures_std_is_what_noised_figures_scatter_by() -> None:
 @pytest.mark.parametrize("held_out, says", [
     ({"a": 1000, "b": 400}, "held-out figures are noised (std 30 images on correct and on "
      "total): each site's may be off by about ±4-9 points (one std) on its 400-1000 held-out "
-     "images\n"),
-    ({"a": 150, "b": 150}, "off by about ±24-26 points (one std) on its 150 held-out images; "
+     "images, the mean over sites by about ±5\n"),
+    ({"a": 150, "b": 150}, "off by about ±24-26 points (one std) on its 150 held-out images, "
+     "the mean over sites by about ±18; "
      "at that size they say little about the model (larger held-out splits, --holdout, "
      "would help)\n"),
-    ({"a": 8, "b": 6}, "off by about ±50+ points (one std) on its 6-8 held-out images; at that "
+    ({"a": 8, "b": 6}, "off by about ±50+ points (one std) on its 6-8 held-out images, the "
+     "mean over sites by about ±50+; at that "
      "size they are noise, not a measure of the model"),
 ])
 def test_noised_figures_say_how_far_off_they_may_be(
@@ -106,4 +108,4 @@ def test_only_the_sites_whose_policy_noised_their_figures_are_said_to_be_noised(
         settings={**report.settings, "metric-noise": 30.0, "site-metrics": "exact"}), "out")
     assert ("the held-out figures of 1 of 2 sites are noised (std 30 images on correct and on "
             "total): each site's may be off by about ±4 points (one std) on its 1000 held-out "
-            "images\n") in capsys.readouterr().out
+            "images, the mean over sites by about ±2\n") in capsys.readouterr().out

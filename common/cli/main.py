@@ -17,12 +17,12 @@ from common.cli.options import (HelpFormatter, add_settings, preset_overridden, 
 from common.config import BASE_DTYPES, ENGINE, SCENARIO, TRAINING, RunConfig
 from common.errors import ConfigError, FedtlError, exit_codes_help
 from common.model_card import card_markdown, global_accuracy, read_model_card
+from common.noised_figures import noised_figures
 from common.privacy.accounting import ACCOUNTANTS
 from common.privacy.oneshot import NOISE_SHARE_WARNING
 from common.privacy.policy import ACTIONS, SitePolicy
 from common.report import Report
-from common.privacy.release import (COUNT_MODES, METRIC_MODES, NOISED_ACCURACY,
-                                    noisy_accuracy_std, played_settings)
+from common.privacy.release import COUNT_MODES, METRIC_MODES
 
 _P = SitePolicy()
 
@@ -369,47 +369,9 @@ def _print_summary(report: Report, out: str) -> None:
           f"{out}/tensorboard/ (uv run --with tensorboard tensorboard --logdir {Path(out).parent})")
 
 
-# A figure whose one-std error is this or more tells its reader little (README: What leaves
-# a site, on noised figures and held-out sizes).
-NOISED_FIGURES_LITTLE = 0.10
-NOISED_FIGURES_NOISE = 0.50  # more than a figure spread uniformly over [0, 1] (0.29)
-
-
 def _noised_figures_line(report: Report) -> str | None:
-    """How far the sites' noised held-out figures may be off, from the last round's held-out
-    counts: on small splits a noised figure says little, and two of them can disagree."""
-    if NOISED_ACCURACY not in report.guarantees.record_level.covers:
-        return None
-    last = next((r for r in reversed(report.rounds) if r.site_held_out), None)
-    noise = report.settings.get("metric-noise")
-    if last is None or not isinstance(noise, int | float):
-        return None
-    tightened = report.guarantees.record_level.tightened_by_sites
-    held_out = {s: n for s, n in last.site_held_out.items()
-                if played_settings(report.settings, tightened.get(s, [])).get("site-metrics")
-                == "noised"}
-    if not held_out:
-        return None
-    stds = [noisy_accuracy_std(last.site_accuracy.get(site, 0.5), n, noise)
-            for site, n in held_out.items()]
-    sizes = sorted(held_out.values())
-    whose = ("held-out figures are" if len(held_out) == len(last.site_held_out) else
-             f"the held-out figures of {len(held_out)} of {len(last.site_held_out)} sites are")
-
-    def points(std: float) -> str:  # figures are clipped to [0, 1]: beyond 50 is all noise
-        return "50+" if std >= NOISED_FIGURES_NOISE else f"{100 * std:.0f}"
-
-    low, high = points(min(stds)), points(max(stds))
-    line = (f"{whose} noised (std {noise:g} images on correct and on total): "
-            f"each site's may be off by about ±{low}" + (f"-{high}" if high != low else "")
-            + f" points (one std) on its {sizes[0]}"
-            + (f"-{sizes[-1]}" if sizes[-1] != sizes[0] else "") + " held-out images")
-    hint = " (larger held-out splits, --holdout, would help)"
-    if max(stds) >= NOISED_FIGURES_NOISE:
-        return line + "; at that size they are noise, not a measure of the model" + hint
-    if max(stds) >= NOISED_FIGURES_LITTLE:
-        return line + "; at that size they say little about the model" + hint
-    return line
+    noised = noised_figures(report)
+    return None if noised is None else noised.describe()
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
