@@ -32,7 +32,7 @@ from common.features.model import full_model, head_shapes, save_model
 from common.privacy.centring import folded_head
 from common.personal import (ACCURACY_FILE, MODEL_FILE, OwnRelease, exact_release, load_head,
                              load_own_release, logistic_toward, note_own_release,
-                             personal_dir, ridge_personal_head, save_head,
+                             own_release_share, personal_dir, ridge_personal_head, save_head,
                              save_joint_note, save_own_release)
 from common.privacy.policy import REFUSED, admit
 from common.storage import write_json_atomically
@@ -341,7 +341,8 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
             protocol.SAMPLING_RATE: 1.0, protocol.NOISE_MULTIPLIER: result.noise_multiplier,
             protocol.STEPS: 1})
         if result.own is not None:  # before anything leaves: the personal head needs it
-            own = OwnRelease(result.own, float(result.num_examples), basis)
+            own = OwnRelease(result.own, float(result.num_examples), basis,
+                             result.noise_multiplier if cfg.dp else None)
             save_own_release(personal_dir(at.site.state, at.run_key), own)
         resend.keep(at.site.state, at.run_key, key, update)
         # Log-only, after the spent release is kept: nothing in it can cost the reply.
@@ -386,7 +387,8 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
         write_json_atomically(folder / ACCURACY_FILE, {
             "held_out_images": len(data.test_y),
             "personal_head": evaluate(cfg, data, weights),
-            "global_head": evaluate(cfg, data, _head(at))})
+            "global_head": evaluate(cfg, data, _head(at)),
+            **_own_release_share(at, folder)})
         save_head(folder, weights)  # last: its presence means "done, both saved"
 
     def figures() -> Figures:
@@ -404,6 +406,19 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
 
     return RecordDict({protocol.METRICS: MetricRecord(_released_once(at, "personalize", figures)),
                        protocol.SITE: at.site_record()})
+
+
+def _own_release_share(at: _Opened, folder: Path) -> dict[str, float]:
+    """How much of the site's own kept release is noise, kept beside the personal head that
+    leans on it (the log line at release time is gone by then, or was never shown)."""
+    cfg = at.cfg
+    if not (cfg.dp and cfg.personal_from_release) or cfg.personal_joint:
+        return {}  # no own release, or exact statistics in its place
+    own = load_own_release(folder, at.data.test_x.shape[1])
+    if own is None or own.noise_multiplier is None:
+        return {}
+    return {"own_release_noise_share": round(
+        own_release_share(own, own.noise_multiplier, cfg.ridge_lambda), 4)}
 
 
 def _ridge_personal(at: _Opened, msg: Message, folder: Path,

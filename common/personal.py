@@ -89,11 +89,16 @@ class OwnRelease:
     arrays: list[np.ndarray]  # as `common.privacy.oneshot.release_shapes` lists them
     count: float
     basis: PublicBasis
+    # The full noise it was released at; None for exact statistics or a file kept before
+    # the noise was kept with it.
+    noise_multiplier: float | None = None
 
 
 def save_own_release(folder: Path, release: OwnRelease) -> None:
     """Written atomically before the release leaves the site, readable by the site only."""
-    arrays = {"count": np.float64(release.count),
+    noise = ({} if release.noise_multiplier is None
+             else {"noise_multiplier": np.float64(release.noise_multiplier)})
+    arrays = {"count": np.float64(release.count), **noise,
               "recipe": np.frombuffer(release.basis.recipe.encode(), dtype=np.uint8),
               **{f"basis_{i}": a for i, a in enumerate(release.basis.arrays())},
               **{f"arr_{i}": a for i, a in enumerate(release.arrays)}}
@@ -110,7 +115,8 @@ def load_own_release(folder: Path, feature_dim: int) -> OwnRelease | None:
             arrays = [data[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in data))]
             basis = PublicBasis.from_arrays([data[f"basis_{i}"] for i in range(3)],
                                             feature_dim, data["recipe"].tobytes().decode())
-            return OwnRelease(arrays, float(data["count"]), basis)
+            noise = float(data["noise_multiplier"]) if "noise_multiplier" in data else None
+            return OwnRelease(arrays, float(data["count"]), basis, noise)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"the site's kept one-shot release {path} is unreadable ({exc}); "
                           "without it this run's personal head cannot be built") from exc

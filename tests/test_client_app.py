@@ -14,7 +14,8 @@ from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, 
 from client.client_app import make_client_app
 from common import protocol
 from common.config import RunConfig
-from common.personal import ACCURACY_FILE, JOINT_NOTE_FILE
+from common.personal import (ACCURACY_FILE, JOINT_NOTE_FILE, load_own_release,
+                             own_release_share)
 from common.features.model import base_fingerprint, initial_head_weights
 from common.site import base_spec
 
@@ -478,6 +479,18 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
     kept = json.loads((personal / ACCURACY_FILE).read_text())
     assert 0.0 <= kept["personal_head"] <= 1.0 and 0.0 <= kept["global_head"] <= 1.0
     assert kept["held_out_images"] > 0
+    # Beside it, how much of its own release (which a ridge personal head leans on) is noise,
+    # at the noise the release went out with; a joint head used exact statistics instead.
+    with np.load(personal / "head.npz") as head:  # its kernel's rows: the feature size
+        own = load_own_release(personal, head["arr_0"].shape[0])
+    assert own is not None and own.noise_multiplier == pytest.approx(
+        released.content[protocol.METRICS][protocol.NOISE_MULTIPLIER])
+    if played == "ridge":
+        assert kept["own_release_noise_share"] == pytest.approx(
+            own_release_share(own, own.noise_multiplier, run.ridge_lambda), abs=1e-4)
+        assert 0.0 < kept["own_release_noise_share"]
+    else:
+        assert "own_release_noise_share" not in kept
     assert json.loads(ledger.read_text())["runs"]["run-p"]["epsilon"] <= 10.0
     assert (personal / "head.npz").is_file() and (personal / "model.keras").is_file()
     stranger = real_site(tmp_path / "other", budget=10.0)  # never released in this run

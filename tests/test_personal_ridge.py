@@ -93,10 +93,13 @@ def test_the_personal_head_moves_the_global_head_by_the_ridge_with_the_sites_ima
 
 def test_the_kept_release_reads_back_and_an_unreadable_one_is_named(tmp_path: Path) -> None:
     basis = public_basis(features(400)[0], K, "test")
-    kept = OwnRelease([RNG.normal(size=(K + 1, CLASSES)).astype(np.float32)], 37.0, basis)
+    kept = OwnRelease([RNG.normal(size=(K + 1, CLASSES)).astype(np.float32)], 37.0, basis,
+                      noise_multiplier=2.5)
+    save_own_release(tmp_path / "exact", dataclasses.replace(kept, noise_multiplier=None))
+    assert load_own_release(tmp_path / "exact", D).noise_multiplier is None
     save_own_release(tmp_path, kept)
     back = load_own_release(tmp_path, D)
-    assert back is not None and back.count == 37.0
+    assert back is not None and back.count == 37.0 and back.noise_multiplier == 2.5
     assert back.basis.fingerprint == basis.fingerprint
     assert all(np.array_equal(a, b) for a, b in zip(back.arrays, kept.arrays, strict=True))
     assert load_own_release(tmp_path / "elsewhere", D) is None
