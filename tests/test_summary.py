@@ -109,3 +109,26 @@ def test_only_the_sites_whose_policy_noised_their_figures_are_said_to_be_noised(
     assert ("the held-out figures of 1 of 2 sites are noised (std 30 images on correct and on "
             "total): each site's may be off by about ±4 points (one std) on its 1000 held-out "
             "images, the mean over sites by about ±2\n") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("personal, says", [
+    (None, None),  # no own heads: nothing to set against the global head
+    ({"a": 0.9}, "own heads against the global head on the same sites: 1 higher, 0 lower, "
+                 "+10.0 points on average\n"),
+    ({"a": 0.7, "b": 0.72}, "own heads against the global head on the same sites: 1 higher, "
+                            "1 lower, -4.0 points on average\n"),
+    ({"a": 0.7, "b": 0.6}, "own heads against the global head on the same sites: 0 higher, "
+                           "2 lower, -10.0 points on average; here the global head is the "
+                           "better model for most sites"),
+])
+def test_own_heads_are_set_against_the_global_head_on_the_same_sites(
+        capsys: pytest.CaptureFixture[str], personal: dict[str, float] | None,
+        says: str | None) -> None:
+    report = a_report()  # the global head: a 0.8, b 0.7
+    final = dataclasses.replace(report.final, personalized=personal is not None,
+                                per_site_personal_accuracy=personal,
+                                per_site_accuracy={**report.final.per_site_global_accuracy,
+                                                   **(personal or {})})
+    _print_summary(dataclasses.replace(report, final=final), "out")
+    out = capsys.readouterr().out
+    assert (says in out) if says else "own heads against" not in out

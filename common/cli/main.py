@@ -21,7 +21,7 @@ from common.noised_figures import noised_figures
 from common.privacy.accounting import ACCOUNTANTS
 from common.privacy.oneshot import NOISE_SHARE_WARNING
 from common.privacy.policy import ACTIONS, SitePolicy
-from common.report import Report
+from common.report import FinalFigures, Report
 from common.privacy.release import COUNT_MODES, METRIC_MODES
 
 _P = SitePolicy()
@@ -334,6 +334,9 @@ def _print_summary(report: Report, out: str) -> None:
                  else f"own heads where released ({len(own)} of {len(sites)}), else global")
         print(f"per site ({which}): worst {final.worst_site_accuracy:.4f}, mean "
               f"{final.mean_site_accuracy:.4f}, spread (std) {final.site_accuracy_std:.4f}")
+        against = _own_against_global(final)
+        if against:
+            print(against)
     if final.unseen_domain_accuracy is not None:
         print(f"unseen-domain site (global head): {final.unseen_domain_accuracy:.4f}")
     if final.private:
@@ -367,6 +370,22 @@ def _print_summary(report: Report, out: str) -> None:
     print(f"written: {out}/report.json, {out}/model.keras with {out}/model_card.md, "
           f"{out}/accuracy.png, {out}/epsilon.png, "
           f"{out}/tensorboard/ (uv run --with tensorboard tensorboard --logdir {Path(out).parent})")
+
+
+def _own_against_global(final: FinalFigures) -> str | None:
+    """Each site's own head against the global head on the same held-out images: a mean
+    over own heads alone hides that on alike sites they cost (README: Personalization)."""
+    own, shared = final.per_site_personal_accuracy or {}, final.per_site_global_accuracy or {}
+    gains = [own[s] - shared[s] for s in sorted(own) if s in shared]
+    if not gains:
+        return None
+    higher, lower = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+    line = (f"own heads against the global head on the same sites: {higher} higher, {lower} "
+            f"lower, {100 * sum(gains) / len(gains):+.1f} points on average")
+    if lower > higher:
+        line += ("; here the global head is the better model for most sites (own heads help "
+                 "where sites differ and cost where they are alike)")
+    return line
 
 
 def _noised_figures_line(report: Report) -> str | None:
