@@ -30,10 +30,10 @@ from common.features.extraction import LazyBase
 from common.privacy.ledger import PrivacyLedger
 from common.features.model import full_model, head_shapes, save_model
 from common.privacy.centring import folded_head
-from common.personal import (ACCURACY_FILE, MODEL_FILE, OwnRelease, exact_release, load_head,
-                             load_own_release, logistic_toward, note_own_release,
-                             own_release_share, personal_dir, ridge_personal_head, save_head,
-                             save_joint_note, save_own_release)
+from common.personal import (ACCURACY_FILE, MODEL_FILE, OwnRelease, estimated_weight,
+                             exact_release, load_head, load_own_release, logistic_toward,
+                             note_own_release, own_release_share, personal_dir,
+                             ridge_personal_head, save_head, save_joint_note, save_own_release)
 from common.privacy.policy import REFUSED, admit
 from common.storage import write_json_atomically
 from common.data.scenario import Scenario, build_scenario
@@ -342,7 +342,7 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
             protocol.STEPS: 1})
         if result.own is not None:  # before anything leaves: the personal head needs it
             own = OwnRelease(result.own, float(result.num_examples), basis,
-                             result.noise_multiplier if cfg.dp else None)
+                             result.noise_multiplier if cfg.dp else 0.0)
             save_own_release(personal_dir(at.site.state, at.run_key), own)
         resend.keep(at.site.state, at.run_key, key, update)
         # Log-only, after the spent release is kept: nothing in it can cost the reply.
@@ -368,8 +368,8 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
         # Centred once here (as it is without --feature-centring site) for the joint fit,
         # the saved model (which takes raw images: the mean is folded in) and the figures.
         data = centred(cfg, data, account)
-        weights = (_ridge_personal(at, msg, folder, data) if cfg.personal_from_release
-                   else _head(at))
+        weights, about_own = (_ridge_personal(at, msg, folder, data)
+                              if cfg.personal_from_release else (_head(at), {}))
         if cfg.personal_joint:  # the site's own images, exact: this head never leaves it
             weights = logistic_toward(weights, data.train_x, data.train_y,
                                       cfg.personal_strength)
@@ -387,8 +387,7 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
         write_json_atomically(folder / ACCURACY_FILE, {
             "held_out_images": len(data.test_y),
             "personal_head": evaluate(cfg, data, weights),
-            "global_head": evaluate(cfg, data, _head(at)),
-            **_own_release_share(at, folder)})
+            "global_head": evaluate(cfg, data, _head(at)), **about_own})
         save_head(folder, weights)  # last: its presence means "done, both saved"
 
     def figures() -> Figures:
@@ -408,24 +407,13 @@ def _personalize(at: _Opened, msg: Message) -> RecordDict:
                        protocol.SITE: at.site_record()})
 
 
-def _own_release_share(at: _Opened, folder: Path) -> dict[str, float]:
-    """How much of the site's own kept release is noise, kept beside the personal head that
-    leans on it (the log line at release time is gone by then, or was never shown)."""
-    cfg = at.cfg
-    if not (cfg.dp and cfg.personal_from_release) or cfg.personal_joint:
-        return {}  # no own release, or exact statistics in its place
-    own = load_own_release(folder, at.data.test_x.shape[1])
-    if own is None or own.noise_multiplier is None:
-        return {}
-    return {"own_release_noise_share": round(
-        own_release_share(own, own.noise_multiplier, cfg.ridge_lambda), 4)}
-
-
 def _ridge_personal(at: _Opened, msg: Message, folder: Path,
-                    data: SiteData) -> list[np.ndarray]:
+                    data: SiteData) -> tuple[list[np.ndarray], dict[str, float]]:
     """The global head moved by this site's own kept release (`ridge_personal_head`; with
-    joint tuning, by its exact statistics of ``data``, centred as the run is); the server's
-    totals are checked like any input from it."""
+    joint tuning, by its exact statistics of ``data``, centred as the run is), and what the
+    site's operator is told about that release; the server's totals are checked like any
+    input from it."""
+    cfg = at.cfg
     own = load_own_release(folder, at.data.test_x.shape[1])
     if own is None:
         raise FedtlError(f"site {at.site.name} kept no one-shot release of run {at.run_key} "
@@ -434,19 +422,47 @@ def _ridge_personal(at: _Opened, msg: Message, folder: Path,
     if record is None:
         raise FedtlError("the server's personalization request carries no one-shot totals; "
                          "--personal-tuning ridge needs them")
-    shapes = release_shapes(own.basis.components.shape[1], len(at.cfg.classes),
-                            at.cfg.private_moment)
+    shapes = release_shapes(own.basis.components.shape[1], len(cfg.classes),
+                            cfg.private_moment)
     try:
         totals, count = protocol.check_one_shot_totals(
             record.to_numpy_ndarrays(), _config(msg).get(protocol.ONE_SHOT_COUNT), shapes,
             own.count)
-        if at.cfg.personal_joint:  # the site's own statistics in place of their noised copy
-            own = exact_release(data.averaged_train_x, data.train_y, len(at.cfg.classes),
-                                own.basis, at.cfg.private_moment)
-        return ridge_personal_head(_head(at), totals, count, own, at.cfg.ridge_lambda,
-                                   at.cfg.personal_ridge_weight)
+        if cfg.personal_joint:  # the site's own statistics in place of their noised copy
+            own = exact_release(data.averaged_train_x, data.train_y, len(cfg.classes),
+                                own.basis, cfg.private_moment)
+            return ridge_personal_head(_head(at), totals, count, own, cfg.ridge_lambda,
+                                       cfg.personal_ridge_weight), {}
+        weight, about = _own_weight(at, totals, count, own)
+        return ridge_personal_head(_head(at), totals, count, own, cfg.ridge_lambda,
+                                   weight), about
     except UpdateRejectedError as exc:
         raise FedtlError(f"site {at.site.name}: {exc}") from exc
+
+
+def _own_weight(at: _Opened, totals: list[np.ndarray], count: float,
+                own: OwnRelease) -> tuple[float, dict[str, float]]:
+    """How many times the site's own release counts in its personal head, and what its
+    operator is told about that release (the log line at release time may never be seen)."""
+    cfg = at.cfg
+    about: dict[str, float] = {}
+    if cfg.dp and own.noise_multiplier is not None:
+        about["own_release_noise_share"] = round(
+            own_release_share(own, own.noise_multiplier, cfg.ridge_lambda), 4)
+    weight = cfg.personal_ridge_weight
+    if cfg.personal_weighting == "estimated":
+        if own.noise_multiplier is None:  # kept by an earlier fedtl, without its noise
+            log.warning("site %s: its kept release does not say its noise; its personal head "
+                        "counts it --personal-ridge-weight %g times", at.site.name, weight)
+        else:
+            weight, excess = estimated_weight(totals, count, own,
+                                              cfg.personal_ridge_weight_cap)
+            about["own_release_excess"] = round(excess, 4)
+            log.info("site %s: its own release lies %.2f times its noise and sampling beyond "
+                     "its share of the run's; its personal head counts it %.2f times",
+                     at.site.name, excess, weight)
+    about["own_release_weight"] = round(weight, 4)
+    return weight, about
 
 
 def _evaluate(at: _Opened) -> RecordDict:

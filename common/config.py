@@ -26,6 +26,7 @@ HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
 SUMS_PRIORS = ("none", "public-hull")
 PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias", "joint")
+PERSONAL_WEIGHTINGS = ("fixed", "estimated")
 SECOND_MOMENTS = ("public", "private")
 FEATURE_CENTRINGS = ("public", "site")
 CLIENT_DP = ("off", "fixed", "adaptive")
@@ -274,6 +275,15 @@ class RunConfig:
     personal_ridge_weight: float = setting(
         4.0, "with --personal-tuning ridge or ridge+bias: how many times more a site's own "
         "one-shot release counts in its personal head", valid=POSITIVE)
+    personal_weighting: str = setting(
+        "fixed", "with --personal-tuning ridge or ridge+bias: fixed (--personal-ridge-weight) "
+        "or estimated (each site sets its own weight from how far its own release lies from "
+        "its share of the run's summed release beyond their noise: near 0 on sites like the "
+        "others, larger the more a site differs; post-processing of the two releases, at "
+        "most --personal-ridge-weight-cap)", choices=PERSONAL_WEIGHTINGS)
+    personal_ridge_weight_cap: float = setting(
+        16.0, "with --personal-weighting estimated: the largest weight a site sets itself",
+        valid=POSITIVE)
     personal_strength: float = setting(
         1e-4, "with --personal-tuning joint: how strongly the site's own logistic fit is "
         "pulled towards the federation's head (L2 on the kernel's distance from it)",

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, UpdateRejectedError
-from common.privacy.oneshot import (NOISE_SHARE_WARNING, PublicBasis, class_sums, embed,
-                                     moment_matrix, noise_share, release_head, second_moment,
-                                     sums_std)
+from common.privacy.oneshot import (COUNT_RATIO, NOISE_SHARE_WARNING, PublicBasis, class_sums,
+                                     embed, moment_matrix, noise_share, release_head,
+                                     second_moment, sums_std)
 from common.storage import write_atomically
 
 log = logging.getLogger("fedtl.site")
@@ -89,8 +89,8 @@ class OwnRelease:
     arrays: list[np.ndarray]  # as `common.privacy.oneshot.release_shapes` lists them
     count: float
     basis: PublicBasis
-    # The full noise it was released at; None for exact statistics or a file kept before
-    # the noise was kept with it.
+    # The full noise it was released at (0 without DP); None for a joint head's exact
+    # statistics or a file kept before the noise was kept with it.
     noise_multiplier: float | None = None
 
 
@@ -149,6 +149,44 @@ def note_own_release(site: str, own: OwnRelease, noise_multiplier: float, penalt
                     "times and will lean on mostly noise. A smaller --personal-ridge-weight "
                     "or --personal-tuning bias keeps the personal head nearer the federation's.")
     return share
+
+
+def estimated_weight(totals: Sequence[np.ndarray], count: float, own: OwnRelease,
+                     cap: float) -> tuple[float, float]:
+    """A site's own weight for `ridge_personal_head`, from the two DP releases it holds and
+    the public statistics (post-processing: spends nothing): ``(weight, excess)``.
+
+    Were the site's images drawn like the federation's, its own release would be its share
+    ``r = n / N`` of the summed one up to the release's noise and the sampling of its images.
+    ``excess`` is how much larger the difference ``own - r * totals`` is than those two
+    alone (per entry, in units of their variance; 0 when it is all noise and sampling). As in
+    James-Stein shrinkage, the own statistics should then count with ``excess / (1 +
+    excess)`` against the federation's; in the mixed release ``totals + w * own`` that is
+    ``w = excess / r``. Written here: no library shrinks one DP release towards another.
+    """
+    if own.noise_multiplier is None or count <= 0:
+        raise ValueError("an estimated weight needs the own release's noise (0 for exact "
+                         "statistics) and a positive count")
+    share = min(max(own.count / count, 1e-6), 1.0)
+    moment = len(own.arrays) > 1
+    total = np.asarray(totals[0], np.float64)
+    difference = np.asarray(own.arrays[0], np.float64) - share * total
+    # The release's noise in the difference: the own release's, less what the totals share
+    # with it, plus the others' scaled by r: (1 - r)(1 + r) of one release's variance when
+    # the sites are alike in size (local noise gives (1 - r): the larger keeps the weight low).
+    std = sums_std(own.noise_multiplier, moment)
+    noise = np.full(difference.shape, std**2)
+    noise[-1] *= COUNT_RATIO**2
+    noise *= (1.0 - share) * (1.0 + share)
+    # Sampling: a sum over n_c images varies by n_c E[z_k^2] at most (public second moment
+    # along each component), a count by n p (1 - p); the difference keeps (1 - r) of it.
+    classes = np.clip(share * total[-1], 0.0, None)  # the site's expected class counts
+    proportions = classes / max(float(classes.sum()), 1e-12)
+    sampling = np.vstack([np.outer(np.asarray(own.basis.variances, np.float64), classes),
+                          own.count * proportions * (1.0 - proportions)]) * (1.0 - share)
+    ratio = float(np.mean(difference**2 / np.maximum(noise + sampling, 1e-12)))
+    excess = max(ratio - 1.0, 0.0)
+    return min(excess / share, cap), excess
 
 
 def ridge_personal_head(global_head: Sequence[np.ndarray], totals: Sequence[np.ndarray],

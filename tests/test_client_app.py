@@ -437,15 +437,18 @@ def personalization(run: RunConfig, run_id: str, released: Message | None) -> Me
     return msg
 
 
-@pytest.mark.parametrize(("tuning", "policy", "played"), [
-    ("ridge", None, "ridge"),
-    ("joint", "allow-joint-personal-heads = true\n", "joint"),
+@pytest.mark.parametrize(("tuning", "policy", "played", "weighting"), [
+    ("ridge", None, "ridge", "fixed"),
+    ("ridge", None, "ridge", "estimated"),
+    ("joint", "allow-joint-personal-heads = true\n", "joint", "fixed"),
     # A server cannot make a site hold a head that is not DP for its images: it gets ridge.
-    ("joint", None, "ridge")])
+    ("joint", None, "ridge", "fixed")])
 def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_nothing(
-        cfg: RunConfig, tmp_path: Path, tuning: str, policy: str | None, played: str) -> None:
+        cfg: RunConfig, tmp_path: Path, tuning: str, policy: str | None, played: str,
+        weighting: str) -> None:
     run = cfg.replace(head_method="ridge", rounds=1, personalize=True,
-                      personal_tuning=tuning, public_components=8, site_metrics="noised")
+                      personal_tuning=tuning, public_components=8, site_metrics="noised",
+                      personal_weighting=weighting)
     site, app = real_site(tmp_path, budget=10.0, policy=policy), make_client_app(run)
     released = released_sums(run, site, "run-p")
     personal = tmp_path / "state" / "personal" / "run-p"
@@ -489,6 +492,12 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
         assert kept["own_release_noise_share"] == pytest.approx(
             own_release_share(own, own.noise_multiplier, run.ridge_lambda), abs=1e-4)
         assert 0.0 < kept["own_release_noise_share"]
+        # The weight its head counted its own release with: the run's, or its own estimate.
+        if weighting == "fixed":
+            assert kept["own_release_weight"] == run.personal_ridge_weight
+            assert "own_release_excess" not in kept
+        else:  # the totals here are this site's release alone: nothing beyond its share
+            assert kept["own_release_excess"] == 0.0 and kept["own_release_weight"] == 0.0
     else:
         assert "own_release_noise_share" not in kept
     assert json.loads(ledger.read_text())["runs"]["run-p"]["epsilon"] <= 10.0

@@ -382,7 +382,7 @@ def _own_against_global(final: FinalFigures) -> str | None:
     higher, lower = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
     line = (f"own heads against the global head on the same sites: {higher} higher, {lower} "
             f"lower, {100 * sum(gains) / len(gains):+.1f} points on average")
-    if lower > higher:
+    if lower > len(gains) / 2:
         line += ("; here the global head is the better model for most sites (own heads help "
                  "where sites differ and cost where they are alike)")
     return line
