@@ -348,7 +348,8 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
         # Log-only, after the spent release is kept: nothing in it can cost the reply.
         if result.own is not None and cfg.dp and not cfg.personal_joint:  # joint: exact stats
             note_own_release(at.site.name, own, result.noise_multiplier, cfg.ridge_lambda,
-                             cfg.personal_ridge_weight)
+                             None if cfg.personal_weighting == "estimated"
+                             else cfg.personal_ridge_weight)
     site = at.site_record()
     site[protocol.PUBLIC_FINGERPRINT] = basis.fingerprint
     return RecordDict({protocol.ARRAYS: ArrayRecord(update.weights),

@@ -135,14 +135,19 @@ def own_release_share(own: OwnRelease, noise_multiplier: float, penalty: float) 
 
 
 def note_own_release(site: str, own: OwnRelease, noise_multiplier: float, penalty: float,
-                     weight: float) -> float:
+                     weight: float | None) -> float:
     """Log, at the site, how much of its own release is noise, and warn when its personal
     head would lean on mostly noise: the server's warning is about the federation's summed
-    head, which a small site's own release can be far noisier than."""
+    head, which a small site's own release can be far noisier than. ``weight`` None: the
+    site estimates its weight later (`estimated_weight`), and noise keeps that estimate low,
+    so there is nothing to warn about."""
     share = own_release_share(own, noise_multiplier, penalty)
     message = (f"site {site}: its own one-shot release ({own.count:.0f} images) is "
                f"{min(share, 1.0):.0%} noise by the spread of the head it gives")
-    if share < NOISE_SHARE_WARNING:
+    if weight is None:
+        log.info(f"{message}; its personal head weighs it by its own estimate, which the "
+                 "release's noise keeps low")
+    elif share < NOISE_SHARE_WARNING:
         log.info(message)
     else:
         log.warning(f"warning: {message}: its personal head counts that release {weight:g} "

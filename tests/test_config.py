@@ -249,7 +249,7 @@ def test_a_preset_is_offered_wherever_training_settings_are_and_every_preset_is_
         "domain-shift"
     assert preset_text("domain-shift") == ("--second-moment private --ridge-lambda 2 "
                                            "--feature-centring site --accountant pld "
-                                           "--personalize")
+                                           "--personalize --personal-weighting fixed")
 
 
 def test_a_run_with_a_preset_says_what_the_preset_set_and_what_the_options_replaced(
@@ -262,7 +262,8 @@ def test_a_run_with_a_preset_says_what_the_preset_set_and_what_the_options_repla
     assert _settings(args, out="o").accountant == "rdp"
     assert capsys.readouterr().out.strip() == (
         "preset domain-shift: --second-moment private --ridge-lambda 2 --feature-centring "
-        "site --accountant pld --personalize (given beside it: --accountant rdp)")
+        "site --accountant pld --personalize --personal-weighting fixed (given beside it: "
+        "--accountant rdp)")
     _settings(build_parser().parse_args(["simulate"]), out="o")
     assert capsys.readouterr().out == ""
 

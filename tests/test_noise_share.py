@@ -135,3 +135,12 @@ def test_a_site_warns_when_its_personal_head_would_lean_on_mostly_noise(
     if warned:
         assert "counts that release 4 times" in lines[0].getMessage()
         assert "--personal-ridge-weight" in lines[0].getMessage()
+
+
+def test_a_site_that_estimates_its_weight_is_not_warned_of_a_noisy_own_release(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="fedtl.site"):
+        note_own_release("site-7", own_release(10), 1.5, 8.0, None)
+    lines = [r for r in caplog.records if "site-7" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "its own estimate" in lines[0].getMessage()
