@@ -189,7 +189,10 @@ def estimated_weight(totals: Sequence[np.ndarray], count: float, own: OwnRelease
     proportions = classes / max(float(classes.sum()), 1e-12)
     sampling = np.vstack([np.outer(np.asarray(own.basis.variances, np.float64), classes),
                           own.count * proportions * (1.0 - proportions)]) * (1.0 - share)
-    ratio = float(np.mean(difference**2 / np.maximum(noise + sampling, 1e-12)))
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd totals: inf, then the cap
+        ratio = float(np.mean(difference**2 / np.maximum(noise + sampling, 1e-12)))
+    if np.isnan(ratio):
+        ratio = np.inf
     excess = max(ratio - 1.0, 0.0)
     return min(excess / share, cap), excess
 

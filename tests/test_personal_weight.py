@@ -83,3 +83,15 @@ def test_an_own_release_without_its_noise_cannot_be_weighed() -> None:
     own = OwnRelease([sums(rng, basis, 100)], 100.0, basis)  # exact, or an old kept file
     with pytest.raises(ValueError, match="the own release.s noise"):
         estimated_weight([own.arrays[0]], 500.0, own, 16.0)
+
+
+def test_totals_from_a_hostile_server_move_the_weight_no_further_than_the_cap() -> None:
+    # Totals and count pass the site's checks (finite, count at least its own); whatever
+    # they are, the weight stays a number in [0, cap]: it shapes only the site's own head.
+    rng = np.random.default_rng(6)
+    basis = basis_of(rng)
+    own = OwnRelease([noised(sums(rng, basis, 300), SIGMA, rng)], 300.0, basis, SIGMA)
+    for totals, count in ((np.full_like(own.arrays[0], 1e200), 301.0),
+                          (-own.arrays[0] * 1e6, 1e11), (own.arrays[0], 300.0)):
+        weight, excess = estimated_weight([totals], count, own, 16.0)
+        assert 0.0 <= weight <= 16.0 and not np.isnan(excess), (weight, excess)
