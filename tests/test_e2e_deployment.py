@@ -412,6 +412,10 @@ def test_a_run_asking_for_more_epsilon_is_tightened_or_refused_as_each_site_says
         personal = world.root / "state" / site / "personal" / report["run_id"]
         assert (personal / "own_release.npz").is_file()
         assert (personal / "model.keras").stat().st_size > 0
+        # Each site weighed its own release by its own estimate (the default) and says so.
+        kept = json.loads((personal / "held_out_accuracy.json").read_text())
+        assert 0.0 <= kept["own_release_weight"] <= 16.0 and kept["own_release_excess"] >= 0
+        assert 0.0 < kept["own_release_noise_share"]
     assert set(report["final"]["per_site_personal_accuracy"]) == {"site-1", "site-2"}
     refused = [d for d in audit_trail(world, "site-3") if d["run_id"] == report["run_id"]]
     assert refused and refused[-1]["decision"] == "refused"
