@@ -455,6 +455,11 @@ def _own_weight(at: _Opened, totals: list[np.ndarray], count: float,
         if own.noise_multiplier is None:  # kept by an earlier fedtl, without its noise
             log.warning("site %s: its kept release does not say its noise; its personal head "
                         "counts it --personal-ridge-weight %g times", at.site.name, weight)
+        elif not cfg.dp:
+            # Without noise the estimate rests on the sampling bound alone, whose public
+            # second moment can understate the site's own (IID demo sites set up to 7.9).
+            log.info("site %s: no noise to weigh its release against (--no-dp); its personal "
+                     "head counts it --personal-ridge-weight %g times", at.site.name, weight)
         else:
             weight, excess = estimated_weight(totals, count, own,
                                               cfg.personal_ridge_weight_cap)

@@ -285,7 +285,8 @@ class RunConfig:
         "its own weight from how far its own release lies from its share of the run's summed "
         "release beyond noise and sampling: near 0 on sites like the others, larger the more "
         "a site differs; post-processing of the two releases, at most "
-        "--personal-ridge-weight-cap) or fixed (--personal-ridge-weight for every site)",
+        "--personal-ridge-weight-cap; without DP the fixed weight) or fixed "
+        "(--personal-ridge-weight for every site)",
         choices=PERSONAL_WEIGHTINGS)
     personal_ridge_weight_cap: float = setting(
         16.0, "with --personal-weighting estimated: the largest weight a site sets itself",

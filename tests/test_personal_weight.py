@@ -95,3 +95,28 @@ def test_totals_from_a_hostile_server_move_the_weight_no_further_than_the_cap() 
                           (-own.arrays[0] * 1e6, 1e11), (own.arrays[0], 300.0)):
         weight, excess = estimated_weight([totals], count, own, 16.0)
         assert 0.0 <= weight <= 16.0 and not np.isnan(excess), (weight, excess)
+
+
+def test_a_site_without_dp_keeps_the_fixed_weight_and_one_with_dp_estimates_its_own() -> None:
+    # Without noise the estimate would rest on the sampling bound alone (public statistics
+    # of other images can understate it): such a site keeps the run's fixed weight.
+    from types import SimpleNamespace
+
+    from client.client_app import _own_weight
+    from common.config import RunConfig
+
+    rng = np.random.default_rng(7)
+    basis = basis_of(rng)
+    site_sums = [sums(rng, basis, 600, 1.2 * rng.normal(size=D))] + [
+        sums(rng, basis, 600) for _ in range(SITES - 1)]
+    site = SimpleNamespace(name="site-1")
+    plain = SimpleNamespace(cfg=RunConfig(dp=False), site=site)
+    weight, about = _own_weight(plain, [sum(site_sums)], 3000.0,
+                                OwnRelease([site_sums[0]], 600.0, basis, 0.0))
+    assert weight == RunConfig().personal_ridge_weight and "own_release_excess" not in about
+    released = [noised(s, SIGMA, rng) for s in site_sums]
+    private = SimpleNamespace(cfg=RunConfig(), site=site)
+    weight, about = _own_weight(private, [sum(released)], 3000.0,
+                                OwnRelease([released[0]], 600.0, basis, SIGMA))
+    assert about["own_release_weight"] == pytest.approx(weight, abs=1e-4) and weight > 4
+    assert about["own_release_excess"] > 0 and 0 < about["own_release_noise_share"] < 1
