@@ -350,9 +350,9 @@ def _print_summary(report: Report, out: str) -> None:
         print(f"one-shot head: {min(shares[0], 1.0):.0%} of its scores' spread is the "
               f"release's noise" + (" (mostly noise: it scores near chance)"
                                     if shares[0] >= NOISE_SHARE_WARNING else ""))
-    noised = _noised_figures_line(report)
-    if noised:
-        print(noised)
+    noised = noised_figures(report)
+    if noised is not None:
+        print(noised.describe())
     record_level = report.guarantees.record_level
     if record_level.released_outside_guarantee:
         print("released by sites outside that guarantee: "
@@ -386,11 +386,6 @@ def _own_against_global(final: FinalFigures) -> str | None:
         line += ("; here the global head is the better model for most sites (own heads help "
                  "where sites differ and cost where they are alike)")
     return line
-
-
-def _noised_figures_line(report: Report) -> str | None:
-    noised = noised_figures(report)
-    return None if noised is None else noised.describe()
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
