@@ -1,5 +1,5 @@
-"""The `fedtl` commands and options the README and the docs show exist in today's command line:
-a renamed or removed option fails here, not in a reader's terminal."""
+"""The `fedtl` commands, options and tests the README and the docs show exist today:
+a renamed or removed option or test fails here, not in a reader's terminal."""
 
 from __future__ import annotations
 
@@ -114,3 +114,31 @@ def test_every_option_the_docs_name_is_fedtls_or_another_named_tools(document: s
     known = fedtl_options(build_parser()) | OTHER_TOOLS
     unknown = options_shown((PROJECT / document).read_text()) - known
     assert not unknown, f"{document} names options fedtl does not have: {sorted(unknown)}"
+
+
+def named_tests(markdown: str) -> set[str]:
+    """The tests named in inline code: a test file's stem or a test function."""
+    return {name for span in re.findall(r"`([^`\n]+)`", markdown)
+            for name in re.findall(r"(?<![\w-])test_[a-z0-9_]+", span)}
+
+
+def existing_tests() -> set[str]:
+    """Every test file's stem and test function under tests/."""
+    names: set[str] = set()
+    for path in (PROJECT / "tests").glob("test_*.py"):
+        names.add(path.stem)
+        names.update(re.findall(r"^\s*def (test_\w+)", path.read_text(), re.MULTILINE))
+    return names
+
+
+def test_tests_are_found_in_inline_code_as_files_and_functions() -> None:
+    markdown = ("see `tests/test_policy.py`, e2e `test_a_site_refuses` and "
+                "`test_b.py::test_c`; not test_in_prose")
+    assert named_tests(markdown) == {"test_policy", "test_a_site_refuses", "test_b", "test_c"}
+
+
+@pytest.mark.parametrize("document", OPTION_DOCUMENTS)
+def test_every_test_the_docs_name_exists(document: str) -> None:
+    # A reader sent to a test that was renamed finds nothing to read.
+    missing = named_tests((PROJECT / document).read_text()) - existing_tests()
+    assert not missing, f"{document} names tests that do not exist: {sorted(missing)}"
