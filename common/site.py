@@ -92,7 +92,10 @@ def load_site(cfg: RunConfig, name: str, listing: Listing, base: LazyBase,
     feats = site_features(base, listing, cache_dir, skip_bad=cfg.skip_bad_images,
                           augment_views=cfg.augment_views, shift=shift, progress=progress,
                           dicom_window=cfg.window)
-    train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
+    try:
+        train, test = holdout_split(len(feats.labels), cfg.holdout, holdout_seed)
+    except ConfigError as exc:  # e.g. a folder of one readable image
+        raise ConfigError(f"site {name}: {exc}") from exc
     return SiteData(
         name=name, train_x=feats.features[train], train_y=feats.labels[train],
         test_x=feats.features[test], test_y=feats.labels[test], skipped=feats.skipped,

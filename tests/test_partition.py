@@ -87,6 +87,10 @@ def test_bad_partition_requests_are_refused_with_the_setting_named() -> None:
         partition(np.zeros(30, int), PartitionSpec(5, label_alpha=0.5))
     with pytest.raises(ConfigError, match="--clients"):
         partition(np.zeros(4, int), PartitionSpec(5))
+    # An image each would leave a site nothing to hold out (or nothing to train on).
+    with pytest.raises(ConfigError, match="--clients 5 sites 2 images each"):
+        partition(np.zeros(9, int), PartitionSpec(5))
+    assert [len(p) for p in partition(np.zeros(10, int), PartitionSpec(5))] == [2] * 5
     assert [len(p) for p in partition(np.zeros(12, int), PartitionSpec(2))] == [6, 6]
     with pytest.raises(ConfigError, match="alpha"):
         PartitionSpec(2, label_alpha=-1.0)
@@ -94,3 +98,17 @@ def test_bad_partition_requests_are_refused_with_the_setting_named() -> None:
         quantity_sizes(100, 2, 0.0, seed=0)
     with pytest.raises(ConfigError, match="fraction"):
         holdout_split(10, 1.0, seed=0)
+
+
+def test_a_site_left_with_one_readable_image_is_named_in_the_error(monkeypatch) -> None:
+    # E.g. --skip-bad-images passing over all but one of a site's images.
+    from common import site
+    from common.config import RunConfig
+    from common.features.extraction import SiteFeatures
+
+    one = SiteFeatures(features=np.zeros((1, 4), np.float32), views=np.zeros((0, 1, 4)),
+                       labels=np.zeros(1, np.int64), skipped=("b/y/0.png",), seconds=0.0,
+                       extracted=0)
+    monkeypatch.setattr(site, "site_features", lambda *args, **kwargs: one)
+    with pytest.raises(ConfigError, match="site hospital-b: a site needs at least 2 images"):
+        site.load_site(RunConfig(), "hospital-b", None, None, None, (0,))

@@ -47,11 +47,13 @@ def partition(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     skewed = spec.label_alpha > 0 or spec.size_alpha > 0
-    # An even split only needs an image per site; a random one needs room for its minimum.
-    needed = spec.min_per_site if skewed else 1
+    # Every site holds some images out (`holdout_split`): an even split needs two per site,
+    # a random one room for its minimum.
+    needed = spec.min_per_site if skewed else 2
     if spec.sites * needed > n:
         raise ConfigError(f"{n} images cannot give --clients {spec.sites} sites {needed} "
-                          "image(s) each; lower --clients")
+                          "images each (one to train on and one to hold out at least); "
+                          "lower --clients")
     table = Dataset.from_dict({"row": np.arange(n), "label": labels})
     if spec.label_alpha == 0:
         # IID and size partitioners deal out contiguous rows: shuffle first, as
