@@ -113,13 +113,19 @@ def test_only_the_sites_whose_policy_noised_their_figures_are_said_to_be_noised(
 
 @pytest.mark.parametrize("personal, says", [
     (None, None),  # no own heads: nothing to set against the global head
+    # One site: its own lift is the average; no worst site to name.
     ({"a": 0.9}, "own heads against the global head on the same sites: 1 higher, 0 lower, "
                  "+10.0 points on average\n"),
+    # The worst site may change: a's own head (0.70) against b's global head (0.70).
     ({"a": 0.7, "b": 0.72}, "own heads against the global head on the same sites: 1 higher, "
-                            "1 lower, -4.0 points on average\n"),
+                            "1 lower, -4.0 points on average, the worst site +0.0 (0.700 "
+                            "against 0.700)\n"),
+    ({"a": 0.85, "b": 0.76}, "2 higher, 0 lower, +5.5 points on average, the worst site "
+                             "+6.0 (0.760 against 0.700)\n"),
     ({"a": 0.7, "b": 0.6}, "own heads against the global head on the same sites: 0 higher, "
-                           "2 lower, -10.0 points on average; here the global head is the "
-                           "better model for most sites"),
+                           "2 lower, -10.0 points on average, the worst site -10.0 (0.600 "
+                           "against 0.700); here the global head is the better model for "
+                           "most sites"),
 ])
 def test_own_heads_are_set_against_the_global_head_on_the_same_sites(
         capsys: pytest.CaptureFixture[str], personal: dict[str, float] | None,
