@@ -100,6 +100,35 @@ class FinalFigures:
     target_epsilon: float | None
     private: bool
 
+    def personal_gain(self) -> PersonalGain | None:
+        """Each site's own head against the global head on the same held-out images (None
+        without own heads' figures)."""
+        own, shared = self.per_site_personal_accuracy or {}, self.per_site_global_accuracy
+        both = [s for s in sorted(own) if s in shared]
+        if not both:
+            return None
+        return PersonalGain({s: own[s] - shared[s] for s in both},
+                            min(own[s] for s in both), min(shared[s] for s in both))
+
+
+@dataclass(frozen=True)
+class PersonalGain:
+    """What own heads gain over the global head, per site (own minus global, on the same
+    held-out images) and for the worst site, which may be another site for each head: the
+    lift personalization is judged by where sites differ."""
+
+    per_site: dict[str, float]
+    worst_own: float
+    worst_global: float
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_site.values()) / len(self.per_site)
+
+    @property
+    def worst(self) -> float:
+        return self.worst_own - self.worst_global
+
 
 @dataclass(frozen=True)
 class RecordLevel:

@@ -87,6 +87,7 @@ def summarize(report: Report) -> dict[str, Any]:
     """What the comparison keeps of one run's report."""
     final = report.final
     noised = noised_figures(report)
+    gain = final.personal_gain()
     return {
         "mean_site_accuracy": final.mean_site_accuracy,
         "worst_site_accuracy": final.worst_site_accuracy,
@@ -96,6 +97,10 @@ def summarize(report: Report) -> dict[str, Any]:
         "per_site_accuracy": final.per_site_accuracy,
         "per_site_global_accuracy": final.per_site_global_accuracy,
         "max_epsilon": report.max_epsilon,
+        # Own heads against the run's own global head (a personalized variant's global head
+        # is noisier than its strategy's alone: the same budget also pays for personal heads).
+        "personal_gain_mean": None if gain is None else gain.mean,
+        "personal_gain_worst": None if gain is None else gain.worst,
         "rounds": [{"round": r.round, "mean_site_accuracy": r.mean_site_accuracy,
                     "weighted_accuracy": r.accuracy,
                     "worst_site_accuracy": r.worst_site_accuracy,
@@ -109,7 +114,8 @@ def summarize(report: Report) -> dict[str, Any]:
 
 
 FIGURES = ("mean_site_accuracy", "worst_site_accuracy", "site_accuracy_std",
-           "weighted_accuracy", "unseen_domain_accuracy", "max_epsilon")
+           "weighted_accuracy", "unseen_domain_accuracy", "max_epsilon", "personal_gain_mean",
+           "personal_gain_worst")
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -117,7 +123,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     the repeats (``<figure>_sd``; DP training noise makes single runs vary), and the runs."""
     out: dict[str, Any] = {"repeats": len(runs)}
     for key in FIGURES:
-        values = [r[key] for r in runs if r[key] is not None]
+        values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
         out[f"{key}_sd"] = float(np.std(values)) if len(values) > 1 else None
     sites = runs[0]["per_site_accuracy"]
@@ -208,6 +214,11 @@ def _fmt(value: float | None, sd: float | None) -> str:
     return f"{value:.3f}" + (f" ±{sd:.3f}" if sd is not None else "")
 
 
+def _points(r: dict[str, Any], key: str) -> str:
+    sd = r.get(f"{key}_sd")
+    return f"{100 * r[key]:+.1f}" + (f" ±{100 * sd:.1f}" if sd is not None else "")
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     """A plain-text table of the variants' final figures, then each site's accuracy; beside
     the pooled reference (when it ran) the mean's ratio to it and each site's points behind
@@ -238,6 +249,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                 text += f" ({100 * (value - reference):+.1f})"
             cells.append(f"{text:>{cell}}")
         lines.append(f"{name:<{width}} " + " ".join(cells))
+    gains = {name: r for name, r in results.items() if r.get("personal_gain_mean") is not None}
+    if gains:
+        lines += ["", "own heads against each run's own global head on the same sites (points; "
+                  "mean site, worst site: the worst own head against the worst global head)"]
+        lines += [f"{name:<{width}} {_points(r, 'personal_gain_mean'):>13} "
+                  f"{_points(r, 'personal_gain_worst'):>13}" for name, r in gains.items()]
     noised = {name: r["noised_mean_site_std"] for name, r in results.items()
               if r.get("noised_mean_site_std") is not None}
     if noised:

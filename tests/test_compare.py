@@ -96,6 +96,19 @@ def test_beside_the_pooled_reference_the_table_states_the_ratio_and_each_sites_g
     assert lines[6].split()[1:] == ["0.650", "±0.050", "(-15.0)", "0.710", "±0.050", "(-19.0)"]
 
 
+def test_personalized_variants_state_what_own_heads_gain_over_their_runs_global_heads(
+        ) -> None:
+    personal = [dict(run(0.5, 0.6), personal_gain_mean=gain, personal_gain_worst=worst)
+                for gain, worst in ((0.05, 0.02), (0.07, 0.06))]
+    text = table({"fedavg": combine([run(0.4, 0.6)]),
+                  "fedavg+personalize": combine(personal)})
+    lines = text.splitlines()
+    assert lines[-2].startswith("own heads against each run's own global head")
+    # Means over the runs with their spread: +6.0 ±1.0 points, the worst site +4.0 ±2.0.
+    assert lines[-1].split() == ["fedavg+personalize", "+6.0", "±1.0", "+4.0", "±2.0"]
+    assert "own heads" not in table({"fedavg": combine([run(0.4, 0.6)])})
+
+
 def test_a_finished_run_is_reused_only_under_the_same_settings_that_matter_to_it() -> None:
     from common.config import RunConfig
     from simulations.compare import _same_run

@@ -375,18 +375,16 @@ def _print_summary(report: Report, out: str) -> None:
 def _own_against_global(final: FinalFigures) -> str | None:
     """Each site's own head against the global head on the same held-out images: a mean
     over own heads alone hides that on alike sites they cost (README: Personalization)."""
-    own, shared = final.per_site_personal_accuracy or {}, final.per_site_global_accuracy or {}
-    both = [s for s in sorted(own) if s in shared]
-    if not both:
+    gain = final.personal_gain()
+    if gain is None:
         return None
-    gains = [own[s] - shared[s] for s in both]
+    gains = list(gain.per_site.values())
     higher, lower = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
     line = (f"own heads against the global head on the same sites: {higher} higher, {lower} "
-            f"lower, {100 * sum(gains) / len(gains):+.1f} points on average")
-    if len(both) > 1:  # the lift personalization is judged by where sites differ
-        worst_own, worst_shared = min(own[s] for s in both), min(shared[s] for s in both)
-        line += (f", the worst site {100 * (worst_own - worst_shared):+.1f} ({worst_own:.3f} "
-                 f"against {worst_shared:.3f})")
+            f"lower, {100 * gain.mean:+.1f} points on average")
+    if len(gains) > 1:
+        line += (f", the worst site {100 * gain.worst:+.1f} ({gain.worst_own:.3f} "
+                 f"against {gain.worst_global:.3f})")
     if lower > len(gains) / 2:
         line += ("; here the global head is the better model for most sites (own heads help "
                  "where sites differ and cost where they are alike)")
