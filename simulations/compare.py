@@ -97,8 +97,8 @@ def summarize(report: Report) -> dict[str, Any]:
         "per_site_accuracy": final.per_site_accuracy,
         "per_site_global_accuracy": final.per_site_global_accuracy,
         "max_epsilon": report.max_epsilon,
-        # Own heads against the run's own global head (a personalized variant's global head
-        # is noisier than its strategy's alone: the same budget also pays for personal heads).
+        # Own heads against the run's own global head: a personalized variant's global head
+        # is not its strategy's when the same budget also pays for a DP personal step.
         "personal_gain_mean": None if gain is None else gain.mean,
         "personal_gain_worst": None if gain is None else gain.worst,
         "rounds": [{"round": r.round, "mean_site_accuracy": r.mean_site_accuracy,
