@@ -48,7 +48,8 @@ def summarize(plain: Mapping[int, Sequence[FinalFigures]],
     """Per arm (``plain`` FedAvg, then each weighting in ``personal``), keyed by seed: mean
     and worst site; for personal arms, the gain in points over the run's own global head and
     over the same seed's plain FedAvg runs, and how many seeds lift the worst site by the
-    aim; between two weightings, their paired difference per seed."""
+    aim (over plain FedAvg; without plain runs, over the run's own global head); between two
+    weightings, their paired difference per seed in that same lift."""
     def per_seed(runs: Mapping[int, Sequence[FinalFigures]], value) -> dict[int, float]:
         return {seed: statistics.fmean(value(f) for f in figures)
                 for seed, figures in sorted(runs.items()) if figures}
