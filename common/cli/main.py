@@ -45,7 +45,8 @@ def _compare_parser(sub: Any) -> None:
                    "reference) or 'local' (each site's own such head of its own images "
                    "alone: what a site gets without any federation)")
     p.add_argument("--repeats", type=int, default=1,
-                   help="runs per variant (fresh DP noise each); figures are their mean ± sd")
+                   help="runs per variant (fresh DP noise each, the same --seed and so the same "
+                   "partition); figures are their mean ± sd")
     _simulation_options(p)
 
 
