@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.report import FinalFigures, Report
+from benchmarks.compare_runs import fedtl_command, mean_se, run_compare
+from common.report import FinalFigures
 
 PLAIN = "fedavg:ridge+sgd"
 PERSONAL = "fedavg:ridge+sgd+personalize"
@@ -34,13 +33,6 @@ AIM_POINTS = 5.0  # issue 16: the worst site lifted by 5 points
 # The issue's setting: 5 sites x 600 CIFAR-10 images, 64 px, sites differing in look and labels.
 SETTING = ["--max-per-class", "300", "--clients", "5", "--image-size", "64",
            "--partition", "domain", "--alpha", "0.5"]
-
-
-def _mean_se(values: Sequence[float]) -> dict[str, float | int] | None:
-    if not values:
-        return None
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "se": se, "n": len(values)}
 
 
 def summarize(plain: Mapping[int, Sequence[FinalFigures]],
@@ -58,8 +50,8 @@ def summarize(plain: Mapping[int, Sequence[FinalFigures]],
     plain_worst = per_seed(plain, lambda f: f.worst_site_accuracy)
     out: dict[str, Any] = {"plain": {
         "runs": sum(len(v) for v in plain.values()), "seeds": len(plain_mean),
-        "mean_site": _mean_se(list(plain_mean.values())),
-        "worst_site": _mean_se(list(plain_worst.values()))}}
+        "mean_site": mean_se(list(plain_mean.values())),
+        "worst_site": mean_se(list(plain_worst.values()))}}
     lifts: dict[str, dict[int, float]] = {}
     for arm, runs in personal.items():
         gains = {s: [f.personal_gain() for f in figures] for s, figures in runs.items()}
@@ -76,12 +68,12 @@ def summarize(plain: Mapping[int, Sequence[FinalFigures]],
         lifts[arm] = vs_plain_worst or vs_own_worst
         out[arm] = {
             "runs": sum(len(v) for v in runs.values()), "seeds": len(own_mean),
-            "mean_site": _mean_se(list(own_mean.values())),
-            "worst_site": _mean_se(list(own_worst.values())),
-            "gain_over_own_global": {"mean_site": _mean_se(list(vs_own_mean.values())),
-                                     "worst_site": _mean_se(list(vs_own_worst.values()))},
-            "gain_over_plain": ({"mean_site": _mean_se(list(vs_plain_mean.values())),
-                                 "worst_site": _mean_se(list(vs_plain_worst.values()))}
+            "mean_site": mean_se(list(own_mean.values())),
+            "worst_site": mean_se(list(own_worst.values())),
+            "gain_over_own_global": {"mean_site": mean_se(list(vs_own_mean.values())),
+                                     "worst_site": mean_se(list(vs_own_worst.values()))},
+            "gain_over_plain": ({"mean_site": mean_se(list(vs_plain_mean.values())),
+                                 "worst_site": mean_se(list(vs_plain_worst.values()))}
                                 if both else None),
             "seeds_worst_lift_at_aim": sum(v >= AIM_POINTS for v in lifts[arm].values()),
             "worst_lift_by_seed": {str(s): v for s, v in lifts[arm].items()},
@@ -91,7 +83,7 @@ def summarize(plain: Mapping[int, Sequence[FinalFigures]],
         first, second = arms
         paired = [lifts[first][s] - lifts[second][s] for s in lifts[first] if s in lifts[second]]
         if paired:
-            out["paired_worst_lift"] = {"arms": [first, second], **_mean_se(paired)}
+            out["paired_worst_lift"] = {"arms": [first, second], **mean_se(paired)}
     return out
 
 
@@ -128,26 +120,6 @@ def table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _variant_runs(compare_out: Path, variant: str) -> list[FinalFigures]:
-    folder = compare_out / variant
-    paths = sorted(folder.glob("run-*/report.json")) or [folder / "report.json"]
-    return [Report.read(p).final for p in paths]
-
-
-def run_compare(fedtl: Sequence[str], common_args: Sequence[str], out: Path, seed: int,
-                variant: str, extra: Sequence[str]) -> list[FinalFigures]:
-    """One `fedtl compare` of one variant and seed into ``out`` (read back if finished)."""
-    if not (out / "report.json").exists():
-        command = [*fedtl, "compare", *common_args, "--seed", str(seed), "--variants",
-                   variant, *extra, "--out", str(out)]
-        print("$ " + " ".join(command), flush=True)
-        done = subprocess.run(command, stdout=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise SystemExit(f"fedtl compare failed (exit {done.returncode}) for seed {seed}, "
-                             f"{variant} {' '.join(extra)}: see {out}")
-    return _variant_runs(out, variant)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="CIFAR-10 training folder")
@@ -161,7 +133,7 @@ def main() -> None:
                         "(default: OUT/personal_lift.json)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    fedtl = [str(Path(sys.executable).with_name("fedtl"))]
+    fedtl = fedtl_command()
     common_args = ["--dataset", args.dataset, "--public", args.public, *SETTING,
                    "--repeats", str(args.repeats)]
     plain = {s: run_compare(fedtl, common_args, args.out / f"seed-{s}-plain", s, PLAIN, [])

@@ -249,11 +249,12 @@ def write_report(out: Path, report: Report) -> Path:
     return path
 
 
-def plot_series(path: Path, x: Sequence[int], series: dict[str, Sequence[float | None]],
+def plot_series(path: Path, x: Sequence[float], series: dict[str, Sequence[float | None]],
                 ylabel: str, title: str, hline: float | None = None,
-                dashed: Sequence[str] = ()) -> None:
-    """A line plot of one or more per-round series (``dashed`` ones dashed), saved atomically
-    as PNG."""
+                dashed: Sequence[str] = (), xlabel: str = "round", hline_label: str = "budget",
+                logx: bool = False) -> None:
+    """A line plot of one or more series over ``x`` (rounds unless ``xlabel`` says otherwise;
+    ``dashed`` ones dashed), saved atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,8 +267,10 @@ def plot_series(path: Path, x: Sequence[int], series: dict[str, Sequence[float |
             ax.plot(*zip(*points, strict=True), marker="o", label=label,
                     linestyle="--" if label in dashed else "-")
     if hline is not None:
-        ax.axhline(hline, color="grey", linestyle="--", label="budget")
-    ax.set_xlabel("round")
+        ax.axhline(hline, color="grey", linestyle="--", label=hline_label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
