@@ -43,7 +43,7 @@ from common.data.images import Listing, list_dataset, load_images
 from common.features.extraction import LazyBase, extract
 from common.process_tree import descendants
 from common.features.model import BaseSpec, cpu_has_bfloat16, initial_head_weights
-from common.site import SiteAccount, base_spec, load_site, sgd_settings, train_round
+from common.site import SiteAccount, base_spec, load_site, train_round
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = PROJECT.parent / "shared" / "datasets" / "cifar10" / "train"
