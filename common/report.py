@@ -268,8 +268,10 @@ def plot_series(path: Path, x: Sequence[float], series: dict[str, Sequence[float
                     linestyle="--" if label in dashed else "-")
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", label=hline_label)
-    if logx:
+    if logx:  # the measured points as ticks: a log axis alone labels only powers of ten
         ax.set_xscale("log")
+        ax.set_xticks(list(x), [f"{v:g}" for v in x])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -20,9 +20,8 @@ OPTION_DOCUMENTS = ("README.md", *sorted(p.relative_to(PROJECT).as_posix()
 # Options of the other tools the docs show (uv, pip, flwr, ray, mlflow, tensorboard, the
 # benchmark script): everything else written as --option must be fedtl's.
 OTHER_TOOLS = {"--backend-store-uri", "--disable-runtime-dependency-installation", "--extra",
-               "--force", "--frozen", "--head", "--isolation", "--logdir", "--no-scale",
-               "--only-deployment", "--project", "--quick", "--quiet", "--run-config", "--with",
-               "--start", "--count"}  # the last two: benchmarks/carve_public.py's
+               "--force", "--frozen", "--head", "--isolation", "--logdir", "--project",
+               "--quiet", "--run-config", "--with"}
 # "fedtl" at a command's start, after "uv run", a pipe, "&&" or "(" (a subshell).
 _COMMAND = re.compile(r"(?:^|[\s(&|])(?:uv run |\.venv/bin/)?fedtl (\S.*)")
 # Where a command line ends and the shell takes over again.
@@ -109,9 +108,15 @@ def test_options_are_found_in_inline_code_and_blocks_but_not_in_prose() -> None:
     assert options_shown(markdown) == {"--rounds", "--clients"}
 
 
+def benchmark_options() -> set[str]:
+    """The options the scripts under benchmarks/ declare (their parsers live in main())."""
+    return {o for script in (PROJECT / "benchmarks").glob("*.py")
+            for o in re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text())}
+
+
 @pytest.mark.parametrize("document", OPTION_DOCUMENTS)
 def test_every_option_the_docs_name_is_fedtls_or_another_named_tools(document: str) -> None:
-    known = fedtl_options(build_parser()) | OTHER_TOOLS
+    known = fedtl_options(build_parser()) | OTHER_TOOLS | benchmark_options()
     unknown = options_shown((PROJECT / document).read_text()) - known
     assert not unknown, f"{document} names options fedtl does not have: {sorted(unknown)}"
 
