@@ -31,6 +31,7 @@ from typing import Any
 
 from benchmarks.compare_runs import ensure_compare, fedtl_command, mean_se, run_compare
 from common.report import FinalFigures, plot_series
+from common.storage import write_json_atomically
 
 AIM = 0.90  # issue 16: the private federation's mean site at 90 % of pooled
 # The issue's CIFAR-10 setting: 5 sites x 600 images (480 train / 120 held out), 64 px.
@@ -183,12 +184,12 @@ def main() -> None:
                 logx=True)
     path = args.json or args.out / "epsilon_curve.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"dataset": args.dataset, "public": args.public,
+    write_json_atomically(path, {"dataset": args.dataset, "public": args.public,
                                 "setting": SETTING, "seeds": seeds, "repeats": args.repeats,
                                 "arms": [{"name": n, "variant": v, "options": x}
                                          for n, v, x in arms],
                                 "pooled": {str(s): v for s, v in pooled.items()},
-                                "summary": summary}, indent=1))
+                                "summary": summary}, mode=0o644)
     print(f"written: {path} and {args.out / 'epsilon_curve.png'}")
 
 

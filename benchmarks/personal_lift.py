@@ -18,7 +18,6 @@ interrupted benchmark resumes. OUT is a run output (never commit it).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from benchmarks.compare_runs import fedtl_command, mean_se, run_compare
 from common.report import FinalFigures
+from common.storage import write_json_atomically
 
 PLAIN = "fedavg:ridge+sgd"
 PERSONAL = "fedavg:ridge+sgd+personalize"
@@ -145,9 +145,9 @@ def main() -> None:
     print(table(summary))
     path = args.json or args.out / "personal_lift.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"dataset": args.dataset, "public": args.public,
+    write_json_atomically(path, {"dataset": args.dataset, "public": args.public,
                                 "setting": SETTING, "seeds": seeds, "repeats": args.repeats,
-                                "summary": summary}, indent=1))
+                                "summary": summary}, mode=0o644)
     print(f"written: {path}")
 
 
