@@ -150,8 +150,11 @@ def flower_strategy(cfg: RunConfig) -> FedAvg:
     """Flower's own strategy for ``cfg.strategy``, keyed the way fedtl's messages are."""
     common: dict[str, Any] = dict(
         # Start a round once enough sites are connected; the checks decide what aggregates.
-        min_available_nodes=cfg.required_sites, min_train_nodes=cfg.min_sites or 1,
-        min_evaluate_nodes=1, weighted_by_key=protocol.NUM_EXAMPLES,
+        # Flower sizes its sample from the sites connected *before* it waits for them, so a
+        # round 1 begun while one site had connected would send to one site of all of them:
+        # asking for the required sites as the sample's minimum sends to every one.
+        min_available_nodes=cfg.required_sites, min_train_nodes=cfg.required_sites,
+        min_evaluate_nodes=cfg.required_sites, weighted_by_key=protocol.NUM_EXAMPLES,
         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG)
     if cfg.strategy == "fedprox":
         # FedProx (Li et al., arXiv 1812.06127): Flower sends proximal-mu to the sites.

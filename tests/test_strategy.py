@@ -288,6 +288,28 @@ def make(cfg: RunConfig) -> Validated:
     return validated(flower_strategy(cfg), RunBook(GLOBAL), cfg, FP)
 
 
+def test_a_first_round_begun_while_sites_still_connect_is_sent_to_every_required_site(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.serverapp.strategy.strategy_utils as utils
+
+    monkeypatch.setattr(utils, "sleep", lambda seconds: None)
+
+    class LateGrid:  # one site connected when the round starts, the other two a moment later
+        calls = 0
+
+        def get_node_ids(self) -> list[int]:
+            self.calls += 1
+            return [1] if self.calls == 1 else [1, 2, 3]
+
+    for min_sites, sent in ((0, 3), (2, 2)):  # all --clients, or the --min-sites asked for
+        s = make(RunConfig(clients=3, min_sites=min_sites))
+        s.strategy._construct_messages = lambda record, node_ids, message_type: list(node_ids)
+        nodes = list(s.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), LateGrid()))
+        assert len(nodes) == sent and len(set(nodes)) == sent
+        nodes = list(s.configure_evaluate(1, ArrayRecord(GLOBAL), ConfigRecord({}), LateGrid()))
+        assert len(nodes) == sent
+
+
 def test_fedprox_sends_its_mu_to_the_sites_in_the_train_config() -> None:
     s = make(RunConfig(strategy="fedprox", proximal_mu=0.25, ridge_sgd_learning_rate=1.0,
                        clients=1))
