@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import statistics
 from collections.abc import Mapping, Sequence
@@ -44,11 +45,14 @@ ARMS = ("local=fedavg:ridge+sgd",
 def parse_arm(text: str) -> tuple[str, str, list[str]]:
     """``"name=variant --opt value"`` -> ``("name", "variant", ["--opt", "value"])``."""
     name, sep, rest = text.partition("=")
+    name = name.strip()
     words = shlex.split(rest)
-    if not sep or not name.strip() or not words or words[0].startswith("-"):
-        raise ValueError(f"an arm is NAME=VARIANT [compare options], e.g. "
-                         f"'local=fedavg:ridge+sgd'. Found {text!r}.")
-    return name.strip(), words[0], words[1:]
+    # The name becomes part of each run's folder name.
+    if (not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or not words
+            or words[0].startswith("-")):
+        raise ValueError(f"an arm is NAME=VARIANT [compare options], NAME of letters, digits, "
+                         f"'.', '_' and '-', e.g. 'local=fedavg:ridge+sgd'. Found {text!r}.")
+    return name, words[0], words[1:]
 
 
 def epsilon_for_aim(points: Mapping[float, float], aim: float = AIM) -> float | None:

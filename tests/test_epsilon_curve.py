@@ -24,7 +24,8 @@ def test_an_arm_is_a_name_a_variant_and_its_own_compare_options() -> None:
     assert parse_arm("dist=fedavg:ridge --sums-noise distributed --ridge-lambda 2") == (
         "dist", "fedavg:ridge", ["--sums-noise", "distributed", "--ridge-lambda", "2"])
     assert parse_arm("local=fedavg:ridge+sgd") == ("local", "fedavg:ridge+sgd", [])
-    for bad in ("fedavg:ridge", "=fedavg", "x=", "x=--target-epsilon 3"):
+    for bad in ("fedavg:ridge", "=fedavg", "x=", "x=--target-epsilon 3", "../x=fedavg",
+                "a b=fedavg"):
         with pytest.raises(ValueError, match="NAME=VARIANT"):
             parse_arm(bad)
 
