@@ -1,6 +1,6 @@
 """What the benchmarks that drive `fedtl compare` share: one compare per seed and variant,
 read back from its reports when it has already run (so an interrupted benchmark resumes),
-and a mean with its standard error."""
+a mean with its standard error, and their tables' text."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def mean_se(values: Sequence[float]) -> dict[str, float | int] | None:
         return None
     se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "se": se, "n": len(values)}
+
+
+def aligned(rows: Sequence[Sequence[str]], left_columns: int = 1) -> list[str]:
+    """Each row as one line, columns padded to their widest cell: the first ``left_columns``
+    left-justified (names), the rest right-justified (figures)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i < left_columns else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
 
 
 def variant_runs(compare_out: Path, variant: str) -> list[FinalFigures]:

@@ -30,7 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.compare_runs import ensure_compare, fedtl_command, mean_se, run_compare
+from benchmarks.compare_runs import (aligned, ensure_compare, fedtl_command, mean_se,
+                                     run_compare)
 from common.report import FinalFigures, plot_series
 from common.storage import write_json_atomically
 
@@ -123,8 +124,7 @@ def table(summary: Mapping[str, Any], pooled: Mapping[int, float], aim: float = 
             row += [f"{r['mean_site']['mean']:.3f}",
                     f"{100 * ratio['mean']:.1f} % ±{100 * ratio['se']:.1f}"]
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = aligned(rows, left_columns=0)
     lines.append("pooled (non-private) mean site: " + ", ".join(
         f"seed {s} {v:.3f}" for s, v in sorted(pooled.items())))
     for a in arms:

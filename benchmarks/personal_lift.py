@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.compare_runs import fedtl_command, mean_se, run_compare
+from benchmarks.compare_runs import aligned, fedtl_command, mean_se, run_compare
 from common.report import FinalFigures
 from common.storage import write_json_atomically
 
@@ -109,9 +109,7 @@ def table(summary: Mapping[str, Any]) -> str:
                      _points(own.get("worst_site")), _points(plain.get("mean_site")),
                      _points(plain.get("worst_site")),
                      f"{r['seeds_worst_lift_at_aim']}/{r['seeds']}" if arm != "plain" else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))) for row in rows]
+    lines = aligned(rows)
     paired = summary.get("paired_worst_lift")
     if paired:
         first, second = paired["arms"]
