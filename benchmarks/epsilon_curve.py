@@ -165,13 +165,13 @@ def main() -> None:
     if not epsilons or min(epsilons) <= 0:
         parser.error(f"--epsilons must be positive numbers. Found {args.epsilons!r}.")
     fedtl = fedtl_command()
-    common_args = ["--dataset", args.dataset, "--public", args.public, *SETTING,
-                   "--repeats", str(args.repeats)]
+    scenario = ["--dataset", args.dataset, "--public", args.public, *SETTING]
     pooled = {}
     for s in seeds:
         out = args.out / f"seed-{s}-pooled"  # deterministic: one fit is the reference
-        ensure_compare(fedtl, [*common_args[:-2], "--repeats", "1"], out, s, "pooled", [])
+        ensure_compare(fedtl, [*scenario, "--repeats", "1"], out, s, "pooled", [])
         pooled[s] = pooled_mean_site(out)
+    common_args = [*scenario, "--repeats", str(args.repeats)]
     runs = {name: {eps: {s: run_compare(fedtl, common_args,
                                         args.out / f"seed-{s}-{name}-eps{eps:g}", s, variant,
                                         [*extra, "--target-epsilon", f"{eps:g}"])
