@@ -32,8 +32,10 @@ from common.features.model import full_model, head_shapes, save_model
 from common.privacy.centring import folded_head
 from common.personal import (ACCURACY_FILE, MODEL_FILE, OwnRelease, estimated_weight,
                              exact_release, load_head, load_own_release, logistic_toward,
-                             note_own_release, own_release_share, personal_dir,
-                             ridge_personal_head, save_head, save_joint_note, save_own_release)
+                             note_own_release, own_penalty, own_release_share,
+                             personal_dir, ridge_personal_head, save_head, save_joint_note,
+                             save_own_release)
+from common.privacy.penalty import HIGHEST, LOWEST
 from common.privacy.policy import REFUSED, admit
 from common.storage import write_json_atomically
 from common.data.scenario import Scenario, build_scenario
@@ -347,7 +349,9 @@ def _class_sums(at: _Opened, msg: Message, secure: bool = False) -> RecordDict:
         resend.keep(at.site.state, at.run_key, key, update)
         # Log-only, after the spent release is kept: nothing in it can cost the reply.
         if result.own is not None and cfg.dp and not cfg.personal_joint:  # joint: exact stats
-            note_own_release(at.site.name, own, result.noise_multiplier, cfg.ridge_lambda,
+            note_own_release(at.site.name, own, result.noise_multiplier,
+                             own_penalty(cfg.ridge_penalty, cfg.ridge_lambda, own,
+                                         result.noise_multiplier),
                              None if cfg.personal_weighting == "estimated"
                              else cfg.personal_ridge_weight)
     site = at.site_record()
@@ -429,16 +433,30 @@ def _ridge_personal(at: _Opened, msg: Message, folder: Path,
         totals, count = protocol.check_one_shot_totals(
             record.to_numpy_ndarrays(), _config(msg).get(protocol.ONE_SHOT_COUNT), shapes,
             own.count)
+        penalty = _personal_penalty(cfg, msg)
         if cfg.personal_joint:  # the site's own statistics in place of their noised copy
             own = exact_release(data.averaged_train_x, data.train_y, len(cfg.classes),
                                 own.basis, cfg.private_moment)
-            return ridge_personal_head(_head(at), totals, count, own, cfg.ridge_lambda,
+            return ridge_personal_head(_head(at), totals, count, own, penalty,
                                        cfg.personal_ridge_weight), {}
         weight, about = _own_weight(at, totals, count, own)
-        return ridge_personal_head(_head(at), totals, count, own, cfg.ridge_lambda,
-                                   weight), about
+        return ridge_personal_head(_head(at), totals, count, own, penalty, weight), about
     except UpdateRejectedError as exc:
         raise FedtlError(f"site {at.site.name}: {exc}") from exc
+
+
+def _personal_penalty(cfg: RunConfig, msg: Message) -> float:
+    """The penalty a site solves its personal head with: the run's ``--ridge-lambda``, or
+    with ``--ridge-penalty noise`` the one the server solved the global head with (set from
+    the summed release's noise, which the site cannot see alone), checked like any input
+    from the server."""
+    if cfg.ridge_penalty == "fixed":
+        return float(cfg.ridge_lambda)
+    value = _config(msg).get(protocol.ONE_SHOT_PENALTY)
+    if value is None:
+        raise UpdateRejectedError("the server's personalization request carries no one-shot "
+                                  "penalty; --ridge-penalty noise needs the one it solved with")
+    return protocol.check_one_shot_penalty(value, LOWEST, HIGHEST)
 
 
 def _own_weight(at: _Opened, totals: list[np.ndarray], count: float,
@@ -449,7 +467,9 @@ def _own_weight(at: _Opened, totals: list[np.ndarray], count: float,
     about: dict[str, float] = {}
     if cfg.dp and own.noise_multiplier is not None:
         about["own_release_noise_share"] = round(
-            own_release_share(own, own.noise_multiplier, cfg.ridge_lambda), 4)
+            own_release_share(own, own.noise_multiplier,
+                              own_penalty(cfg.ridge_penalty, cfg.ridge_lambda, own,
+                                          own.noise_multiplier)), 4)
     weight = cfg.personal_ridge_weight
     if cfg.personal_weighting == "estimated":
         if own.noise_multiplier is None:  # kept by an earlier fedtl, without its noise

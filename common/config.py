@@ -25,6 +25,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 HEAD_METHODS = ("sgd", "ridge", "ridge+sgd")
 SUMS_NOISE = ("local", "distributed")
 SUMS_PRIORS = ("none", "public-hull")
+RIDGE_PENALTIES = ("fixed", "noise")
 PERSONAL_TUNINGS = ("auto", "bias", "head", "ridge", "ridge+bias", "joint")
 PERSONAL_WEIGHTINGS = ("fixed", "estimated")
 SECOND_MOMENTS = ("public", "private")
@@ -181,8 +182,12 @@ class RunConfig:
         "one-shot head (smaller steps than from a zero head: that head is already fitted)",
         valid=POSITIVE)
     ridge_lambda: float = setting(
-        8.0, "ridge penalty, relative to the mean public variance of the kept components",
-        valid=POSITIVE)
+        8.0, "ridge penalty, relative to the mean public variance of the kept components "
+        "(with --ridge-penalty fixed)", valid=POSITIVE)
+    ridge_penalty: str = setting(
+        "fixed", "how the one-shot head's ridge penalty is set: fixed (--ridge-lambda) or "
+        "noise (in proportion to the release's noise per image, so it follows epsilon, the "
+        "sites' sizes and --sums-noise; free post-processing)", choices=RIDGE_PENALTIES)
     public: str = setting(
         "", "folder of public images (at any depth; labels unused) whose feature mean and "
         "principal components the one-shot head uses (default: crops of two public photos)")
@@ -384,6 +389,12 @@ class RunConfig:
             (self.sums_prior == "none" or (self.one_shot and self.public and self.dp),
              "--sums-prior public-hull denoises the one-shot release with the --public "
              "folder's features: it needs DP, --head-method ridge or ridge+sgd and --public"),
+            (self.ridge_penalty == "fixed" or (self.one_shot and self.dp
+                                                and not self.private_moment),
+             "--ridge-penalty noise sets the one-shot head's penalty from the noise of its "
+             "sums over the public second moment: it needs DP, --head-method ridge or "
+             "ridge+sgd and --second-moment public (with the private moment pass "
+             "--ridge-lambda)"),
             (not self.personal_from_release or self.one_shot,
              f"--personal-tuning {self.personal_method} re-solves the one-shot head: it needs "
              "--head-method ridge or ridge+sgd"),

@@ -20,6 +20,7 @@ from common.errors import ConfigError, UpdateRejectedError
 from common.privacy.oneshot import (COUNT_RATIO, NOISE_SHARE_WARNING, PublicBasis, class_sums,
                                      embed, moment_matrix, noise_share, release_head,
                                      second_moment, sums_std)
+from common.privacy.penalty import noise_penalty
 from common.storage import write_atomically
 
 log = logging.getLogger("fedtl.site")
@@ -120,6 +121,16 @@ def load_own_release(folder: Path, feature_dim: int) -> OwnRelease | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"the site's kept one-shot release {path} is unreadable ({exc}); "
                           "without it this run's personal head cannot be built") from exc
+
+
+def own_penalty(rule: str, fixed: float, own: OwnRelease, noise_multiplier: float) -> float:
+    """The penalty of a head solved from the site's own release alone (what its noise share
+    measures): ``fixed`` (``--ridge-lambda``), or with ``rule`` "noise" the penalty
+    `noise_penalty` gives that release at the site's full noise."""
+    if rule == "fixed":
+        return float(fixed)
+    return noise_penalty(sums_std(noise_multiplier, len(own.arrays) > 1), own.count,
+                         own.basis.variances)
 
 
 def own_release_share(own: OwnRelease, noise_multiplier: float, penalty: float) -> float:

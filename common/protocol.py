@@ -56,6 +56,7 @@ PUBLIC_FINGERPRINT = "public-fingerprint"  # in a sums reply: the statistics the
 # one-shot release (an array record) and the count it was solved with (in the config).
 ONE_SHOT_TOTALS = "one-shot-totals"
 ONE_SHOT_COUNT = "one-shot-count"
+ONE_SHOT_PENALTY = "one-shot-penalty"  # the ridge penalty the server solved the head with
 # In a SecAgg+ fit request's config: this masked round is the one-shot release.
 SECURE_SUMS = "secure-class-sums"
 # Set by the site's own mod on every request (whatever the server sent): how many sites the
@@ -86,6 +87,19 @@ def check_one_shot_totals(arrays: Sequence[np.ndarray], count: object,
             f"the server's one-shot count {str(count)[:40]!r} is not a finite number of at "
             f"least this site's own released count {own_count:g}")
     return [np.asarray(a, np.float64) for a in arrays], float(count)
+
+
+def check_one_shot_penalty(value: object, lowest: float, highest: float) -> float:
+    """The ridge penalty the server solved the run's one-shot head with (``--ridge-penalty
+    noise``), as a site accepts it to solve its personal head alike: a number in the range
+    the rule gives. A penalty only weighs what the releases already hold: any value spends
+    nothing, but one outside that range is not the rule's."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not lowest <= float(value) <= highest:
+        raise UpdateRejectedError(
+            f"the server's one-shot penalty {str(value)[:40]!r} is not a number in "
+            f"{lowest:g}..{highest:g} (--ridge-penalty noise sets it in that range)")
+    return float(value)
 
 
 def check_global_head(arrays: Sequence[np.ndarray],

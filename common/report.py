@@ -44,6 +44,9 @@ class RoundRecord:
     # A one-shot round: the release's noise's share of its head's score spread
     # (common.privacy.oneshot.noise_share; 1 is all noise).
     noise_share: float | None = None
+    # A one-shot round: the ridge penalty its head was solved with (--ridge-lambda, or set
+    # from the release's noise with --ridge-penalty noise); personal heads reuse it.
+    ridge_lambda: float | None = None
     # Each site's weight in `accuracy`: its held-out count, exact or from its released count.
     site_held_out: dict[str, int] = field(default_factory=dict)
 

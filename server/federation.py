@@ -294,6 +294,10 @@ def personalize(grid: Grid, weights: list[np.ndarray], federation: ConfigRecord,
         totals, count = book.one_shot
         records[protocol.ONE_SHOT_TOTALS] = ArrayRecord([t.astype(np.float64) for t in totals])
         config[protocol.ONE_SHOT_COUNT] = count
+        penalty = next((r.ridge_lambda for r in book.history if r.ridge_lambda is not None),
+                       None)
+        if penalty is not None:  # the sites solve their personal heads with the same one
+            config[protocol.ONE_SHOT_PENALTY] = penalty
     content = RecordDict({**records, protocol.CONFIG: ConfigRecord(config)})
     messages = [Message(content=content, dst_node_id=node,
                         message_type=f"train.{protocol.PERSONALIZE}")

@@ -16,6 +16,7 @@ from common.privacy.hull import HullPrior, project_release
 from common.privacy.oneshot import (NOISE_SHARE_WARNING, PublicBasis, moment_matrix,
                                     noise_share, release_head, release_shapes, summed_std,
                                     sums_std)
+from common.privacy.penalty import run_penalty
 from common.privacy.release import sums_noise
 from server.replies import capped_weights, check_sums_reply
 from server.runbook import RunBook
@@ -29,7 +30,16 @@ def solve_release(book: RunBook, totals: list[np.ndarray], count: float, basis: 
     """The ridge head of the sites' summed release becomes the global head; the sum is kept
     (denoised by ``prior`` where it applies) for personal heads built from it
     (``--personal-tuning ridge``, ``ridge+bias``)."""
-    note_noise_share(book, totals, count, basis, cfg, sites)
+    # The run's planned noise, not what sites state: a site cannot talk the server out of
+    # the warning, nor into a smaller penalty, by stating less.
+    std = summed_std(sums_std(sums_noise(cfg), cfg.private_moment), sites,
+                     cfg.sums_noise == "distributed")
+    penalty = run_penalty(cfg, std, count, basis.variances)
+    book.current.ridge_lambda = penalty
+    if cfg.ridge_penalty == "noise":
+        log.info(f"ridge penalty {penalty:.3g}, set from the release's noise ({std:.3g} per "
+                 f"entry of the sums of {count:.0f} images)")
+    note_noise_share(book, totals, count, basis, penalty, std, sites)
     if prior is not None:
         projection = project_release(totals[0], prior, sites)
         book.current.hull_distance = dict(zip(cfg.classes, map(float, projection.distances)))
@@ -38,19 +48,17 @@ def solve_release(book: RunBook, totals: list[np.ndarray], count: float, basis: 
             f"{projection.summary(cfg.classes)}")
         totals = [projection.release, *totals[1:]]
     book.one_shot = (totals, count)
-    book.close_training(release_head(totals, count, basis, cfg.ridge_lambda))
+    book.close_training(release_head(totals, count, basis, penalty))
 
 
 def note_noise_share(book: RunBook, totals: list[np.ndarray], count: float,
-                     basis: PublicBasis, cfg: RunConfig, sites: int) -> None:
-    """Record and log how much of the head the release's noise makes, with the run's planned
-    noise (a site cannot talk the server out of the warning by stating less), and warn when
-    it is mostly noise: the release is spent by then, but the operator learns why the head
-    scores near chance and what to change."""
-    std = summed_std(sums_std(sums_noise(cfg), cfg.private_moment), sites,
-                     cfg.sums_noise == "distributed")
+                     basis: PublicBasis, penalty: float, std: float, sites: int) -> None:
+    """Record and log how much of the head the release's noise makes (``std``: the summed
+    release's planned noise per entry), and warn when it is mostly noise: the release is
+    spent by then, but the operator learns why the head scores near chance and what to
+    change."""
     moment = moment_matrix(totals[1], basis.components.shape[1]) if len(totals) > 1 else None
-    share = noise_share(totals[0], count, basis.variances, cfg.ridge_lambda, std, moment)
+    share = noise_share(totals[0], count, basis.variances, penalty, std, moment)
     book.current.noise_share = share
     message = (f"the one-shot head's scores: {min(share, 1.0):.0%} of their spread is the "
                f"release's noise ({sites} site(s), {count:.0f} images, "

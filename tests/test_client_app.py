@@ -14,8 +14,9 @@ from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, 
 from client.client_app import make_client_app
 from common import protocol
 from common.config import RunConfig
-from common.personal import (ACCURACY_FILE, JOINT_NOTE_FILE, load_own_release,
+from common.personal import (ACCURACY_FILE, JOINT_NOTE_FILE, load_own_release, own_penalty,
                              own_release_share)
+from common.privacy.penalty import HIGHEST, LOWEST
 from common.features.model import base_fingerprint, initial_head_weights
 from common.site import base_spec
 
@@ -506,6 +507,53 @@ def test_a_site_builds_its_ridge_personal_head_from_its_kept_release_and_spends_
     never = app(ask(True), stranger)
     assert never.has_error() and "kept no one-shot release" in never.error.reason
 
+
+
+def test_a_noise_set_penalty_is_the_servers_checked_and_the_own_release_share_uses_its_own(
+        cfg: RunConfig, tmp_path: Path) -> None:
+    run = cfg.replace(head_method="ridge", rounds=1, personalize=True,
+                      personal_tuning="ridge", public_components=8, ridge_penalty="noise")
+    site, app = real_site(tmp_path, budget=20.0), make_client_app(run)
+    released = released_sums(run, site, "run-n")
+    personal = tmp_path / "state" / "personal" / "run-n"
+
+    own_arrays = released.content[protocol.ARRAYS].to_numpy_ndarrays()
+    # A federation's sum that is not this site's release scaled (that one would give the
+    # personal head of the global one at any penalty): two other sites' made-up sums.
+    totals = [a + np.random.default_rng(5).normal(0.0, 20.0, a.shape).astype(a.dtype)
+              for a in own_arrays]
+    count = 3.0 * float(released.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+
+    def ask(penalty: float | None) -> Message:
+        msg = personalization(run, "run-n", released)
+        msg.content[protocol.ONE_SHOT_TOTALS] = ArrayRecord(totals)
+        msg.content[protocol.CONFIG][protocol.ONE_SHOT_COUNT] = count
+        if penalty is not None:
+            msg.content[protocol.CONFIG][protocol.ONE_SHOT_PENALTY] = penalty
+        return app(msg, site)
+
+    for bad in (None, 100.0):  # none sent, or not one the rule gives: nothing built
+        reply = ask(bad)
+        assert reply.has_error() and "one-shot penalty" in reply.error.reason
+        assert not (personal / "head.npz").exists()
+    heads = []
+    for penalty in (LOWEST, HIGHEST):
+        reply = ask(penalty)
+        assert not reply.has_error(), reply.error.reason
+        with np.load(personal / "head.npz") as head:
+            heads.append(head["arr_0"].copy())
+        (personal / "head.npz").unlink()  # the next request builds it again, same release
+    # The same kept release at the two ends of the range: the server's penalty was used.
+    assert not np.allclose(heads[0], heads[1])
+    own = load_own_release(personal, heads[0].shape[0])
+    kept = json.loads((personal / ACCURACY_FILE).read_text())
+    # The share of a head from the site's own release alone, at the penalty the rule gives
+    # that release (the server's is for the federation's sum).
+    assert kept["own_release_noise_share"] == pytest.approx(own_release_share(
+        own, own.noise_multiplier,
+        own_penalty("noise", run.ridge_lambda, own, own.noise_multiplier)), abs=1e-4)
+    assert own_penalty("noise", run.ridge_lambda, own, own.noise_multiplier) \
+        != run.ridge_lambda
 
 
 def test_a_repeated_personalization_gets_the_figures_it_was_sent_free(

@@ -217,11 +217,15 @@ def test_the_server_sends_the_runs_summed_release_with_a_ridge_personalization_r
     personalize(grid, head, {}, 5.0, book, rules, with_one_shot=True)
     assert grid.sent == []  # no summed release in this run: nothing asked, nothing lost
     book.one_shot = (totals, 321.0)
+    book.begin_round(1, head)
+    book.current.ridge_lambda = 3.25  # what round 1 solved the head with
     personalize(grid, head, {}, 5.0, book, rules, with_one_shot=True)
     for msg in grid.sent:
         sent = msg.content.array_records[protocol.ONE_SHOT_TOTALS].to_numpy_ndarrays()
         assert np.array_equal(sent[0], totals[0])
         assert msg.content.config_records[protocol.CONFIG][protocol.ONE_SHOT_COUNT] == 321.0
+        # The sites solve their personal heads with the same penalty.
+        assert msg.content.config_records[protocol.CONFIG][protocol.ONE_SHOT_PENALTY] == 3.25
     plain = Grid()
     personalize(plain, head, {}, 5.0, book, rules)
     assert len(plain.sent) == 2
