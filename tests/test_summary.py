@@ -38,16 +38,19 @@ def test_the_final_line_gives_the_global_heads_mean_over_sites_beside_the_weight
             "held-out images 0.8000") in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("share, says", [
-    (None, None),  # no one-shot round: no line
-    (0.412, "one-shot head: 41% of its scores' spread is the release's noise\n"),
-    (1.04, "one-shot head: 100% of its scores' spread is the release's noise (mostly noise: "
-           "it scores near chance)\n"),
+@pytest.mark.parametrize("share, penalty, says", [
+    (None, None, None),  # no one-shot round: no line
+    (0.412, 4.372, "one-shot head: 41% of its scores' spread is the release's noise, ridge "
+     "penalty 4.37\n"),
+    (1.04, None, "one-shot head: 100% of its scores' spread is the release's noise (mostly "
+     "noise: it scores near chance)\n"),  # a report from before the penalty was recorded
 ])
-def test_a_one_shot_run_says_how_much_of_its_head_is_noise(
-        capsys: pytest.CaptureFixture[str], share: float | None, says: str | None) -> None:
+def test_a_one_shot_run_says_how_much_of_its_head_is_noise_and_its_penalty(
+        capsys: pytest.CaptureFixture[str], share: float | None, penalty: float | None,
+        says: str | None) -> None:
     report = a_report()
-    rounds = [RoundRecord(round=1, noise_share=share), RoundRecord(round=2)]
+    rounds = [RoundRecord(round=1, noise_share=share, ridge_lambda=penalty),
+              RoundRecord(round=2)]
     _print_summary(dataclasses.replace(report, rounds=rounds), "out")
     out = capsys.readouterr().out
     assert (says in out) if says else "one-shot head" not in out

@@ -346,11 +346,14 @@ def _print_summary(report: Report, out: str) -> None:
               + f" (budget {final.target_epsilon})")
     else:
         print("no record-level differential privacy (--no-dp)")
-    shares = [r.noise_share for r in report.rounds if r.noise_share is not None]
-    if shares:
-        print(f"one-shot head: {min(shares[0], 1.0):.0%} of its scores' spread is the "
-              f"release's noise" + (" (mostly noise: it scores near chance)"
-                                    if shares[0] >= NOISE_SHARE_WARNING else ""))
+    one_shot = next((r for r in report.rounds if r.noise_share is not None), None)
+    if one_shot is not None:
+        penalty = f", ridge penalty {one_shot.ridge_lambda:.3g}" \
+            if one_shot.ridge_lambda is not None else ""
+        print(f"one-shot head: {min(one_shot.noise_share, 1.0):.0%} of its scores' spread is "
+              f"the release's noise" + (" (mostly noise: it scores near chance)"
+                                        if one_shot.noise_share >= NOISE_SHARE_WARNING else "")
+              + penalty)
     noised = noised_figures(report)
     if noised is not None:
         print(noised.describe())

@@ -31,12 +31,14 @@ LOWEST, HIGHEST = 0.5, 64.0
 
 
 def noise_penalty(total_std: float, count: float, variances: np.ndarray,
-                  hull: bool = False) -> float:
+                  hull: bool = False, scale: float | None = None) -> float:
     """The ridge penalty (relative to the mean public variance, as ``--ridge-lambda``) for a
     summed release whose sums carry noise of std ``total_std`` per entry over ``count``
-    released images; ``hull``: the release is denoised by the public hull prior first."""
+    released images; ``hull``: the release is denoised by the public hull prior first.
+    ``scale`` replaces the fitted constant (what `benchmarks/penalty_replay.py` tries)."""
     noise_on_mean = float(total_std) / max(float(count), 1.0)
-    scale = HULL_NOISE_SCALE if hull else NOISE_SCALE
+    if scale is None:
+        scale = HULL_NOISE_SCALE if hull else NOISE_SCALE
     penalty = scale * noise_on_mean / float(np.mean(np.asarray(variances, dtype=np.float64)))
     return float(np.clip(penalty, LOWEST, HIGHEST))
 
