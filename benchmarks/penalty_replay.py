@@ -5,7 +5,8 @@ For each seed's federation (carved by `fedtl compare`'s scenario code; features 
 sites' caches, extracted on first use), each sub-federation ``SITESxIMAGES`` (the first
 SITES sites, their first IMAGES training images), each epsilon and noise draw, the sites'
 class sums are released as `common.privacy.oneshot` releases them (each site its own
-noise at the run's multiplier for ``--head-method ridge``), optionally denoised by the
+noise at the run's multiplier for ``--head-method ridge``, or with ``--sums-noise
+distributed`` its share of it), optionally denoised by the
 public hull prior, and solved at each grid penalty, at the fixed one and at the rule's with
 each ``--scales`` constant. Scored as `fedtl compare` scores: mean site held-out accuracy
 over the pooled non-private model's. Prints a table per sub-federation and epsilon and a
@@ -76,15 +77,18 @@ def replay(args: argparse.Namespace) -> list[dict[str, Any]]:
             for epsilon in args.epsilons:
                 multiplier = sums_noise(RunConfig(head_method="ridge", target_epsilon=epsilon,
                                                   accountant=args.accountant))
-                std = summed_std(sums_std(multiplier), count_sites)
+                distributed = args.sums_noise == "distributed"
+                # Distributed: each site adds 1/sites of the variance (SecAgg+ sums them).
+                share = multiplier / np.sqrt(count_sites) if distributed else multiplier
+                std = summed_std(sums_std(multiplier), count_sites, distributed)
                 for draw in range(args.draws):
                     rng = np.random.default_rng([seed, count_sites, images, int(epsilon * 10),
                                                  draw])
-                    release = sum(noised(c, multiplier, rng) for c in clean)
+                    release = sum(noised(c, share, rng) for c in clean)
                     count = float(release[-1].sum())
-                    solved = (project_release(release, HullPrior(fed["points"],
-                                                                 sums_std(multiplier)),
-                                              count_sites).release if hull else release)
+                    prior = HullPrior(fed["points"], sums_std(multiplier), distributed)
+                    solved = (project_release(release, prior, count_sites).release if hull
+                              else release)
 
                     def ratio(penalty: float) -> float:
                         w, b = ridge_solution(solved, count, variances, penalty)
@@ -143,6 +147,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2, help="noise draws per point")
     parser.add_argument("--prior", choices=("none", "public-hull"), default="none")
     parser.add_argument("--accountant", choices=("rdp", "pld"), default="rdp")
+    parser.add_argument("--sums-noise", choices=("local", "distributed"), default="local",
+                        help="each site's noise its own, or shares under SecAgg+")
     parser.add_argument("--fixed", type=float, default=8.0, help="the fixed penalty to beat")
     parser.add_argument("--scales", default="11", help="rule constants to try")
     parser.add_argument("--json", required=True, help="where to write the figures")
