@@ -59,6 +59,7 @@ def federation(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def replay(args: argparse.Namespace) -> list[dict[str, Any]]:
     hull = args.prior == "public-hull"
+    distributed = args.sums_noise == "distributed"
     rows = []
     for seed in args.seeds:
         fed = federation(args, seed)
@@ -77,16 +78,15 @@ def replay(args: argparse.Namespace) -> list[dict[str, Any]]:
             for epsilon in args.epsilons:
                 multiplier = sums_noise(RunConfig(head_method="ridge", target_epsilon=epsilon,
                                                   accountant=args.accountant))
-                distributed = args.sums_noise == "distributed"
                 # Distributed: each site adds 1/sites of the variance (SecAgg+ sums them).
                 share = multiplier / np.sqrt(count_sites) if distributed else multiplier
                 std = summed_std(sums_std(multiplier), count_sites, distributed)
+                prior = HullPrior(fed["points"], sums_std(multiplier), distributed)
                 for draw in range(args.draws):
                     rng = np.random.default_rng([seed, count_sites, images, int(epsilon * 10),
                                                  draw])
                     release = sum(noised(c, share, rng) for c in clean)
                     count = float(release[-1].sum())
-                    prior = HullPrior(fed["points"], sums_std(multiplier), distributed)
                     solved = (project_release(release, prior, count_sites).release if hull
                               else release)
 

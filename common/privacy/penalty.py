@@ -1,11 +1,12 @@
 """The one-shot head's ridge penalty set from the release's noise (``--ridge-penalty noise``).
 
 The best penalty falls with the noise on the released class means: on a CIFAR-10 validation
-federation (2-5 sites of 160-480 images, epsilon 1-20) it went from 32 down to 0.5 as the
-noise per entry of the pooled mean fell, and a fixed 8 (the default, chosen at epsilon 3 with
-five sites of 480) lost up to 6 points of the pooled model elsewhere. Setting it in
-proportion to that noise kept within 2.2 points of the best on every one of those 28
-federations (docs/private-accuracy.md, "A penalty set from the noise"). The noise is the
+federation (2-5 sites of 160-480 images, epsilon 1-20) it went from 64 down to 1 (16 to 0.5
+with the hull prior) as the noise per entry of the pooled mean fell, and a fixed 8 (the
+default, chosen at epsilon 3 with five sites of 480) lost up to 8.2 points of the pooled
+model elsewhere. Setting it in proportion to that noise kept within 2.3 points of the best
+(1.3 with the hull prior) on every one of those 28 federations (benchmarks/penalty_replay.py;
+docs/private-accuracy.md, "A penalty set from the noise"). The noise is the
 run's planned one and the count the released one, so the penalty is post-processing of the
 release: it spends nothing, and it is the same number at the server and at every site.
 Plain numpy: no TensorFlow, no Flower.
