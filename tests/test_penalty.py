@@ -62,6 +62,20 @@ def test_a_noise_set_penalty_is_refused_where_there_is_no_sums_noise_to_set_it_f
         RunConfig(**{"head_method": "ridge", "ridge_penalty": "noise", **other})
 
 
+def test_a_command_line_giving_a_fixed_penalty_beside_the_noise_rule_is_refused() -> None:
+    from common.cli import build_parser
+    from common.cli.options import settings_from
+
+    def parsed(*argv: str) -> RunConfig:
+        return settings_from(build_parser().parse_args(["simulate", *argv]), out="o")
+
+    with pytest.raises(ConfigError, match="--ridge-lambda 4 is the fixed penalty"):
+        parsed("--ridge-penalty", "noise", "--ridge-lambda", "4")
+    # The default penalty is not one given, and with the fixed rule the two agree.
+    assert parsed("--ridge-penalty", "noise").ridge_penalty == "noise"
+    assert parsed("--ridge-penalty", "fixed", "--ridge-lambda", "4").ridge_lambda == 4.0
+
+
 def release_of(sites: int, images: int, cfg: RunConfig):  # noqa: ANN201
     rng = np.random.default_rng(0)
     centres = np.eye(CLASSES, DIM)

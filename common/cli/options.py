@@ -7,6 +7,7 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from common.config import PRESETS, TRAINING, RunConfig
+from common.errors import ConfigError
 
 _TYPES = {"int": int, "float": float, "str": str}
 GIVEN = "given_settings"  # the namespace attribute naming the settings the command line set
@@ -88,7 +89,14 @@ def settings_from(args: argparse.Namespace, **fixed: Any) -> RunConfig:
               if hasattr(args, f.name) and f.name not in fixed}
     preset, given = _preset_and_given(args)
     kept = {key: value for key, value in preset.items() if key not in given}
-    return RunConfig(**{**values, **kept, **fixed})
+    cfg = RunConfig(**{**values, **kept, **fixed})
+    # Only the command line can tell a penalty given from the default one (a Flower run
+    # config always carries ridge-lambda): one given and then ignored would mislead.
+    if "ridge_lambda" in given and cfg.ridge_penalty == "noise":
+        raise ConfigError(f"--ridge-lambda {cfg.ridge_lambda:g} is the fixed penalty, and "
+                          "--ridge-penalty noise sets the penalty from the release's noise "
+                          "instead: pass one of the two")
+    return cfg
 
 
 def preset_overridden(args: argparse.Namespace) -> tuple[str, ...]:
