@@ -12,7 +12,7 @@ from common.errors import ConfigError, UpdateRejectedError
 from common.privacy.oneshot import (class_sums, embed, noised, public_basis, release_head,
                                     summed_std, sums_std)
 from common.privacy.penalty import (HIGHEST, HULL_NOISE_SCALE, LOWEST, NOISE_SCALE,
-                                    noise_penalty, run_penalty)
+                                    ROUNDS_NOISE_SCALE, noise_penalty, run_penalty)
 from common.privacy.release import sums_noise
 from server.oneshot import solve_release
 from server.runbook import RunBook
@@ -52,6 +52,20 @@ def test_a_fixed_penalty_is_the_runs_ridge_lambda_whatever_the_noise() -> None:
     hull = noisy.replace(public="somewhere", sums_prior="public-hull")
     assert run_penalty(hull, 2.0, 1000.0, VARIANCES) == noise_penalty(2.0, 1000.0, VARIANCES,
                                                                       hull=True)
+
+
+def test_a_head_that_dp_sgd_rounds_start_from_takes_the_rounds_constant() -> None:
+    head_alone = RunConfig(head_method="ridge", ridge_penalty="noise")
+    with_rounds = head_alone.replace(head_method="ridge+sgd")
+    alone = run_penalty(head_alone, 2.0, 1000.0, VARIANCES)
+    assert alone == pytest.approx(NOISE_SCALE * 0.002 / 0.01)
+    assert run_penalty(with_rounds, 2.0, 1000.0, VARIANCES) == pytest.approx(
+        alone * ROUNDS_NOISE_SCALE / NOISE_SCALE)
+    assert ROUNDS_NOISE_SCALE > NOISE_SCALE
+    # The hull prior's constant was fitted for the head alone and stays its own.
+    hulls = [run_penalty(c.replace(public="somewhere", sums_prior="public-hull"), 2.0, 1000.0,
+                         VARIANCES) for c in (head_alone, with_rounds)]
+    assert hulls[0] == hulls[1] == pytest.approx(HULL_NOISE_SCALE * 0.002 / 0.01)
 
 
 @pytest.mark.parametrize("other", [dict(second_moment="private"), dict(head_method="sgd"),
