@@ -187,7 +187,8 @@ class RunConfig:
     ridge_penalty: str = setting(
         "fixed", "how the one-shot head's ridge penalty is set: fixed (--ridge-lambda) or "
         "noise (in proportion to the release's noise per image, so it follows epsilon, the "
-        "sites' sizes and --sums-noise; free post-processing)", choices=RIDGE_PENALTIES)
+        "sites' sizes and --sums-noise; free post-processing; for sites whose images look "
+        "like --public's: on PACS it cost a point)", choices=RIDGE_PENALTIES)
     public: str = setting(
         "", "folder of public images (at any depth; labels unused) whose feature mean and "
         "principal components the one-shot head uses (default: crops of two public photos)")
