@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.compare_runs import aligned
 from common.config import RunConfig
 from common.features.extraction import LazyBase
+from common.features.model import predict_classes
 from common.features.public_basis import run_basis
 from common.privacy.hull import HullPrior, project_release
 from common.privacy.oneshot import (class_sums, embed, noised, ridge_solution,
@@ -40,7 +41,9 @@ GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 def mean_site(weights: np.ndarray, bias: np.ndarray, sites: list[tuple]) -> float:
-    return float(np.mean([np.mean(np.argmax(x @ weights + bias, axis=1) == y)
+    return float(np.mean([np.mean(predict_classes(x, [weights, bias],
+                                                  num_classes=weights.shape[1],
+                                                  head_width=0) == y)
                           for _, _, x, y in sites]))
 
 

@@ -1,8 +1,9 @@
 """The arithmetic of benchmarks/penalty_replay.py: what it says of a rule against the grid."""
 
+import numpy as np
 import pytest
 
-from benchmarks.penalty_replay import summarize
+from benchmarks.penalty_replay import mean_site, summarize
 
 
 def row(federation: str, epsilon: float, grid: dict, fixed: float, rule: float,
@@ -30,3 +31,11 @@ def test_a_rule_is_scored_against_the_best_grid_penalty_of_each_cell() -> None:
     assert summary["overall"]["fixed"]["worst_loss"] == pytest.approx(-0.05)
     assert summary["overall"]["11"]["worst_loss"] == pytest.approx(-0.01)
     assert summary["overall"]["11"]["mean"] == pytest.approx((0.80 + 0.94) / 2)
+
+
+def test_the_replay_scores_the_mean_of_the_sites_held_out_accuracies() -> None:
+    weights, bias = np.eye(2), np.zeros(2)
+    first = (None, None, np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))  # 2 of 2
+    second = (None, None, np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
+              np.array([0, 1, 1, 1]))  # 3 of 4
+    assert mean_site(weights, bias, [first, second]) == pytest.approx((1.0 + 0.75) / 2)

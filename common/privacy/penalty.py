@@ -44,8 +44,8 @@ def noise_penalty(total_std: float, count: float, variances: np.ndarray,
     summed release whose sums carry noise of std ``total_std`` per entry over ``count``
     released images; ``hull``: the release is denoised by the public hull prior first;
     ``rounds``: DP-SGD rounds start from the head (``ridge+sgd``; the hull prior's constant
-    stays its own: with the rounds, 5.5 and 8.5 measured level). ``scale`` replaces the fitted constant (what
-    `benchmarks/penalty_replay.py` tries)."""
+    stays its own: with the rounds, 5.5 and 8.5 measured level). ``scale`` replaces the
+    fitted constant (what `benchmarks/penalty_replay.py` tries)."""
     noise_on_mean = float(total_std) / max(float(count), 1.0)
     if scale is None:
         scale = HULL_NOISE_SCALE if hull else ROUNDS_NOISE_SCALE if rounds else NOISE_SCALE
