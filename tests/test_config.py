@@ -238,7 +238,7 @@ def test_a_preset_is_offered_wherever_training_settings_are_and_every_preset_is_
     from common.cli.options import preset_overridden, preset_text
 
     for name, settings in PRESETS.items():
-        RunConfig().replace(**settings)  # raises if a preset breaks a check
+        RunConfig(public="pub").replace(**settings)  # raises if a preset breaks a check
         for key in settings:  # simulate, compare and run all offer what a preset sets
             assert _field(key).metadata["scope"] == TRAINING, (name, key)
         assert preset_text(name).split()[0].startswith("--")
@@ -250,6 +250,35 @@ def test_a_preset_is_offered_wherever_training_settings_are_and_every_preset_is_
     assert preset_text("domain-shift") == ("--second-moment private --ridge-lambda 2 "
                                            "--feature-centring site --accountant pld "
                                            "--personalize --personal-weighting fixed")
+
+
+def test_the_look_alike_preset_sets_the_hull_prior_the_noise_penalty_and_pld() -> None:
+    from common.cli.options import preset_text
+
+    cfg = _parsed("compare", "--preset", "look-alike", "--public", "pub")
+    assert (cfg.sums_prior, cfg.ridge_penalty, cfg.accountant, cfg.head_method) == \
+        ("public-hull", "noise", "pld", "ridge+sgd")
+    assert preset_text("look-alike") == ("--sums-prior public-hull --ridge-penalty noise "
+                                         "--accountant pld")
+
+
+def test_a_preset_that_needs_an_option_the_command_line_lacks_is_named_in_the_error() -> None:
+    with pytest.raises(ConfigError, match=r"^--preset look-alike sets --sums-prior "
+                       r"public-hull .*: --sums-prior public-hull .* needs .*--public"):
+        _parsed("simulate", "--preset", "look-alike")
+    # An error of the command line's own options is not blamed on the preset.
+    with pytest.raises(ConfigError, match=r"^holdout must be in \(0, 1\)"):
+        _parsed("simulate", "--preset", "look-alike", "--holdout", "1.5")
+
+
+def test_a_fixed_penalty_beside_the_look_alike_preset_says_how_to_keep_it() -> None:
+    with pytest.raises(ConfigError, match=r"--ridge-penalty noise \(set by --preset "
+                       r"look-alike\) .* add --ridge-penalty fixed to keep yours"):
+        _parsed("simulate", "--preset", "look-alike", "--public", "pub", "--ridge-lambda", "2")
+    cfg = _parsed("simulate", "--preset", "look-alike", "--public", "pub",
+                  "--ridge-lambda", "2", "--ridge-penalty", "fixed")
+    assert (cfg.ridge_penalty, cfg.ridge_lambda, cfg.sums_prior) == ("fixed", 2.0,
+                                                                     "public-hull")
 
 
 def test_a_run_with_a_preset_says_what_the_preset_set_and_what_the_options_replaced(
@@ -279,5 +308,6 @@ def test_the_readme_gives_each_preset_as_the_flower_run_config_it_stands_for() -
         run_config = " ".join(f"{key.replace('_', '-')}={literal[type(value)](value)}"
                               for key, value in settings.items())
         assert f'`--preset {name}` is `--run-config "{run_config}"`' in readme
-        assert RunConfig.from_flower({key.replace("_", "-"): value for key, value in
-                                      settings.items()}) == RunConfig().replace(**settings)
+        assert RunConfig.from_flower({"public": "pub", **{key.replace("_", "-"): value for
+                                      key, value in settings.items()}}) == \
+            RunConfig(public="pub").replace(**settings)

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from common.config import PRESETS, TRAINING, RunConfig
+from common.config import PRESET_USES, PRESETS, TRAINING, RunConfig
 from common.errors import ConfigError
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -49,11 +49,10 @@ def add_settings(parser: argparse.ArgumentParser | Any, *scopes: str) -> None:
         parser.add_argument(
             "--preset", choices=tuple(PRESETS), default=None,
             help="a set of settings measured together; options given beside it win. "
-            + "; ".join(f"{name}: {preset_text(name)}" for name in PRESETS)
-            + " (for sites whose images differ in how they look, a thousand or more each; "
-            "on alike sites it costs: CIFAR-10, 65 %% of pooled against the default's 82 %%; "
-            "with pld a deployed site whose ledger composes with rdp counts the run above "
-            "its target)")
+            + "; ".join(f"{name}: {preset_text(name)} (for {PRESET_USES[name]})"
+                        for name in PRESETS).replace("%", "%%")
+            + ". With pld a deployed site whose ledger composes with rdp counts the run "
+            "above its target")
     for f in fields(RunConfig):
         meta = f.metadata
         if meta.get("scope") not in scopes:
@@ -89,14 +88,33 @@ def settings_from(args: argparse.Namespace, **fixed: Any) -> RunConfig:
               if hasattr(args, f.name) and f.name not in fixed}
     preset, given = _preset_and_given(args)
     kept = {key: value for key, value in preset.items() if key not in given}
-    cfg = RunConfig(**{**values, **kept, **fixed})
+    try:
+        cfg = RunConfig(**{**values, **kept, **fixed})
+    except ConfigError as error:
+        if kept and _valid({**values, **fixed}):
+            # The user typed --preset, not the options it stands for: name it.
+            raise ConfigError(f"--preset {args.preset} sets {preset_text(args.preset)}: "
+                              f"{error}") from error
+        raise
     # Only the command line can tell a penalty given from the default one (a Flower run
     # config always carries ridge-lambda): one given and then ignored would mislead.
     if "ridge_lambda" in given and cfg.ridge_penalty == "noise":
+        by_preset = "ridge_penalty" in kept
         raise ConfigError(f"--ridge-lambda {cfg.ridge_lambda:g} is the fixed penalty, and "
-                          "--ridge-penalty noise sets the penalty from the release's noise "
-                          "instead: pass one of the two")
+                          "--ridge-penalty noise"
+                          + (f" (set by --preset {args.preset})" if by_preset else "")
+                          + " sets the penalty from the release's noise instead: "
+                          + ("add --ridge-penalty fixed to keep yours" if by_preset
+                             else "pass one of the two"))
     return cfg
+
+
+def _valid(values: dict[str, Any]) -> bool:
+    try:
+        RunConfig(**values)
+    except ConfigError:
+        return False
+    return True
 
 
 def preset_overridden(args: argparse.Namespace) -> tuple[str, ...]:
