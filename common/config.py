@@ -44,7 +44,7 @@ BASE_DTYPES = ("auto", "float32", "bfloat16")
 # heads from the one-shot release; every PACS domain came within 10 points of pooled with it.
 # look-alike: sites whose images look like the --public folder's (CIFAR-10's sites against
 # 2,000 other CIFAR-10 images): the public hull prior, the penalty set from the noise and the
-# PLD accountant, the best measured with each site's noise its own.
+# PLD accountant: the levers that helped with each site's noise its own.
 PRESETS: dict[str, dict[str, Any]] = {
     # It keeps the fixed personal weight its PACS figures were measured with (20 repeats);
     # the estimated one was level with it on PACS in 3 (docs: An estimated personal weight).
