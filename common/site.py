@@ -151,16 +151,35 @@ def sgd_settings(cfg: RunConfig, num_train: int, noise_multiplier: float | None 
     if cfg.delta >= 1.0 / num_train:
         raise ConfigError(f"delta {cfg.delta} is not below 1/n = 1/{num_train} for a site with "
                           f"{num_train} training examples; lower --delta")
-    sigma = noise_multiplier or cfg.noise_multiplier or noise_for_budget(
-        target_epsilon=cfg.target_epsilon, delta=cfg.delta, sampling_rate=rate,
-        steps=planned_steps(cfg, rate), accountant=cfg.accountant, prior=release_plan(cfg),
-    )
+    sigma = noise_multiplier or cfg.noise_multiplier or _run_noise(cfg, rate)
     # The gradient sum is divided by the expected batch of the *released* count: dividing by
     # the true size would make the update depend on a private number outside the mechanism.
     return SgdSettings(sampling_rate=rate, steps=steps, learning_rate=learning_rate,
                        momentum=cfg.momentum, private=True, clip_norm=cfg.clip_norm,
                        noise_multiplier=sigma, expected_batch=rate * num_train,
                        bias_only=bias_only)
+
+
+def _run_noise(cfg: RunConfig, rate: float) -> float:
+    """The DP-SGD noise that spends what the run's releases leave of its target."""
+    prior = release_plan(cfg)
+    try:
+        return noise_for_budget(target_epsilon=cfg.target_epsilon, delta=cfg.delta,
+                                sampling_rate=rate, steps=planned_steps(cfg, rate),
+                                accountant=cfg.accountant, prior=prior)
+    except ConfigError as exc:
+        if not cfg.one_shot:
+            raise
+        # The one-shot release is the big spender here, and --ridge-share the lever: a
+        # message naming rounds and batch sizes would send the operator the wrong way.
+        spent = composed_epsilon(prior, delta=cfg.delta, accountant=cfg.accountant)
+        raise ConfigError(
+            f"target epsilon {cfg.target_epsilon:g} leaves nothing for the DP-SGD steps: the "
+            f"one-shot release alone spends --ridge-share {cfg.ridge_share:g} of it, and with "
+            f"the count and figure releases this run's releases compose to {spent:.3f} "
+            f"({cfg.accountant}); lower --ridge-share or raise --target-epsilon"
+            + (" (or --head-method ridge: the release alone spends the whole target)"
+               if cfg.sgd_rounds else "")) from exc
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,19 @@ def test_no_noise_fits_a_budget_already_spent() -> None:
                          prior=prior)
 
 
+def test_pld_finds_room_that_rdp_does_not_after_a_one_shot_release_and_a_count() -> None:
+    # ridge+sgd at epsilon 1: the release planned at 85 % of it under PLD, the count at 10.
+    prior = [Mechanism(1.0, 10.0, 1), Mechanism(1.0, 4.3265, 1)]
+    assert composed_epsilon(prior, delta=1e-5, accountant="rdp") > 1.0
+    with pytest.raises(ConfigError, match="already spend"):
+        noise_for_budget(target_epsilon=1.0, delta=1e-5, sampling_rate=1.0, steps=9,
+                         prior=prior)
+    sigma = noise_for_budget(target_epsilon=1.0, delta=1e-5, sampling_rate=1.0, steps=9,
+                             accountant="pld", prior=prior)
+    total = composed_epsilon([*prior, Mechanism(1.0, sigma, 9)], delta=1e-5, accountant="pld")
+    assert total <= 1.0 + 1e-9 and total == pytest.approx(1.0, abs=2e-3)
+
+
 def test_the_summary_reports_spent_and_remaining_of_the_recorded_budget(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path)
     ledger.set_budget(SiteBudget(5.0))

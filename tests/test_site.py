@@ -145,6 +145,14 @@ def test_delta_must_be_below_one_over_n() -> None:
         sgd_settings(CFG.replace(delta=0.05), 100)
 
 
+def test_a_target_the_one_shot_release_leaves_nothing_of_names_ridge_share() -> None:
+    cfg = RunConfig(target_epsilon=0.5, ridge_share=0.99)  # ridge+sgd, RDP
+    with pytest.raises(ConfigError, match=r"leaves nothing for the DP-SGD steps: .*"
+                       r"--ridge-share 0.99 .*compose to [0-9.]+ \(rdp\); lower "
+                       r"--ridge-share or raise --target-epsilon \(or --head-method ridge"):
+        sgd_settings(cfg, 480)
+
+
 def test_personalization_is_planned_into_the_noise_and_spends_the_rest_of_the_budget(
         tmp_path: Path) -> None:
     cfg = CFG.replace(personalize=True, personal_epochs=2)

@@ -174,7 +174,12 @@ def _pld_calibrated(spent: Callable[[float], float], target_epsilon: float, delt
     """PLD's least sigma, bracketed by RDP's: PLD is the tighter bound, so RDP's sigma meets
     the target under PLD too. A narrow bracket keeps every probe cheap (dp-accounting's own
     bisection from 0.05 discretises losses at tiny sigmas: 10-80 s for one site's plan)."""
-    high = _calibrated(target_epsilon, delta, sampling_rate, steps, "rdp", prior)
+    try:
+        high = _calibrated(target_epsilon, delta, sampling_rate, steps, "rdp", prior)
+    except ConfigError:
+        # RDP's looser bound can put the prior alone past the target where PLD's does not
+        # (a one-shot release at 85 % of epsilon 1 and a count): bracket from the top.
+        high = _UPPER
     if spent(high) > target_epsilon:  # not expected; then the slow, general search
         return dp_accounting_calibrated("pld", target_epsilon, delta, sampling_rate, steps,
                                         prior)
